@@ -1,0 +1,81 @@
+"""MqttTransport against a real Mosquitto: QoS 1 delivery, retained, durable sessions."""
+
+from __future__ import annotations
+
+import pytest
+
+from edge_client.errors import ConfigError
+from edge_client.transport import BrokerConfig, MqttTransport, Will
+from tools.broker import MosquittoBroker
+
+pytestmark = pytest.mark.broker
+
+
+def _transport(broker: MosquittoBroker, cid: str, **kw: object) -> MqttTransport:
+    return MqttTransport(BrokerConfig(url=broker.url, client_id=cid, **kw))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("version", ["5", "3.1.1"])
+def test_publish_subscribe_round_trip(broker: MosquittoBroker, namespace: str, version: str) -> None:
+    sub = _transport(broker, f"{namespace}-sub", mqtt_version=version).start(wait=10)
+    pub = _transport(broker, f"{namespace}-pub", mqtt_version=version).start(wait=10)
+    try:
+        sub.subscribe(f"{namespace}/#")
+        payload = bytes(range(256)) * 400
+        pub.publish(f"{namespace}/data", payload)
+        msg = sub.get(timeout=10)
+        assert msg is not None and msg.topic == f"{namespace}/data" and msg.payload == payload
+    finally:
+        pub.stop()
+        sub.stop()
+
+
+def test_retained_message_reaches_late_subscriber(broker: MosquittoBroker, namespace: str) -> None:
+    pub = _transport(broker, f"{namespace}-pub").start(wait=10)
+    pub.publish(f"{namespace}/manifest", b"v1", retain=True)
+    pub.stop()
+    late = _transport(broker, f"{namespace}-late").start(wait=10)
+    late.subscribe(f"{namespace}/manifest")
+    msg = late.get(timeout=10)
+    late.stop()
+    assert msg is not None and msg.retain and msg.payload == b"v1"
+
+
+def test_durable_session_redelivers_unacked_after_broker_restart(
+    durable_broker: MosquittoBroker, namespace: str
+) -> None:
+    """An unacknowledged QoS 1 message survives a subscriber crash and a broker restart."""
+    topic = f"{namespace}/update"
+    sub = _transport(durable_broker, f"{namespace}-agg", manual_ack=True).start(wait=10)
+    sub.subscribe(topic)
+    pub = _transport(durable_broker, f"{namespace}-dev").start(wait=10)
+    pub.publish(topic, b"precious")
+    first = sub.get(timeout=10)
+    assert first is not None and first.payload == b"precious"
+    sub.stop(graceful=False)  # crash before acking
+    pub.stop()
+    durable_broker.restart()
+    again = _transport(durable_broker, f"{namespace}-agg", manual_ack=True).start(wait=20)
+    msg = again.get(timeout=20)
+    assert msg is not None and msg.payload == b"precious"
+    again.ack(msg)
+    again.stop()
+
+
+def test_last_will_is_published_when_client_vanishes(broker: MosquittoBroker, namespace: str) -> None:
+    watcher = _transport(broker, f"{namespace}-w").start(wait=10)
+    watcher.subscribe(f"{namespace}/presence/+")
+    dev = _transport(
+        broker, f"{namespace}-d", keepalive=1,
+        will=Will(f"{namespace}/presence/d", b"offline"),
+    ).start(wait=10)
+    dev.stop(graceful=False)  # no DISCONNECT: the broker must fire the will
+    dev._client.socket().close()  # type: ignore[union-attr]
+    msg = watcher.get(timeout=15)
+    watcher.stop()
+    assert msg is not None and msg.payload == b"offline"
+
+
+def test_bad_url_is_a_clear_config_error() -> None:
+    with pytest.raises(ConfigError, match="mqtt://host:port"):
+        MqttTransport(BrokerConfig(url="http://x:1", client_id="c"))

@@ -1,0 +1,109 @@
+"""The dependency rules of STYLE.md, checked on the source (imports point one way)."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("edge_client", "aggregator", "models", "tools")
+ALLOWED: dict[str, set[str]] = {
+    "edge_client": set(),
+    "models": set(),
+    "aggregator": {"edge_client"},
+    "tools": {"edge_client", "aggregator", "models"},
+}
+# aggregator may use only these edge_client modules (STYLE.md)
+AGGREGATOR_MAY_USE = {"edge_client", "edge_client.protocol", "edge_client.quantize",
+                      "edge_client.transport", "edge_client.transfer", "edge_client.errors",
+                      "edge_client.model"}
+
+
+def _imports(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.append(node.module)
+    return names
+
+
+def _repo_imports(pkg: str) -> list[tuple[Path, str]]:
+    found = []
+    for path in sorted((ROOT / pkg).rglob("*.py")):
+        for name in _imports(path):
+            if name.split(".")[0] in PACKAGES:
+                found.append((path, name))
+    return found
+
+
+@pytest.mark.parametrize("pkg", PACKAGES)
+def test_imports_point_one_way(pkg: str) -> None:
+    bad = [
+        f"{p.relative_to(ROOT)} imports {n}"
+        for p, n in _repo_imports(pkg)
+        if n.split(".")[0] != pkg and n.split(".")[0] not in ALLOWED[pkg]
+    ]
+    assert not bad, "dependency direction broken:\n" + "\n".join(bad)
+
+
+def test_aggregator_uses_only_wire_modules_of_edge_client() -> None:
+    bad = [
+        f"{p.relative_to(ROOT)} imports {n}"
+        for p, n in _repo_imports("aggregator")
+        if n.startswith("edge_client") and n not in AGGREGATOR_MAY_USE
+    ]
+    assert not bad, "\n".join(bad)
+
+
+def test_only_transport_imports_paho_and_only_runtime_imports_tflite() -> None:
+    owners = {"paho": "transport.py", "tflite_runtime": "runtime.py", "ai_edge_litert": "runtime.py"}
+    bad = []
+    for pkg in PACKAGES:
+        for path in (ROOT / pkg).rglob("*.py"):
+            for name in _imports(path):
+                owner = owners.get(name.split(".")[0])
+                if owner and not (pkg == "edge_client" and path.name == owner):
+                    bad.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert not bad, "\n".join(bad)
+
+
+def test_no_pickle_anywhere() -> None:
+    bad = [
+        f"{p.relative_to(ROOT)}"
+        for pkg in PACKAGES
+        for p in (ROOT / pkg).rglob("*.py")
+        if any(n.split(".")[0] in ("pickle", "cloudpickle", "dill") for n in _imports(p))
+    ]
+    assert not bad, bad
+
+
+BLOCK_TF = """
+import sys
+class _Block:
+    def find_spec(self, name, path=None, target=None):
+        if name == "tensorflow" or name.startswith("tensorflow."):
+            raise ImportError("tensorflow is blocked in this test")
+        return None
+sys.meta_path.insert(0, _Block())
+"""
+
+
+def test_edge_client_and_aggregator_import_without_tensorflow() -> None:
+    modules = sorted(
+        ".".join(p.relative_to(ROOT).with_suffix("").parts)
+        for pkg in ("edge_client", "aggregator")
+        for p in (ROOT / pkg).rglob("*.py")
+        if p.name != "__main__.py"
+    )
+    code = BLOCK_TF + "".join(f"import {m}\n" for m in modules) + (
+        "assert 'tensorflow' not in sys.modules\nprint('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
