@@ -1,0 +1,104 @@
+"""``fedge-client`` (``python -m edge_client``): join a federation and train on local data."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from edge_client.config import ClientConfig, build_config
+from edge_client.errors import FedgeError
+
+log = logging.getLogger("edge_client")
+
+EPILOG = """\
+environment:
+  FEDGE_PASSWORD      the MQTT password (never put it in a flag or the config file)
+
+examples:
+  fedge-client --broker mqtt://gateway.local:1883 --federation cardio \\
+      --data visits.csv --label-column outcome --state-dir /var/lib/fedge
+  fedge-client --config /etc/fedge/client.toml --once
+  fedge-client --broker mqtts://broker:8883 --ca ca.pem --cert dev1.pem --key dev1.key \\
+      --data wrist.csv --window 100 --stride 50 --label-column activity
+
+exit status: 0 when done (--once / --max-rounds), 2 on a configuration or data error,
+130 on Ctrl-C.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``fedge-client`` argument parser; every flag defaults to None so TOML can fill in."""
+    d = ClientConfig()
+    p = argparse.ArgumentParser(
+        prog="fedge-client", description=__doc__, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", type=Path, help="TOML file with any of the options below "
+                   "(keys as the flags, optionally under [client]); flags win")
+    g = p.add_argument_group("federation")
+    g.add_argument("--broker", help=f"mqtt://host:port or mqtts://host:port (TLS); "
+                   f"default {d.broker}")
+    g.add_argument("--federation",
+                   help=f"federation name (topic namespace); default {d.federation}")
+    g.add_argument("--prefix", help=f"topic prefix; default {d.prefix}")
+    g.add_argument("--client-id", help="this device's id (letters, digits, _ -); default: "
+                   "generated once and kept in the state dir")
+    g.add_argument("--mqtt-version", choices=["5", "3.1.1"], help="MQTT protocol; default 5")
+    g.add_argument("--once", action="store_true", default=None,
+                   help="take part in one round, then exit 0")
+    g.add_argument("--max-rounds", type=int, help="exit 0 after taking part in N rounds")
+    g.add_argument("--max-payload", type=int, help="largest MQTT payload in bytes; bigger "
+                   f"updates are chunked; default {d.max_payload}")
+    g = p.add_argument_group("local data (never leaves the device)")
+    g.add_argument("--data", type=Path, help="a .csv (with --label-column), an .npz with x "
+                   "and y, or a time-series .csv of sensor channels (with --window)")
+    g.add_argument("--label-column", help="CSV column holding the label")
+    g.add_argument("--features", help="comma-separated feature columns (default: all others)")
+    g.add_argument("--window", type=int, help="time-series CSV: window length in rows")
+    g.add_argument("--stride", type=int, help="time-series CSV: step between windows "
+                   "(default: the window length)")
+    g.add_argument("--group-column", help="time-series CSV: windows never span two values "
+                   "of this column (e.g. session)")
+    g = p.add_argument_group("security")
+    g.add_argument("--ca", type=Path, help="CA certificate (PEM) to verify the broker")
+    g.add_argument("--cert", type=Path, help="this device's certificate (PEM), for mTLS")
+    g.add_argument("--key", type=Path, help="this device's private key (PEM), for mTLS")
+    g.add_argument("--username", help="MQTT username (password from FEDGE_PASSWORD)")
+    g.add_argument("--password-file", type=Path, help="read the MQTT password from this file")
+    g = p.add_argument_group("device")
+    g.add_argument("--state-dir", type=Path, help="where the client id, current model, "
+                   f"residual and unsent updates are kept; default ./{d.state_dir}")
+    g.add_argument("--threads", type=int, help="TFLite interpreter threads; default 1")
+    g.add_argument("--seed", type=int, help="seed for shuffling and stochastic rounding")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``fedge-client``."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        config = build_config(args)
+        from edge_client.client import run_client
+
+        return run_client(config, stop)
+    except FedgeError as e:
+        print(f"fedge-client: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
