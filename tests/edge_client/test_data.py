@@ -12,16 +12,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge_client.data import (
-    NormStats,
-    compute_norm_stats,
     load_data,
     load_npz,
     load_series_csv,
     load_table_csv,
     make_windows,
-    normalise,
 )
 from edge_client.errors import ConfigError, DataError
+from edge_client.normalise import NormStats, compute_norm_stats, normalise
 
 SERIES = """timestamp,acc_x,hr,session,label
 t0,0,60,a,0
