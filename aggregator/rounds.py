@@ -1,0 +1,358 @@
+"""The round state machine: a pure function of events and the injected clock.
+
+``step(config, state, event, now) -> (state, actions)``. The service feeds it
+:class:`Presence`, :class:`UpdateArrived` (after :func:`aggregator.validation.validate`
+accepted the update) and :class:`Tick` events, carries out the returned actions in order
+(folding an update when its :class:`Reply` accepts it, before any :class:`Aggregate`
+that follows), then persists ``state.to_dict()``; :meth:`RoundState.from_dict` restores
+it after a crash and the run continues exactly as it would have.
+
+A round:
+
+1. **Announce.** As soon as ``min_available`` clients are online, round r+1 is announced
+   to clients picked by :func:`select_clients` (seeded by ``(seed, round id, sorted
+   online set)``), with the deadline ``now + round_timeout``.
+2. **Collect** until every selected client was accepted, or the deadline passed. Each
+   update gets a :class:`Reply`; updates for a closed round (``late``: the round that
+   closed most recently; ``stale``: an older round or an older base version), from
+   unselected clients or repeated (``duplicate``) are refused with their reason.
+3. **Close.** With at least ``min_clients`` accepted: :class:`Aggregate` (the global
+   weights version goes up by one). Otherwise the policy is: **extend the deadline once,
+   by ``round_timeout``**; if the quorum is still not met then, :class:`SkipRound`: global
+   weights unchanged, and the next round is announced on the same version.
+4. After round ``total_rounds`` closes (aggregated or skipped: a skipped round still uses
+   its id, so a run always ends), :class:`Finish`.
+
+Stragglers never stall a round beyond its (possibly extended) deadline.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from enum import Enum
+from typing import Any
+
+import numpy as np
+
+from aggregator.validation import Reason, ReceivedUpdate, RoundContext, admission_reason
+from edge_client.errors import ConfigError, ValidationError
+
+
+class Phase(str, Enum):
+    """Where the machine is."""
+
+    WAITING = "waiting"  # for min_available clients to come online
+    COLLECTING = "collecting"
+    FINISHED = "finished"
+
+
+@dataclass(frozen=True)
+class RoundsConfig:
+    """Fixed parameters of a federation run.
+
+    Attributes:
+        federation: federation name.
+        model_sha256: hash of the model file all clients train.
+        total_rounds: rounds to run (the ``--rounds`` flag).
+        min_clients: quorum: fewest accepted updates to aggregate a round.
+        clients_per_round: clients to select per round (None: use ``fraction``).
+        fraction: share of online clients to select (None with ``clients_per_round``
+            None: all online clients).
+        round_timeout: seconds from announce to deadline, and the one extension.
+        seed: seed of client selection.
+        min_available: clients that must be online before a round is announced (None:
+            ``min_clients``), like Flower's ``min_available_clients``.
+    """
+
+    federation: str
+    model_sha256: str
+    total_rounds: int
+    min_clients: int = 2
+    clients_per_round: int | None = None
+    fraction: float | None = None
+    round_timeout: float = 60.0
+    seed: int = 0
+    min_available: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.total_rounds < 1 or self.min_clients < 1 or self.seed < 0:
+            raise ConfigError("total_rounds and min_clients must be >= 1 and seed >= 0, got "
+                              f"{self.total_rounds}, {self.min_clients}, {self.seed}")
+        if self.clients_per_round is not None and self.clients_per_round < self.min_clients:
+            raise ConfigError(f"clients_per_round {self.clients_per_round} is below "
+                              f"min_clients {self.min_clients}")
+        if self.min_available is not None and self.min_available < self.min_clients:
+            raise ConfigError(f"min_available {self.min_available} is below "
+                              f"min_clients {self.min_clients}")
+        if self.fraction is not None and not 0.0 < self.fraction <= 1.0:
+            raise ConfigError(f"fraction must be in (0, 1], got {self.fraction}")
+        if not (math.isfinite(self.round_timeout) and self.round_timeout > 0):
+            raise ConfigError(f"round_timeout must be positive, got {self.round_timeout}")
+
+
+@dataclass(frozen=True)
+class RoundState:
+    """Everything the machine knows; serialisable with :meth:`to_dict`.
+
+    Attributes:
+        round_id: the open round, or the latest one when not collecting (0: none yet).
+        phase: see :class:`Phase`.
+        weights_version: version of the current global weights (base of the open round).
+        online: clients currently online.
+        selected: clients selected for the round.
+        accepted: clients whose update the round accepted.
+        deadline: when the round closes (clock of ``now``), None when not collecting.
+        extended: whether the deadline was already extended.
+        aggregated: rounds aggregated so far.
+        skipped: rounds skipped so far.
+    """
+
+    round_id: int = 0
+    phase: Phase = Phase.WAITING
+    weights_version: int = 0
+    online: frozenset[str] = frozenset()
+    selected: frozenset[str] = frozenset()
+    accepted: frozenset[str] = frozenset()
+    deadline: float | None = None
+    extended: bool = False
+    aggregated: int = 0
+    skipped: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (sets as sorted lists)."""
+        return {
+            "round_id": self.round_id, "phase": self.phase.value,
+            "weights_version": self.weights_version, "online": sorted(self.online),
+            "selected": sorted(self.selected), "accepted": sorted(self.accepted),
+            "deadline": self.deadline, "extended": self.extended,
+            "aggregated": self.aggregated, "skipped": self.skipped,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RoundState:
+        """Parse :meth:`to_dict` output, strictly (a bad checkpoint names the field)."""
+        try:
+            deadline = data["deadline"]
+            return cls(
+                round_id=_int(data, "round_id"), phase=Phase(data["phase"]),
+                weights_version=_int(data, "weights_version"),
+                online=_names(data, "online"), selected=_names(data, "selected"),
+                accepted=_names(data, "accepted"),
+                deadline=None if deadline is None else float(deadline),
+                extended=bool(data["extended"]),
+                aggregated=_int(data, "aggregated"), skipped=_int(data, "skipped"),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValidationError(f"round state checkpoint is invalid: {exc!r}") from exc
+
+
+@dataclass(frozen=True)
+class Presence:
+    """A client came online (``online=True``) or went offline."""
+
+    client_id: str
+    online: bool
+
+
+@dataclass(frozen=True)
+class UpdateArrived:
+    """An update passed content validation and asks to count toward a round."""
+
+    client_id: str
+    round_id: int
+    base_version: int
+
+    @classmethod
+    def of(cls, update: ReceivedUpdate) -> UpdateArrived:
+        """The event for a received update."""
+        return cls(update.client_id, update.round_id, update.base_version)
+
+
+@dataclass(frozen=True)
+class Tick:
+    """Time passed; deadlines are checked against ``now``."""
+
+
+Event = Presence | UpdateArrived | Tick
+
+
+@dataclass(frozen=True)
+class Announce:
+    """Publish round ``round_id`` to ``selected``, training from ``base_version``."""
+
+    round_id: int
+    base_version: int
+    selected: tuple[str, ...]
+    deadline: float
+
+
+@dataclass(frozen=True)
+class Reply:
+    """Tell a client whether its update counts; fold it into the round when accepted."""
+
+    client_id: str
+    round_id: int
+    accepted: bool
+    reason: Reason | None = None
+
+
+@dataclass(frozen=True)
+class ExtendDeadline:
+    """The quorum was not met by the deadline: the round now closes at ``deadline``."""
+
+    round_id: int
+    deadline: float
+    accepted: int
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """Close the round: aggregate the updates of ``clients``, publish ``new_version``."""
+
+    round_id: int
+    clients: tuple[str, ...]
+    new_version: int
+
+
+@dataclass(frozen=True)
+class SkipRound:
+    """Close the round without aggregating; global weights stay as they are."""
+
+    round_id: int
+    accepted: int
+    min_clients: int
+
+
+@dataclass(frozen=True)
+class Finish:
+    """The last round closed: the run is over."""
+
+    rounds: int
+    aggregated: int
+    skipped: int
+
+
+Action = Announce | Reply | ExtendDeadline | Aggregate | SkipRound | Finish
+Step = tuple[RoundState, tuple[Action, ...]]
+
+
+def initial_state(weights_version: int = 0) -> RoundState:
+    """The state of a fresh run whose global weights have ``weights_version``."""
+    return RoundState(weights_version=weights_version)
+
+
+def context(config: RoundsConfig, state: RoundState) -> RoundContext:
+    """What :func:`aggregator.validation.validate` checks an update against."""
+    return RoundContext(
+        federation=config.federation, model_sha256=config.model_sha256,
+        round_id=state.round_id, collecting=state.phase is Phase.COLLECTING,
+        base_version=state.weights_version, selected=state.selected, accepted=state.accepted,
+    )
+
+
+def step(config: RoundsConfig, state: RoundState, event: Event, now: float) -> Step:
+    """Apply one event at time ``now``; return the new state and the actions to carry out."""
+    actions: tuple[Action, ...] = ()
+    if isinstance(event, Presence):
+        client = frozenset({event.client_id})
+        online = state.online | client if event.online else state.online - client
+        state = replace(state, online=online)
+    elif isinstance(event, UpdateArrived):
+        state, actions = _receive(config, state, event)
+    if state.phase is Phase.FINISHED:
+        return state, actions
+    state, more = _advance(config, state, now)
+    return state, actions + more
+
+
+def select_clients(
+    seed: int, round_id: int, online: frozenset[str], count: int
+) -> tuple[str, ...]:
+    """``count`` clients drawn without replacement, reproducible from the arguments."""
+    pool = sorted(online)
+    rng = np.random.default_rng([seed, round_id])
+    picked = rng.choice(len(pool), size=min(count, len(pool)), replace=False)
+    return tuple(sorted(pool[int(i)] for i in picked))
+
+
+def round_size(config: RoundsConfig, online: int) -> int:
+    """How many clients a round selects among ``online`` (never fewer than the quorum)."""
+    if config.clients_per_round is not None:
+        wanted = config.clients_per_round
+    elif config.fraction is not None:
+        wanted = math.ceil(config.fraction * online)
+    else:
+        wanted = online
+    return min(max(wanted, config.min_clients), online)
+
+
+def _receive(config: RoundsConfig, state: RoundState, event: UpdateArrived) -> Step:
+    reason = admission_reason(
+        context(config, state), event.client_id, event.round_id, event.base_version)
+    if reason is not None:
+        return state, (Reply(event.client_id, event.round_id, False, reason),)
+    accepted = replace(state, accepted=state.accepted | {event.client_id})
+    return accepted, (Reply(event.client_id, event.round_id, True),)
+
+
+def _advance(config: RoundsConfig, state: RoundState, now: float) -> Step:
+    if state.phase is Phase.WAITING:
+        return _announce(config, state, now)
+    assert state.deadline is not None  # always set while collecting
+    if state.accepted >= state.selected:
+        return _close(config, state, now)
+    if now < state.deadline:
+        return state, ()
+    quorum = len(state.accepted) >= config.min_clients
+    extended_deadline = state.deadline + config.round_timeout
+    if not quorum and not state.extended and now < extended_deadline:
+        extended = replace(state, deadline=extended_deadline, extended=True)
+        return extended, (ExtendDeadline(state.round_id, extended_deadline,
+                                         len(state.accepted)),)
+    return _close(config, state, now)
+
+
+def _close(config: RoundsConfig, state: RoundState, now: float) -> Step:
+    closed: Action
+    if len(state.accepted) >= config.min_clients:
+        version = state.weights_version + 1
+        closed = Aggregate(state.round_id, tuple(sorted(state.accepted)), version)
+        state = replace(state, weights_version=version, aggregated=state.aggregated + 1)
+    else:
+        closed = SkipRound(state.round_id, len(state.accepted), config.min_clients)
+        state = replace(state, skipped=state.skipped + 1)
+    state = replace(state, phase=Phase.WAITING, selected=frozenset(), accepted=frozenset(),
+                    deadline=None, extended=False)
+    if state.round_id >= config.total_rounds:
+        done = replace(state, phase=Phase.FINISHED)
+        return done, (closed, Finish(state.round_id, state.aggregated, state.skipped))
+    state, announced = _announce(config, state, now)
+    return state, (closed, *announced)
+
+
+def _announce(config: RoundsConfig, state: RoundState, now: float) -> Step:
+    if len(state.online) < (config.min_available or config.min_clients):
+        return state, ()
+    round_id = state.round_id + 1
+    selected = select_clients(config.seed, round_id, state.online,
+                              round_size(config, len(state.online)))
+    deadline = now + config.round_timeout
+    state = replace(state, round_id=round_id, phase=Phase.COLLECTING,
+                    selected=frozenset(selected), accepted=frozenset(), deadline=deadline,
+                    extended=False)
+    return state, (Announce(round_id, state.weights_version, selected, deadline),)
+
+
+def _int(data: dict[str, Any], key: str) -> int:
+    value = data[key]
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{key} must be a non-negative integer, got {value!r}")
+    return value
+
+
+def _names(data: dict[str, Any], key: str) -> frozenset[str]:
+    value = data[key]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{key} must be a list of client ids, got {value!r}")
+    return frozenset(value)

@@ -1,0 +1,289 @@
+"""The round state machine, driven by events and a fake clock."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from aggregator.rounds import (
+    Action,
+    Aggregate,
+    Announce,
+    Event,
+    ExtendDeadline,
+    Finish,
+    Phase,
+    Presence,
+    Reply,
+    RoundsConfig,
+    RoundState,
+    SkipRound,
+    Tick,
+    UpdateArrived,
+    initial_state,
+    round_size,
+    select_clients,
+    step,
+)
+from aggregator.validation import Reason
+from edge_client.errors import ConfigError, ValidationError
+
+CLIENTS = frozenset(f"dev-{i:02d}" for i in range(8))
+CONFIG = RoundsConfig(federation="f", model_sha256="h", total_rounds=3, min_clients=2,
+                      clients_per_round=3, round_timeout=10.0, seed=7)
+
+
+class Driver:
+    """Feeds events at given times, keeping the state and every action."""
+
+    def __init__(self, config: RoundsConfig = CONFIG, online: frozenset[str] = CLIENTS) -> None:
+        self.config = config
+        self.state = RoundState(online=online)
+        self.actions: list[Action] = []
+
+    def send(self, event: Event, now: float) -> tuple[Action, ...]:
+        self.state, actions = step(self.config, self.state, event, now)
+        self.actions += actions
+        return actions
+
+    def answer(self, client: str, now: float, **kw: int) -> Reply:
+        event = UpdateArrived(client, kw.get("round_id", self.state.round_id),
+                              kw.get("base_version", self.state.weights_version))
+        replies = [a for a in self.send(event, now) if isinstance(a, Reply)]
+        return replies[0]
+
+    def selected(self) -> list[str]:
+        return sorted(self.state.selected)
+
+
+def of_type(actions: Any, kind: type) -> list[Any]:
+    return [a for a in actions if isinstance(a, kind)]
+
+
+def test_happy_path_runs_every_round_then_finishes() -> None:
+    d = Driver()
+    (announce,) = d.send(Tick(), now=0.0)
+    assert announce == Announce(1, 0, tuple(d.selected()), 10.0) and len(d.selected()) == 3
+    for r in range(1, 4):
+        clients = d.selected()
+        for t, client in enumerate(clients):
+            assert d.answer(client, now=r + t * 0.1) == Reply(client, r, True, None)
+    assert of_type(d.actions, Aggregate) == [
+        Aggregate(r, a.selected, r) for r, a in enumerate(of_type(d.actions, Announce), 1)]
+    assert [a.base_version for a in of_type(d.actions, Announce)] == [0, 1, 2]
+    assert d.actions[-1] == Finish(rounds=3, aggregated=3, skipped=0)
+    assert d.state.phase is Phase.FINISHED and d.state.weights_version == 3
+    assert d.send(Tick(), now=1e6) == ()
+
+
+def test_a_straggler_does_not_stall_the_round_beyond_its_deadline() -> None:
+    d = Driver()
+    d.send(Tick(), now=0.0)
+    fast, straggler = d.selected()[:2], d.selected()[2]
+    for client in fast:
+        d.answer(client, now=1.0)
+    assert d.send(Tick(), now=9.99) == ()
+    closed, announce = d.send(Tick(), now=10.0)
+    assert closed == Aggregate(1, tuple(fast), 1)
+    assert isinstance(announce, Announce) and announce.round_id == 2
+    assert d.answer(straggler, now=11.0, round_id=1, base_version=0) == Reply(
+        straggler, 1, False, Reason.LATE)
+
+
+def test_quorum_not_met_extends_once_then_skips_keeping_the_weights() -> None:
+    d = Driver()
+    d.send(Tick(), now=0.0)
+    d.answer(d.selected()[0], now=1.0)
+    assert d.send(Tick(), now=10.0) == (ExtendDeadline(1, 20.0, accepted=1),)
+    assert d.send(Tick(), now=19.0) == ()
+    skip, announce = d.send(Tick(), now=20.0)
+    assert skip == SkipRound(1, accepted=1, min_clients=2)
+    assert isinstance(announce, Announce)
+    assert (announce.round_id, announce.base_version, announce.deadline) == (2, 0, 30.0)
+    assert d.state.weights_version == 0 and not d.state.extended
+
+
+def test_quorum_reached_during_the_extension_aggregates_at_the_extended_deadline() -> None:
+    d = Driver()
+    d.send(Tick(), now=0.0)
+    first, second, _ = d.selected()
+    d.answer(first, now=1.0)
+    d.send(Tick(), now=12.0)
+    d.answer(second, now=15.0)
+    assert of_type(d.send(Tick(), now=22.0), Aggregate) == [Aggregate(1, (first, second), 1)]
+
+
+def test_a_server_asleep_past_the_extension_skips_at_once() -> None:
+    d = Driver()
+    d.send(Tick(), now=0.0)
+    actions = d.send(Tick(), now=500.0)
+    assert isinstance(actions[0], SkipRound) and not of_type(actions, ExtendDeadline)
+
+
+def test_all_selected_answering_closes_the_round_before_the_deadline() -> None:
+    d = Driver()
+    d.send(Tick(), now=0.0)
+    *early, last = selected = d.selected()
+    for client in early:
+        d.answer(client, now=1.0)
+    assert d.state.phase is Phase.COLLECTING
+    d.answer(last, now=2.0)
+    assert of_type(d.actions, Aggregate) == [Aggregate(1, tuple(selected), 1)]
+    assert d.state.round_id == 2 and d.state.deadline == 12.0
+
+
+def test_waits_for_quorum_online_before_announcing() -> None:
+    d = Driver(online=frozenset())
+    assert d.send(Presence("dev-00", True), now=0.0) == ()
+    assert d.send(Presence("dev-00", False), now=1.0) == ()
+    d.send(Presence("dev-01", True), now=2.0)
+    (announce,) = d.send(Presence("dev-02", True), now=3.0)
+    assert announce == Announce(1, 0, ("dev-01", "dev-02"), 13.0)
+
+
+def test_min_available_holds_the_first_round_until_enough_clients_are_online() -> None:
+    d = Driver(RoundsConfig("f", "h", total_rounds=1, min_clients=2, clients_per_round=3,
+                            min_available=4), online=frozenset())
+    for i, client in enumerate(["a", "b", "c"]):
+        assert d.send(Presence(client, True), now=float(i)) == ()
+    (announce,) = d.send(Presence("d", True), now=5.0)
+    assert isinstance(announce, Announce) and len(announce.selected) == 3
+
+
+@pytest.mark.parametrize(
+    ("update", "reason"),
+    [
+        ({"round_id": 3}, Reason.WRONG_ROUND),
+        ({"base_version": 0}, Reason.STALE),  # round 2 runs on version 1
+        ({"base_version": 5}, Reason.BASE_VERSION),
+        ({"round_id": 1, "base_version": 0}, Reason.LATE),
+    ],
+)
+def test_updates_for_the_wrong_round_or_version_are_refused(
+    update: dict[str, int], reason: Reason
+) -> None:
+    d = Driver(RoundsConfig("f", "h", total_rounds=5, min_clients=2, clients_per_round=2,
+                            round_timeout=10.0))
+    d.send(Tick(), now=0.0)
+    for client in d.selected():
+        d.answer(client, now=1.0)
+    assert (d.state.round_id, d.state.weights_version) == (2, 1)
+    before = d.state
+    assert d.answer(d.selected()[0], now=2.0, **update) == Reply(
+        d.selected()[0], update.get("round_id", 2), False, reason)
+    assert d.state == before
+
+
+def test_an_update_two_rounds_old_is_stale_and_one_after_finish_is_late() -> None:
+    d = Driver(RoundsConfig("f", "h", total_rounds=3, min_clients=2, round_timeout=10.0),
+               online=frozenset({"a", "b"}))
+    d.send(Tick(), now=0.0)
+    for r in range(3):
+        for client in ("a", "b"):
+            d.answer(client, now=r + 1.0)
+    assert d.state.phase is Phase.FINISHED
+    assert d.answer("a", now=9.0, round_id=3, base_version=2).reason is Reason.LATE
+    assert d.answer("a", now=9.0, round_id=1, base_version=0).reason is Reason.STALE
+
+
+def test_duplicate_and_unselected_updates_are_refused() -> None:
+    d = Driver()
+    d.send(Tick(), now=0.0)
+    client, outsider = d.selected()[0], sorted(CLIENTS - d.state.selected)[0]
+    d.answer(client, now=1.0)
+    assert d.answer(client, now=2.0).reason is Reason.DUPLICATE
+    assert d.answer(outsider, now=2.0).reason is Reason.NOT_SELECTED
+    assert d.state.accepted == {client}
+
+
+@given(order=st.permutations(sorted(CLIENTS)), round_id=st.integers(1, 10**6),
+       seed=st.integers(0, 2**32))
+def test_selection_depends_only_on_seed_round_and_online_set(
+    order: list[str], round_id: int, seed: int
+) -> None:
+    config = RoundsConfig("f", "h", total_rounds=3, min_clients=2, clients_per_round=3,
+                          seed=seed, min_available=len(CLIENTS))
+    d1, d2 = Driver(config, online=frozenset()), Driver(config, online=frozenset())
+    for client in order:
+        d1.send(Presence(client, True), now=0.0)
+    for client in sorted(CLIENTS):
+        d2.send(Presence(client, True), now=0.0)
+    assert d1.state.round_id == 1 and d1.state.selected == d2.state.selected
+    picked = select_clients(seed, round_id, CLIENTS, 3)
+    assert picked == select_clients(seed, round_id, frozenset(order), 3)
+    assert len(set(picked)) == 3 and set(picked) <= CLIENTS
+
+
+def test_selection_changes_from_round_to_round() -> None:
+    picks = {select_clients(7, r, CLIENTS, 3) for r in range(1, 21)}
+    assert len(picks) > 5
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "online", "size"),
+    [({"clients_per_round": 3}, 8, 3), ({"clients_per_round": 5}, 4, 4),
+     ({"fraction": 0.3}, 10, 3), ({"fraction": 0.01}, 10, 2), ({}, 6, 6)],
+)
+def test_round_size_follows_config_and_never_drops_below_quorum(
+    kwargs: dict[str, Any], online: int, size: int
+) -> None:
+    config = RoundsConfig("f", "h", total_rounds=1, min_clients=2, **kwargs)
+    assert round_size(config, online) == size
+
+
+def script() -> list[tuple[Event, float]]:
+    """Two rounds with a duplicate, an outsider, churn, an extension, late and stale updates.
+
+    With seed 7, round 1 selects dev-05/06/07 and round 2 (dev-09 in, dev-03 out)
+    dev-01/07/09.
+    """
+    return [
+        (Tick(), 0.0), (UpdateArrived("dev-05", 1, 0), 1.0), (Presence("dev-09", True), 2.0),
+        (UpdateArrived("dev-03", 1, 0), 3.0), (UpdateArrived("dev-05", 1, 0), 4.0),
+        (Tick(), 10.0), (UpdateArrived("dev-06", 1, 0), 12.0), (Presence("dev-03", False), 13.0),
+        (Tick(), 20.0), (UpdateArrived("dev-07", 1, 0), 21.0),
+        (UpdateArrived("dev-01", 2, 1), 22.0), (UpdateArrived("dev-09", 2, 0), 23.0),
+        (UpdateArrived("dev-09", 2, 1), 24.0), (UpdateArrived("dev-07", 2, 1), 25.0),
+        (Tick(), 40.0),
+    ]
+
+
+@pytest.mark.parametrize("crash_at", range(len(script()) + 1))
+def test_restored_state_continues_exactly_like_the_uninterrupted_run(crash_at: int) -> None:
+    events = script()
+    whole = Driver()
+    for event, now in events:
+        whole.send(event, now)
+    resumed = Driver()
+    for event, now in events[:crash_at]:
+        resumed.send(event, now)
+    resumed.state = RoundState.from_dict(json.loads(json.dumps(resumed.state.to_dict())))
+    for event, now in events[crash_at:]:
+        resumed.send(event, now)
+    assert resumed.actions == whole.actions and resumed.state == whole.state
+    assert {r.reason for r in of_type(whole.actions, Reply)} == {
+        None, Reason.NOT_SELECTED, Reason.DUPLICATE, Reason.LATE, Reason.STALE}
+    assert [a.round_id for a in of_type(whole.actions, Aggregate)] == [1, 2]
+    assert [a.round_id for a in of_type(whole.actions, ExtendDeadline)] == [1, 3]
+
+
+def test_a_corrupt_checkpoint_is_refused_naming_the_field() -> None:
+    data = initial_state().to_dict()
+    with pytest.raises(ValidationError, match="selected"):
+        RoundState.from_dict({**data, "selected": "dev-00"})
+    with pytest.raises(ValidationError, match="round_id"):
+        RoundState.from_dict({**data, "round_id": -1})
+
+
+@pytest.mark.parametrize("kwargs", [{"total_rounds": 0}, {"min_clients": 0},
+                                    {"clients_per_round": 1}, {"fraction": 1.5},
+                                    {"round_timeout": 0.0}, {"seed": -1},
+                                    {"min_available": 1}])
+def test_nonsense_round_config_is_a_config_error(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError):
+        RoundsConfig(**{"federation": "f", "model_sha256": "h", "total_rounds": 2,
+                        "min_clients": 2, **kwargs})
