@@ -1,0 +1,110 @@
+"""The fedge wire format: every MQTT topic and every message payload.
+
+Nothing else in the repository builds topic strings or payload bytes. Topics live
+under ``{prefix}/v1/{federation}/...`` (see :class:`Topics`). Every message is a
+frozen dataclass encoded as one canonical CBOR map that carries the protocol
+version ``v`` and the message ``kind``; decoding is strict and raises only
+:class:`~edge_client.errors.ProtocolError` subclasses whose text names the field.
+Sizes are checked before anything is allocated: the payload against a cap, every
+CBOR header against the bytes that remain, element counts against the data length.
+The full specification is ``docs/protocol.md``.
+
+Import everything from here (``from edge_client.protocol import Update``); the
+modules behind it are:
+
+- ``limits``: protocol version, codecs, caps, id rules, the errors and field checks;
+- ``topics``: :class:`Topics`, :class:`TopicRef`, :func:`parse_topic`, :func:`check_id`;
+- ``cbor``: strict CBOR scanning and loading, dataclasses to and from CBOR maps;
+- ``tensor``: :class:`Tensor`, the self-describing tensor;
+- ``messages``: :class:`Message` and every message kind, :data:`MESSAGES`.
+"""
+
+from __future__ import annotations
+
+from edge_client.errors import ProtocolError
+from edge_client.protocol.limits import (
+    CLEAR,
+    CODEC_DTYPES,
+    CODECS,
+    DEFAULT_PREFIX,
+    MAX_CHUNK_BYTES,
+    MAX_CHUNKS,
+    MAX_CONTROL_BYTES,
+    MAX_DEPTH,
+    MAX_ELEMENTS,
+    MAX_ITEMS,
+    MAX_METRICS,
+    MAX_NDIM,
+    MAX_SELECTED,
+    MAX_TENSORS,
+    MAX_TEXT,
+    MAX_TRANSFER_BYTES,
+    NUMPY_DTYPES,
+    PROTOCOL_VERSION,
+    RETAINED_KINDS,
+    InvalidTopic,
+    MalformedMessage,
+    MessageTooLarge,
+    UnsupportedVersion,
+)
+from edge_client.protocol.messages import (
+    MESSAGES,
+    Chunk,
+    Hyperparameters,
+    M,
+    Manifest,
+    Message,
+    Presence,
+    Reply,
+    Round,
+    TensorSet,
+    Update,
+    Weights,
+)
+from edge_client.protocol.tensor import Tensor
+from edge_client.protocol.topics import TopicRef, Topics, check_id, is_clear, parse_topic
+
+__all__ = [
+    "CLEAR",
+    "CODECS",
+    "CODEC_DTYPES",
+    "DEFAULT_PREFIX",
+    "MAX_CHUNKS",
+    "MAX_CHUNK_BYTES",
+    "MAX_CONTROL_BYTES",
+    "MAX_DEPTH",
+    "MAX_ELEMENTS",
+    "MAX_ITEMS",
+    "MAX_METRICS",
+    "MAX_NDIM",
+    "MAX_SELECTED",
+    "MAX_TENSORS",
+    "MAX_TEXT",
+    "MAX_TRANSFER_BYTES",
+    "MESSAGES",
+    "NUMPY_DTYPES",
+    "PROTOCOL_VERSION",
+    "RETAINED_KINDS",
+    "Chunk",
+    "Hyperparameters",
+    "InvalidTopic",
+    "M",
+    "MalformedMessage",
+    "Manifest",
+    "Message",
+    "MessageTooLarge",
+    "Presence",
+    "ProtocolError",
+    "Reply",
+    "Round",
+    "Tensor",
+    "TensorSet",
+    "TopicRef",
+    "Topics",
+    "UnsupportedVersion",
+    "Update",
+    "Weights",
+    "check_id",
+    "is_clear",
+    "parse_topic",
+]

@@ -1,0 +1,330 @@
+"""The messages: a frozen dataclass per kind, each one canonical CBOR map on the wire.
+
+:class:`Message` gives every kind ``encode()`` (canonical CBOR carrying ``v`` and
+``kind``) and a strict ``decode()``; each kind's ``_check`` enforces what the
+protocol allows, naming the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import typing
+from dataclasses import dataclass
+from typing import ClassVar, TypeVar
+
+import cbor2
+
+from edge_client.protocol.cbor import _build, _load, _to_wire
+from edge_client.protocol.limits import (
+    MAX_CHUNK_BYTES,
+    MAX_CHUNKS,
+    MAX_CONTROL_BYTES,
+    MAX_METRICS,
+    MAX_SELECTED,
+    MAX_TRANSFER_BYTES,
+    PROTOCOL_VERSION,
+    MalformedMessage,
+    UnsupportedVersion,
+    _check,
+    _codec,
+    _fail,
+    _id_field,
+    _range,
+    _sha_field,
+    _short,
+    _text,
+)
+from edge_client.protocol.tensor import Tensor, _unique_tensors
+
+M = TypeVar("M", bound="Message")
+
+
+class Message:
+    """Base of every top-level message: strict canonical-CBOR encode and decode."""
+
+    KIND: ClassVar[str]
+    MAX_BYTES: ClassVar[int] = MAX_CONTROL_BYTES
+
+    def __post_init__(self) -> None:
+        try:
+            self._check()
+        except MalformedMessage as error:
+            raise type(error)(f"{self.KIND}.{error}") from None
+
+    def _check(self) -> None:
+        """Raise MalformedMessage("field: reason") for a value the protocol forbids."""
+
+    def encode(self) -> bytes:
+        """Canonical CBOR bytes of this message (deterministic: golden files pin them)."""
+        body = _to_wire(self)
+        body.update(v=PROTOCOL_VERSION, kind=self.KIND)
+        return bytes(cbor2.dumps(body, canonical=True))
+
+    @classmethod
+    def decode(cls: type[M], data: bytes, *, max_bytes: int | None = None) -> M:
+        """Decode and validate a payload.
+
+        Args:
+            data: the payload bytes, untrusted.
+            max_bytes: cap on ``len(data)``; defaults to the message's ``MAX_BYTES``.
+
+        Raises:
+            MessageTooLarge: over a cap. UnsupportedVersion: unknown ``v``.
+            MalformedMessage: anything else wrong, naming the field.
+        """
+        body = _load(data, cls.MAX_BYTES if max_bytes is None else max_bytes, cls.KIND)
+        if not isinstance(body, dict):
+            _fail(cls.KIND, f"expected a CBOR map, got {type(body).__name__}")
+        version = body.pop("v", None)
+        if type(version) is not int or version != PROTOCOL_VERSION:
+            _fail(f"{cls.KIND}.v", f"protocol version {_short(version)} is not supported "
+                  f"(this code speaks {PROTOCOL_VERSION})", UnsupportedVersion)
+        kind = body.pop("kind", None)
+        if kind != cls.KIND:
+            _fail(f"{cls.KIND}.kind", f"got {_short(kind)}")
+        built: M = _build(cls, body, cls.KIND, nested=False)
+        return built
+
+
+@dataclass(frozen=True)
+class Hyperparameters:
+    """Local training settings of a round."""
+
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    mu: float = 0.0  # FedProx proximal weight; 0 is plain FedAvg
+
+    def __post_init__(self) -> None:
+        _range(self.epochs, "epochs", 1, 10_000)
+        _range(self.batch_size, "batch_size", 1, 1_000_000)
+        _range(self.learning_rate, "learning_rate", 1e-12, 1e3)
+        _range(self.mu, "mu", 0.0, 1e6)
+
+
+@dataclass(frozen=True)
+class Manifest(Message):
+    """Retained description of the current global model; signed by the aggregator.
+
+    Attributes:
+        weights_sha256: SHA-256 of the encoded :class:`Weights` payload, so a signature
+            over the manifest also covers the weights.
+        codec: codec of the published global weights.
+        signature: over :meth:`signed_bytes`; ``None`` when unsigned.
+    """
+
+    KIND: ClassVar[str] = "manifest"
+    federation: str
+    model_sha256: str
+    model_size: int
+    weights_version: int
+    weights_sha256: str
+    round_id: int
+    codec: str
+    key_id: str
+    signature: bytes | None = None
+
+    def _check(self) -> None:
+        _id_field(self.federation, "federation")
+        _sha_field(self.model_sha256, "model_sha256")
+        _range(self.model_size, "model_size", 1, MAX_TRANSFER_BYTES)
+        _range(self.weights_version, "weights_version", 0, 2**53)
+        _sha_field(self.weights_sha256, "weights_sha256")
+        _range(self.round_id, "round_id", 0, 2**53)
+        _codec(self.codec)
+        _id_field(self.key_id, "key_id")
+        _check(self.signature is None or 0 < len(self.signature) <= 1024, "signature",
+               "must be 1-1024 bytes or null")
+
+    def signed_bytes(self) -> bytes:
+        """The canonical bytes a signature covers: the encoding with ``signature=None``."""
+        return dataclasses.replace(self, signature=None).encode()
+
+
+@dataclass(frozen=True)
+class Weights(Message):
+    """Global weights ``version``: the payload chunked under ``weights/{version}/``."""
+
+    KIND: ClassVar[str] = "weights"
+    MAX_BYTES: ClassVar[int] = MAX_TRANSFER_BYTES
+    federation: str
+    version: int
+    tensors: tuple[Tensor, ...]
+
+    def _check(self) -> None:
+        _id_field(self.federation, "federation")
+        _range(self.version, "version", 0, 2**53)
+        _unique_tensors(self.tensors)
+
+
+@dataclass(frozen=True)
+class Round(Message):
+    """Retained announcement of the open round.
+
+    Exactly one of ``selected`` (explicit client ids) and ``fraction`` (clients select
+    themselves with :meth:`selects`) is set.
+    """
+
+    KIND: ClassVar[str] = "round"
+    federation: str
+    round_id: int
+    weights_version: int
+    model_sha256: str
+    deadline: float
+    hyperparameters: Hyperparameters
+    codec: str
+    selected: tuple[str, ...] | None = None
+    fraction: float | None = None
+
+    def _check(self) -> None:
+        _id_field(self.federation, "federation")
+        _range(self.round_id, "round_id", 0, 2**53)
+        _range(self.weights_version, "weights_version", 0, 2**53)
+        _sha_field(self.model_sha256, "model_sha256")
+        _range(self.deadline, "deadline", 0.0, 1e11)
+        _codec(self.codec)
+        _check((self.selected is None) != (self.fraction is None), "selected",
+               "exactly one of selected and fraction must be set")
+        if self.selected is not None:
+            _check(len(self.selected) <= MAX_SELECTED, "selected", f"over {MAX_SELECTED} ids")
+            for client_id in self.selected:
+                _id_field(client_id, "selected")
+        if self.fraction is not None:
+            _range(self.fraction, "fraction", 1e-9, 1.0)
+
+    def selects(self, client_id: str) -> bool:
+        """Whether ``client_id`` takes part: listed, or its hash falls under ``fraction``."""
+        if self.selected is not None:
+            return client_id in self.selected
+        key = f"{self.federation}/{self.round_id}/{client_id}".encode()
+        draw = int.from_bytes(hashlib.sha256(key).digest()[:8], "big") / 2.0**64
+        return draw < typing.cast(float, self.fraction)
+
+
+@dataclass(frozen=True)
+class Presence(Message):
+    """Retained presence of a client; with ``online=False`` it is also the Last Will."""
+
+    KIND: ClassVar[str] = "presence"
+    client_id: str
+    online: bool
+    samples: int
+    runtime: str
+    runtime_version: str
+    software_version: str
+    timestamp: float
+    battery: float | None = None  # 0..1 where known
+    charging: bool | None = None
+
+    def _check(self) -> None:
+        _id_field(self.client_id, "client_id")
+        _range(self.samples, "samples", 0, 2**53)
+        for name in ("runtime", "runtime_version", "software_version"):
+            _text(getattr(self, name), name, 64)
+        _range(self.timestamp, "timestamp", 0.0, 1e11)
+        _check(self.battery is None or 0.0 <= self.battery <= 1.0, "battery", "not in [0, 1]")
+
+
+@dataclass(frozen=True)
+class Update(Message):
+    """A client's model update: a delta from global weights ``base_version``."""
+
+    KIND: ClassVar[str] = "update"
+    MAX_BYTES: ClassVar[int] = MAX_TRANSFER_BYTES
+    federation: str
+    round_id: int
+    client_id: str
+    base_version: int
+    model_sha256: str
+    nonce: bytes
+    num_samples: int
+    metrics: dict[str, float]
+    codec: str
+    tensors: tuple[Tensor, ...]
+
+    def _check(self) -> None:
+        _id_field(self.federation, "federation")
+        _range(self.round_id, "round_id", 0, 2**53)
+        _id_field(self.client_id, "client_id")
+        _range(self.base_version, "base_version", 0, 2**53)
+        _sha_field(self.model_sha256, "model_sha256")
+        _check(8 <= len(self.nonce) <= 64, "nonce", "must be 8-64 bytes")
+        _range(self.num_samples, "num_samples", 1, 2**53)
+        _check(len(self.metrics) <= MAX_METRICS, "metrics", f"more than {MAX_METRICS} entries")
+        for key, value in self.metrics.items():
+            _text(key, "metrics", 64)
+            _check(math.isfinite(value), f"metrics[{_short(key)}]", "must be finite")
+        _codec(self.codec)
+        _unique_tensors(self.tensors)
+        for tensor in self.tensors:
+            _check(tensor.codec == self.codec, "tensors",
+                   f"tensor {_short(tensor.name)} codec {tensor.codec} != update codec")
+
+
+@dataclass(frozen=True)
+class Reply(Message):
+    """The aggregator's answer to one update."""
+
+    KIND: ClassVar[str] = "reply"
+    federation: str
+    round_id: int
+    client_id: str
+    nonce: bytes
+    accepted: bool
+    reason: str = ""
+
+    def _check(self) -> None:
+        _id_field(self.federation, "federation")
+        _range(self.round_id, "round_id", 0, 2**53)
+        _id_field(self.client_id, "client_id")
+        _check(8 <= len(self.nonce) <= 64, "nonce", "must be 8-64 bytes")
+        _text(self.reason, "reason")
+
+
+@dataclass(frozen=True)
+class Chunk(Message):
+    """One MQTT payload of a chunked transfer (see ``edge_client.transfer``).
+
+    Attributes:
+        transfer_id: names the transfer within its sender.
+        index: position, ``0 <= index < count``.
+        count: number of chunks.
+        total_size: bytes of the whole payload.
+        sha256: SHA-256 (hex) of the whole payload.
+        data: this chunk's slice.
+    """
+
+    KIND: ClassVar[str] = "chunk"
+    MAX_BYTES: ClassVar[int] = MAX_CHUNK_BYTES
+    transfer_id: str
+    index: int
+    count: int
+    total_size: int
+    sha256: str
+    data: bytes
+
+    def _check(self) -> None:
+        _id_field(self.transfer_id, "transfer_id")
+        _range(self.count, "count", 1, MAX_CHUNKS)
+        _range(self.index, "index", 0, self.count - 1)
+        _range(self.total_size, "total_size", 0, 2**40)
+        _sha_field(self.sha256, "sha256")
+        _check(len(self.data) <= self.total_size, "data", "longer than total_size")
+
+
+@dataclass(frozen=True)
+class TensorSet(Message):
+    """Named tensors with no further meaning, e.g. a client's persisted residual."""
+
+    KIND: ClassVar[str] = "tensors"
+    MAX_BYTES: ClassVar[int] = MAX_TRANSFER_BYTES
+    tensors: tuple[Tensor, ...]
+
+    def _check(self) -> None:
+        _unique_tensors(self.tensors)
+
+
+MESSAGES: tuple[type[Message], ...] = (
+    Manifest, Weights, Round, Presence, Update, Reply, Chunk, TensorSet)
