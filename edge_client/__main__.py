@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--window", type=int, help="time-series CSV: window length in rows")
     g.add_argument("--stride", type=int, help="time-series CSV: step between windows "
                    "(default: the window length)")
+    g.add_argument("--no-normalise", dest="normalise", action="store_false", default=None,
+                   help="train on raw feature values (default: standardise each feature "
+                   "with statistics computed on this device)")
     g.add_argument("--group-column", help="time-series CSV: windows never span two values "
                    "of this column (e.g. session)")
     g = p.add_argument_group("security")
@@ -90,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         config = build_config(args)
-        from edge_client.client import run_client
+        from edge_client.device import run_client
 
         return run_client(config, stop)
     except FedgeError as e:

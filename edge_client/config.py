@@ -50,6 +50,7 @@ class ClientConfig:
     max_payload: int = 128 * 1024
     verify_key: Path | None = None
     seed: int | None = None
+    normalise: bool = True
 
 
 _PATHS = {"data", "state_dir", "ca", "cert", "key", "verify_key"}
@@ -90,7 +91,7 @@ def build_config(args: argparse.Namespace, env: dict[str, str] | None = None) ->
             values[k] = v
     for k in known:
         v = getattr(args, k, None)
-        if v is not None and v is not False:
+        if v is not None:
             values[k] = v
     values["password"] = _password(args, env)
     return ClientConfig(**_coerce(values))

@@ -80,6 +80,11 @@ class MemoryTransport:
                 self._mid += 1
                 self._inbox.put(Message(topic, payload, 1, True, self._mid))
 
+    def unsubscribe(self, topic_filter: str) -> None:
+        """Stops receiving ``topic_filter``."""
+        if topic_filter in self.filters:
+            self.filters.remove(topic_filter)
+
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
                 timeout: float | None = 30.0) -> None:
         """Routes through the broker."""

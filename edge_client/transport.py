@@ -114,6 +114,7 @@ class Transport(Protocol):
         self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
         timeout: float | None = 30.0,
     ) -> None: ...
+    def unsubscribe(self, topic_filter: str) -> None: ...
     def get(self, timeout: float | None) -> Message | None: ...
     def ack(self, message: Message) -> None: ...
 
@@ -285,6 +286,13 @@ class MqttTransport:
             self._pending_subs.add(mid)
             if not self._suback.wait_for(lambda: mid not in self._pending_subs, wait):
                 raise TransportError(f"no SUBACK for {topic_filter} within {wait}s")
+
+    def unsubscribe(self, topic_filter: str) -> None:
+        """Stops receiving ``topic_filter`` (now and after reconnects)."""
+        with self._lock:
+            self._filters.pop(topic_filter, None)
+        if self.connected.is_set():
+            self._client.unsubscribe(topic_filter)
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
                 timeout: float | None = 30.0) -> None:

@@ -1,0 +1,310 @@
+"""The participation loop of an edge device, written against small ports.
+
+:class:`EdgeClient` reads the retained manifest, fetches the model file and the
+global weights when they change (verifying their SHA-256), trains when a round
+selects it, publishes its quantized delta in chunks, and waits for the
+aggregator's reply. It talks to a :class:`~edge_client.transport.Transport`,
+keeps what must survive a restart in a :class:`~edge_client.state.StateDir`, and
+loads models through a factory, so tests can run it on in-memory fakes.
+
+Delivery contract: an update is written to the outbox before it is published and
+removed only when the aggregator replied or its round is over. When no reply
+comes within ``resend_after`` seconds while the round is open (an aggregator
+crash may have dropped a partial transfer), the same update (same nonce) is
+published again under a new transfer id; the aggregator counts a nonce once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edge_client.errors import FedgeError, ModelError, ProtocolError
+from edge_client.protocol import Manifest, Reply, Round, Topics, Update, Weights, is_clear
+from edge_client.quantize import dequantize_update, residual_from_bytes, residual_to_bytes
+from edge_client.state import StateDir
+from edge_client.training import Array, LocalSplit, TrainedUpdate, Trainer, train_round
+from edge_client.transfer import Reassembler, split
+from edge_client.transport import Message, Transport, TransportError
+
+log = logging.getLogger(__name__)
+AGGREGATOR = "aggregator"
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """What the loop needs beyond its ports."""
+
+    client_id: str
+    topics: Topics
+    max_payload: int = 128 * 1024
+    once: bool = False
+    max_rounds: int | None = None
+    resend_after: float = 20.0
+    presence: Callable[[bool], bytes] = field(default=lambda online: b"")
+
+
+@dataclass
+class _Pending:
+    """An update published (or to publish) and not yet answered."""
+
+    update: Update
+    payload: bytes
+    path: Path
+    attempts: int = 0
+    last_sent: float = -1e18
+    restored: bool = False
+
+
+class EdgeClient:
+    """See the module docstring."""
+
+    def __init__(self, settings: ClientSettings, transport: Transport, state: StateDir,
+                 data: LocalSplit, load_model: Callable[[bytes], Trainer], *,
+                 clock: Callable[[], float] = time.time, rng: np.random.Generator) -> None:
+        self.s, self.t, self.state, self.data = settings, transport, state, data
+        self._load_model, self._clock, self._rng = load_model, clock, rng
+        self._chunks = Reassembler()
+        self.manifest: Manifest | None = None
+        self.round: Round | None = None
+        self.model: Trainer | None = None
+        self.model_sha: str | None = None
+        self.version: int | None = None
+        self._global: dict[str, Array] | None = None
+        self._weights_pending: Weights | None = None
+        self._pending: _Pending | None = None
+        self._done_rounds: set[int] = set()
+        self.results: list[tuple[int, bool, str]] = []
+        self._subscribed: set[str] = set()
+        self.fatal: ModelError | None = None
+        self.announce_presence = threading.Event()
+        self.announce_presence.set()
+        self._restore()
+
+    # -- state across restarts ---------------------------------------------
+    def _restore(self) -> None:
+        blob = self.state.read("model.tflite")
+        if blob is not None:
+            try:
+                self._install_model(blob, hashlib.sha256(blob).hexdigest())
+            except FedgeError as e:
+                self.fatal = None  # a new model may come from the federation
+                log.warning("ignoring the stored model: %s", e)
+        stored = self.state.read("global.bin")
+        if stored is not None and self.model is not None:
+            try:
+                self._apply_weights(Weights.decode(stored))
+            except FedgeError as e:
+                log.warning("ignoring the stored global weights: %s", e)
+        for _, path in self.state.outbox():
+            try:
+                update = Update.decode(path.read_bytes())
+            except (OSError, ProtocolError) as e:
+                log.warning("dropping unreadable outbox file %s: %s", path, e)
+                self.state.outbox_done(path)
+                continue
+            self._pending = _Pending(update, path.read_bytes(), path, restored=True)
+            log.info("round %d: an unsent update waits in the outbox", update.round_id)
+
+    # -- the loop -----------------------------------------------------------
+    def run(self, stop: threading.Event, *, poll: float = 0.2) -> int:
+        """Runs until ``stop`` is set or --once/--max-rounds is satisfied.
+
+        Returns:
+            0 when done (or stopped); 1 when --once ended without an accepted update.
+
+        Raises:
+            ModelError: the federation's model does not fit the local data (found before
+                any training; a configuration problem that waiting will not fix).
+        """
+        tp = self.s.topics
+        for f in (tp.manifest(), tp.round(), tp.reply(self.s.client_id)):
+            self._subscribe(f)
+        while not stop.is_set():
+            if self.announce_presence.is_set():
+                self.announce_presence.clear()
+                self.t.publish(tp.presence(self.s.client_id), self.s.presence(True),
+                               retain=True, timeout=None)
+            msg = self.t.get(timeout=poll)
+            if msg is not None:
+                self._handle_safely(msg)
+            self._participate()
+            self._send_pending()
+            if self.fatal is not None:
+                raise self.fatal
+            if self._finished():
+                return 0 if all(ok for _, ok, _ in self.results) else 1
+        return 0
+
+    def _finished(self) -> bool:
+        n = len(self.results)
+        return (self.s.once and n >= 1) or (self.s.max_rounds is not None
+                                            and n >= self.s.max_rounds)
+
+    def _subscribe(self, topic_filter: str, *, replaces: str | None = None) -> None:
+        """Subscribes once; ``replaces`` names a kind whose older filter is dropped."""
+        if topic_filter in self._subscribed:
+            return
+        if replaces is not None:
+            for old in [f for f in self._subscribed if f.split("/")[-3:-2] == [replaces]]:
+                self._subscribed.discard(old)
+                self.t.unsubscribe(old)
+        self._subscribed.add(topic_filter)
+        self.t.subscribe(topic_filter)
+
+    def _handle_safely(self, msg: Message) -> None:
+        try:
+            self._handle(msg)
+        except FedgeError as e:  # never let one bad message stop the device
+            log.warning("ignoring message on %s: %s", msg.topic, e)
+
+    def _handle(self, msg: Message) -> None:
+        if is_clear(msg.payload):
+            return
+        ref = self.s.topics.parse(msg.topic)
+        if ref.kind == "manifest":
+            self._on_manifest(Manifest.decode(msg.payload))
+        elif ref.kind == "round":
+            self._on_round(Round.decode(msg.payload))
+        elif ref.kind in ("model", "weights"):
+            payload = self._chunks.accept(AGGREGATOR, msg.payload, self._clock())
+            if payload is not None:
+                self._on_transfer(ref.kind, payload)
+        elif ref.kind == "reply" and ref.client_id == self.s.client_id:
+            self._on_reply(Reply.decode(msg.payload))
+
+    # -- model and weights ----------------------------------------------------
+    def _on_manifest(self, m: Manifest) -> None:
+        if m.federation != self.s.topics.federation:
+            return
+        self.manifest = m
+        if m.model_sha256 != self.model_sha:
+            log.info("new model %s… announced; downloading", m.model_sha256[:12])
+            self._subscribe(self.s.topics.model_filter(m.model_sha256), replaces="model")
+        if m.weights_version != self.version:
+            self._subscribe(self.s.topics.weights_filter(m.weights_version), replaces="weights")
+
+    def _on_transfer(self, kind: str, payload: bytes) -> None:
+        m = self.manifest
+        if m is None:
+            return
+        digest = hashlib.sha256(payload).hexdigest()
+        if kind == "model":
+            if digest != m.model_sha256:
+                raise ProtocolError(f"model file SHA-256 {digest[:12]}… does not match the "
+                                    f"manifest's {m.model_sha256[:12]}…; keeping the old model")
+            self._install_model(payload, digest)
+            self.state.write("model.tflite", payload)
+            if self._weights_pending is not None:
+                self._apply_weights(self._weights_pending)
+        else:
+            weights = Weights.decode(payload)
+            if weights.version != m.weights_version or digest != m.weights_sha256:
+                log.info("skipping weights v%d: not the manifest's", weights.version)
+                return
+            self.state.write("global.bin", payload)
+            if self.model is None:
+                self._weights_pending = weights
+            else:
+                self._apply_weights(weights)
+
+    def _install_model(self, blob: bytes, digest: str) -> None:
+        model = self._load_model(blob)
+        try:
+            model.check_data(self.data.x_train, self.data.y_train)
+        except ModelError as e:
+            self.fatal = ModelError(f"the federation's model does not fit the local data: {e}")
+            raise self.fatal from e
+        self.model, self.model_sha, self.version = model, digest, None
+        log.info("model %s… loaded", digest[:12])
+
+    def _apply_weights(self, weights: Weights) -> None:
+        assert self.model is not None
+        values = dequantize_update(weights.tensors)
+        self.model.set_weights(values)
+        self._global = values
+        self.version, self._weights_pending = weights.version, None
+        log.info("global weights v%d applied", weights.version)
+
+    # -- rounds -----------------------------------------------------------------
+    def _on_round(self, r: Round) -> None:
+        if r.federation == self.s.topics.federation:
+            self.round = r
+
+    def _participate(self) -> None:
+        r = self.round
+        if (r is None or r.round_id in self._done_rounds or self.model is None
+                or not r.selects(self.s.client_id) or self._clock() >= r.deadline):
+            return
+        if self._pending is not None and self._pending.update.round_id == r.round_id:
+            return
+        if r.model_sha256 != self.model_sha or r.weights_version != self.version:
+            return  # the matching model/weights are still on their way
+        try:
+            trained = self._train(r)
+        except FedgeError as e:
+            log.error("round %d: cannot train: %s", r.round_id, e)
+            self._done_rounds.add(r.round_id)
+            return
+        payload = trained.update.encode()
+        path = self.state.outbox_put(r.round_id, trained.update.nonce.hex(), payload)
+        self.state.write("residual.bin", residual_to_bytes(trained.residual))
+        self._pending = _Pending(trained.update, payload, path)
+
+    def _train(self, r: Round) -> TrainedUpdate:
+        assert self.model is not None and self._global is not None
+        self.model.set_weights(self._global)  # from the global weights, every time
+        raw = self.state.read("residual.bin")
+        residual = residual_from_bytes(raw) if raw else {}
+        if residual and set(residual) != set(self._global):
+            residual = {}  # a new model architecture: the old residual does not apply
+        return train_round(self.model, self.data, r, client_id=self.s.client_id,
+                           residual=residual, rng=self._rng)
+
+    def _send_pending(self) -> None:
+        p, r, now = self._pending, self.round, self._clock()
+        if p is None or r is None:
+            return
+        if r.round_id != p.update.round_id or now >= r.deadline:
+            if r.round_id >= p.update.round_id:
+                self._close(p, False, "round closed before a reply arrived")
+            return
+        if now - p.last_sent < self.s.resend_after:
+            return
+        tid = f"u-{p.update.round_id}-{p.update.nonce.hex()}-{p.attempts}"
+        p.attempts, p.last_sent = p.attempts + 1, now
+        try:
+            for chunk in split(p.payload, tid[:64], max_payload=self.s.max_payload):
+                self.t.publish(self.s.topics.update(self.s.client_id), chunk, qos=1,
+                               timeout=60.0)
+        except TransportError as e:  # kept in the outbox; paho re-sends after a reconnect
+            log.warning("round %d: publishing the update failed (%s); will retry",
+                        p.update.round_id, e)
+            return
+        log.info("round %d: update published (%d bytes, attempt %d)", p.update.round_id,
+                 len(p.payload), p.attempts)
+
+    def _on_reply(self, reply: Reply) -> None:
+        p = self._pending
+        if p is None or reply.nonce != p.update.nonce:
+            return
+        self._close(p, reply.accepted, reply.reason)
+
+    def _close(self, p: _Pending, accepted: bool, reason: str) -> None:
+        rid = p.update.round_id
+        if accepted:
+            log.info("round %d: update accepted %s", rid, f"({reason})" if reason else "")
+        else:
+            log.warning("round %d: update not counted: %s", rid, reason)
+        self.state.outbox_done(p.path)
+        self._pending = None
+        self._done_rounds.add(rid)
+        if accepted or not p.restored:  # a stale update left from before a restart
+            self.results.append((rid, accepted, reason))

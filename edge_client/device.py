@@ -1,0 +1,86 @@
+"""Wires a :class:`~edge_client.config.ClientConfig` into a running :class:`EdgeClient`."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import threading
+import time
+
+import numpy as np
+
+from edge_client.client import ClientSettings, EdgeClient
+from edge_client.config import ClientConfig
+from edge_client.data import LocalData, load_data
+from edge_client.errors import ConfigError
+from edge_client.model import TrainableModel
+from edge_client.normalise import compute_norm_stats, normalise
+from edge_client.protocol import Presence, Topics
+from edge_client.runtime import interpreter_class
+from edge_client.state import StateDir
+from edge_client.training import LocalSplit, Trainer
+from edge_client.transport import BrokerConfig, MqttTransport, Will
+
+log = logging.getLogger(__name__)
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def prepare_data(config: ClientConfig) -> LocalData:
+    """Loads the local data file and (unless disabled) normalises it with local statistics."""
+    if config.data is None:
+        raise ConfigError("--data is required: the local data file to train on")
+    data = load_data(config.data, label_column=config.label_column, features=config.features,
+                     window=config.window, stride=config.stride,
+                     group_column=config.group_column)
+    if not config.normalise or data.x.ndim not in (2, 3):
+        return data
+    x = normalise(data.x, compute_norm_stats(data.x))
+    return LocalData(x, data.y, data.feature_names, data.source)
+
+
+def run_client(config: ClientConfig, stop: threading.Event) -> int:
+    """Runs the edge client until done or stopped; returns the exit code."""
+    state = StateDir(config.state_dir)
+    client_id = state.client_id(config.client_id)
+    data = prepare_data(config)
+    split = LocalSplit.of(data.x, data.y, seed=config.seed or 0)
+    runtime_name, _ = interpreter_class()
+    topics = Topics(config.federation, config.prefix)
+
+    def presence(online: bool) -> bytes:
+        return Presence(
+            client_id=client_id, online=online, samples=len(split.x_train),
+            runtime=runtime_name, runtime_version=_version(runtime_name.replace("_", "-")),
+            software_version=_version("fedge"), timestamp=time.time(),
+        ).encode()
+
+    transport = MqttTransport(BrokerConfig(
+        url=config.broker, client_id=client_id, username=config.username,
+        password=config.password, ca=config.ca, cert=config.cert, key=config.key,
+        mqtt_version=config.mqtt_version, durable=True,
+        will=Will(topics.presence(client_id), presence(False)),
+    ))
+    settings = ClientSettings(client_id=client_id, topics=topics, max_payload=config.max_payload,
+                              once=config.once, max_rounds=config.max_rounds,
+                              presence=presence)
+
+    def load_model(blob: bytes) -> Trainer:
+        return TrainableModel(blob, num_threads=config.threads)
+
+    client = EdgeClient(settings, transport, state, split, load_model,
+                        rng=np.random.default_rng(config.seed))
+    transport.on_connect_hooks.append(client.announce_presence.set)
+    log.info("client %s: %d local samples (%d for training), broker %s, federation %s",
+             client_id, len(data), len(split.x_train), config.broker, config.federation)
+    transport.start()
+    try:
+        return client.run(stop)
+    finally:
+        transport.publish(topics.presence(client_id), presence(False), retain=True, timeout=5)
+        transport.stop()

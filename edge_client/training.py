@@ -1,0 +1,111 @@
+"""One round of local training: from the global weights to a quantized update.
+
+Pure apart from the model it is handed (anything with the :class:`Trainer`
+methods, e.g. :class:`edge_client.model.TrainableModel`): no network, no files.
+Only the delta and aggregate metrics leave this module, never a sample.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from edge_client.protocol import Round, Update
+from edge_client.quantize import quantize_update
+
+log = logging.getLogger(__name__)
+
+Array = npt.NDArray[Any]
+HOLDOUT_FRACTION = 0.2
+MIN_HOLDOUT = 5
+
+
+class Trainer(Protocol):
+    """What the client needs of a trainable model."""
+
+    def fit(self, x: Array, y: Array, *, epochs: int = 1, lr: float | None = None,
+            mu: float = 0.0, rng: np.random.Generator) -> list[float]: ...
+    def evaluate(self, x: Array, y: Array) -> tuple[float, float]: ...
+    def get_weights(self) -> dict[str, Array]: ...
+    def set_weights(self, weights: Mapping[str, Array]) -> None: ...
+    def check_data(self, x: Array, y: Array | None = None) -> None: ...
+
+
+@dataclass(frozen=True)
+class LocalSplit:
+    """The device's samples split into a training part and a local hold-out."""
+
+    x_train: Array
+    y_train: Array
+    x_eval: Array
+    y_eval: Array
+
+    @classmethod
+    def of(cls, x: Array, y: Array, seed: int) -> LocalSplit:
+        """Holds out 20 % for local evaluation (all data is used for both when tiny)."""
+        n = len(x)
+        n_eval = int(n * HOLDOUT_FRACTION)
+        if n_eval < MIN_HOLDOUT or n - n_eval < MIN_HOLDOUT:
+            return cls(x, y, x, y)
+        order = np.random.default_rng(seed).permutation(n)
+        ev, tr = order[:n_eval], order[n_eval:]
+        return cls(x[tr], y[tr], x[ev], y[ev])
+
+
+@dataclass(frozen=True)
+class TrainedUpdate:
+    """The result of :func:`train_round`: the wire update and the new residual."""
+
+    update: Update
+    residual: dict[str, npt.NDArray[np.float32]]
+
+
+def _finite(value: float) -> float:
+    return float(value) if math.isfinite(value) else -1.0
+
+
+def train_round(model: Trainer, data: LocalSplit, announcement: Round, *, client_id: str,
+                residual: Mapping[str, npt.NDArray[np.float32]], rng: np.random.Generator,
+                nonce: bytes | None = None) -> TrainedUpdate:
+    """Evaluates the global model, trains E epochs, and quantizes the delta with error feedback.
+
+    The model must hold the round's base (global) weights when called; it holds the
+    trained weights afterwards.
+
+    Metrics sent (aggregates over the local data only): ``global_loss`` and
+    ``global_accuracy`` (the received global model on the local hold-out), ``train_loss``
+    (last epoch), ``eval_loss`` and ``eval_accuracy`` (after training, hold-out), and
+    ``num_eval``. Accuracy is -1 for regression.
+    """
+    hp = announcement.hyperparameters
+    base = model.get_weights()
+    g_loss, g_acc = model.evaluate(data.x_eval, data.y_eval)
+    losses = model.fit(data.x_train, data.y_train, epochs=hp.epochs, lr=hp.learning_rate,
+                       mu=hp.mu, rng=rng)
+    e_loss, e_acc = model.evaluate(data.x_eval, data.y_eval)
+    trained = model.get_weights()
+    delta = {name: (trained[name].astype(np.float32) - base[name].astype(np.float32))
+             for name in base}
+    tensors, new_residual = quantize_update(delta, announcement.codec, residual or None, rng=rng)
+    metrics = {
+        "global_loss": _finite(g_loss), "global_accuracy": _finite(g_acc),
+        "train_loss": _finite(losses[-1]), "eval_loss": _finite(e_loss),
+        "eval_accuracy": _finite(e_acc), "num_eval": float(len(data.x_eval)),
+    }
+    update = Update(
+        federation=announcement.federation, round_id=announcement.round_id,
+        client_id=client_id, base_version=announcement.weights_version,
+        model_sha256=announcement.model_sha256, nonce=nonce or os.urandom(16),
+        num_samples=len(data.x_train), metrics=metrics, codec=announcement.codec,
+        tensors=tensors,
+    )
+    log.info("round %d: trained %d samples x %d epochs, loss %.4f -> %.4f, hold-out acc %.3f",
+             announcement.round_id, len(data.x_train), hp.epochs, g_loss, e_loss, e_acc)
+    return TrainedUpdate(update, dict(new_residual))

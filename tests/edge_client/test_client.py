@@ -1,0 +1,183 @@
+"""The edge client's participation loop: in memory (pure logic) and against real Mosquitto."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edge_client.client import ClientSettings, EdgeClient
+from edge_client.errors import ModelError
+from edge_client.membus import MemoryBroker
+from edge_client.model import TrainableModel
+from edge_client.protocol import Topics
+from edge_client.state import StateDir
+from edge_client.training import LocalSplit, train_round
+from edge_client.transport import BrokerConfig, MqttTransport
+from tools.broker import MosquittoBroker
+
+sys.path.insert(0, str(Path(__file__).parent))
+from conftest import ScriptedAggregator, block_tensorflow_env, linear_data  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _expected_delta(model_file: bytes, agg: ScriptedAggregator, split: LocalSplit,
+                    seed: int) -> dict[str, np.ndarray[Any, Any]]:
+    """The delta a client must send: the same training, redone here."""
+    model = TrainableModel(model_file)
+    model.set_weights(agg.weights)
+    from edge_client.protocol import Hyperparameters, Round
+
+    r = Round(federation=agg.topics.federation, round_id=1, weights_version=0,
+              model_sha256=agg.sha, deadline=4e9,
+              hyperparameters=Hyperparameters(epochs=2, batch_size=8, learning_rate=0.1),
+              codec="fp32", fraction=1.0)
+    out = train_round(model, split, r, client_id="x", residual={},
+                      rng=np.random.default_rng(seed))
+    return ScriptedAggregator.delta(out.update)
+
+
+def _memory_client(bus: MemoryBroker, tmp: Path, model_file: bytes, x: Any, y: Any,
+                   ) -> tuple[EdgeClient, LocalSplit]:
+    split = LocalSplit.of(x, y, seed=0)
+    settings = ClientSettings(client_id="dev1", topics=Topics("ward"), once=True)
+    client = EdgeClient(settings, bus.connect("dev1"), StateDir(tmp / "state"), split,
+                        lambda blob: TrainableModel(blob), rng=np.random.default_rng(7))
+    return client, split
+
+
+def _run_in_thread(client: EdgeClient) -> tuple[threading.Thread, list[int]]:
+    codes: list[int] = []
+    t = threading.Thread(target=lambda: codes.append(client.run(threading.Event(), poll=0.05)))
+    t.start()
+    return t, codes
+
+
+def test_one_round_in_memory_sends_the_expected_delta_and_no_sample(
+    tmp_path: Path, logreg_file: bytes, make_aggregator: Any
+) -> None:
+    bus = MemoryBroker()
+    init = TrainableModel(logreg_file).get_weights()
+    agg = make_aggregator(transport=bus.connect("agg"), topics=Topics("ward"),
+                          model=logreg_file, weights=init)
+    agg.transport.subscribe(agg.topics.update_filter())
+    agg.publish_all()
+    x, y = linear_data(60, seed=3)
+    client, split = _memory_client(bus, tmp_path, logreg_file, x, y)
+    thread, codes = _run_in_thread(client)
+    (update,) = agg.collect(1, timeout=30)
+    thread.join(timeout=30)
+    assert codes == [0]
+    assert update.num_samples == len(split.x_train) == 48
+    assert update.base_version == 0 and update.round_id == 1
+    expected = _expected_delta(logreg_file, agg, split, seed=7)
+    got = agg.delta(update)
+    assert set(got) == set(expected)
+    for name in got:
+        np.testing.assert_array_equal(got[name], expected[name])
+    assert any(np.abs(v).max() > 0 for v in got.values())
+    # privacy: no published payload carries the bytes of any local sample row
+    sent = [p for who, _, p, _ in bus.published if who == "dev1"]
+    assert sent
+    for row in x:
+        for encoding in (row.astype("<f4").tobytes(), row.astype("<f8").tobytes()):
+            assert not any(encoding in p for p in sent)
+
+
+def test_model_that_does_not_fit_the_data_is_a_clear_error(
+    tmp_path: Path, logreg_file: bytes, make_aggregator: Any
+) -> None:
+    bus = MemoryBroker()
+    agg = make_aggregator(transport=bus.connect("agg"), topics=Topics("ward"),
+                          model=logreg_file, weights=TrainableModel(logreg_file).get_weights())
+    agg.publish_all()
+    x, y = linear_data(40, seed=1)
+    client, _ = _memory_client(bus, tmp_path, logreg_file, x[:, :3], y)  # 3 features, not 4
+    with pytest.raises(ModelError, match=r"does not fit the local data.*shape \(N, 4\)"):
+        client.run(threading.Event(), poll=0.05)
+
+
+def _client_cmd(broker: MosquittoBroker, ns: str, data: Path, state: Path,
+                *extra: str) -> list[str]:
+    return [sys.executable, "-m", "edge_client", "--broker", broker.url, "--federation", ns,
+            "--client-id", "dev1", "--data", str(data), "--state-dir", str(state),
+            "--once", "--seed", "0", "--no-normalise", *extra]
+
+
+@pytest.mark.broker
+@pytest.mark.parametrize("version", ["5", "3.1.1"])
+def test_late_joining_client_without_tensorflow_takes_part_over_mqtt(
+    broker: MosquittoBroker, namespace: str, tmp_path: Path, logreg_file: bytes,
+    make_aggregator: Any, version: str,
+) -> None:
+    """The client starts after everything was published (retained) and has no TensorFlow."""
+    t = MqttTransport(BrokerConfig(url=broker.url, client_id=f"{namespace}-agg",
+                                   manual_ack=True)).start(wait=10)
+    agg = make_aggregator(transport=t, topics=Topics(namespace), model=logreg_file,
+                          weights=TrainableModel(logreg_file).get_weights())
+    t.subscribe(agg.topics.update_filter())
+    agg.publish_all()
+    x, y = linear_data(50, seed=5)
+    np.savez(tmp_path / "local.npz", x=x, y=y)
+    proc = subprocess.Popen(
+        _client_cmd(broker, namespace, tmp_path / "local.npz", tmp_path / "st",
+                    "--mqtt-version", version),
+        env=block_tensorflow_env(tmp_path), cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        (update,) = agg.collect(1, timeout=60)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+        t.stop()
+    log = proc.stderr.read() if proc.stderr else ""
+    assert "tensorflow" not in log.lower() or "blocked" not in log.lower(), log
+    expected = _expected_delta(logreg_file, agg, LocalSplit.of(x, y, seed=0), seed=0)
+    for name, value in agg.delta(update).items():
+        np.testing.assert_allclose(value, expected[name], rtol=0, atol=1e-6)
+    assert (tmp_path / "st" / "client_id").exists() is False  # an explicit id is not stored
+    assert (tmp_path / "st" / "model.tflite").read_bytes() == logreg_file
+
+
+@pytest.mark.broker
+def test_broker_restart_while_uploading_delivers_the_update_exactly_once(
+    durable_broker: MosquittoBroker, namespace: str, tmp_path: Path, logreg_file: bytes,
+    make_aggregator: Any,
+) -> None:
+    t = MqttTransport(BrokerConfig(url=durable_broker.url, client_id=f"{namespace}-agg",
+                                   manual_ack=True)).start(wait=10)
+    agg = make_aggregator(transport=t, topics=Topics(namespace), model=logreg_file,
+                          weights=TrainableModel(logreg_file).get_weights())
+    t.subscribe(agg.topics.update_filter())
+    agg.publish_all()
+    x, y = linear_data(50, seed=5)
+    np.savez(tmp_path / "local.npz", x=x, y=y)
+    # tiny chunks: the update takes several messages, so the restart lands mid-upload
+    proc = subprocess.Popen(
+        _client_cmd(durable_broker, namespace, tmp_path / "local.npz", tmp_path / "st",
+                    "--max-payload", "260"),
+        cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    restarted: list[bool] = []
+
+    def restart_once() -> None:
+        if not restarted:
+            restarted.append(True)
+            durable_broker.restart()
+
+    try:
+        updates = agg.collect(1, timeout=90, on_chunk=restart_once)
+        code = proc.wait(timeout=60)
+    finally:
+        proc.kill()
+        t.stop()
+    assert restarted and len(updates) == 1
+    assert agg.chunks_seen > 1, "the update was not chunked; the test proves nothing"
+    assert agg.completions == 1, f"update reassembled {agg.completions} times"
+    log = proc.stderr.read() if proc.stderr else ""
+    assert code == 0, log
+    assert "disconnected from" in log, "the client never saw the broker go away"
