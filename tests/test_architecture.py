@@ -63,7 +63,8 @@ def test_aggregator_uses_only_wire_modules_of_edge_client() -> None:
 
 
 def test_only_transport_imports_paho_and_only_runtime_imports_tflite() -> None:
-    owners = {"paho": "transport.py", "tflite_runtime": "runtime.py", "ai_edge_litert": "runtime.py"}
+    owners = {"paho": "transport.py", "tflite_runtime": "runtime.py",
+              "ai_edge_litert": "runtime.py"}
     bad = []
     for pkg in PACKAGES:
         for path in (ROOT / pkg).rglob("*.py"):

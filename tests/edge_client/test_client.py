@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from client_kit import ScriptedAggregator, block_tensorflow_env, linear_data
 
 from edge_client.client import ClientSettings, EdgeClient
 from edge_client.errors import ModelError
@@ -20,9 +21,6 @@ from edge_client.state import StateDir
 from edge_client.training import LocalSplit, train_round
 from edge_client.transport import BrokerConfig, MqttTransport
 from tools.broker import MosquittoBroker
-
-sys.path.insert(0, str(Path(__file__).parent))
-from conftest import ScriptedAggregator, block_tensorflow_env, linear_data  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 

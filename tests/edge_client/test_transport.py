@@ -16,7 +16,9 @@ def _transport(broker: MosquittoBroker, cid: str, **kw: object) -> MqttTransport
 
 
 @pytest.mark.parametrize("version", ["5", "3.1.1"])
-def test_publish_subscribe_round_trip(broker: MosquittoBroker, namespace: str, version: str) -> None:
+def test_publish_subscribe_round_trip(
+    broker: MosquittoBroker, namespace: str, version: str
+) -> None:
     sub = _transport(broker, f"{namespace}-sub", mqtt_version=version).start(wait=10)
     pub = _transport(broker, f"{namespace}-pub", mqtt_version=version).start(wait=10)
     try:
@@ -62,7 +64,9 @@ def test_durable_session_redelivers_unacked_after_broker_restart(
     again.stop()
 
 
-def test_last_will_is_published_when_client_vanishes(broker: MosquittoBroker, namespace: str) -> None:
+def test_last_will_is_published_when_client_vanishes(
+    broker: MosquittoBroker, namespace: str
+) -> None:
     watcher = _transport(broker, f"{namespace}-w").start(wait=10)
     watcher.subscribe(f"{namespace}/presence/+")
     dev = _transport(

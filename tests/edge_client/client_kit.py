@@ -1,0 +1,148 @@
+"""A minimal scripted aggregator for client tests, and a small trainable model file."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edge_client.protocol import (
+    Hyperparameters,
+    Manifest,
+    Reply,
+    Round,
+    Topics,
+    Update,
+    Weights,
+)
+from edge_client.quantize import dequantize_update, quantize
+from edge_client.transfer import Reassembler, split
+from edge_client.transport import Transport
+
+FEATURES = 4
+
+
+@pytest.fixture(scope="session")
+def logreg_file(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """A trainable logistic regression over 4 features, batch 8 (exported once)."""
+    from models.export import export_trainable
+
+    path = tmp_path_factory.mktemp("models") / "logreg.tflite"
+    blob = export_trainable("logreg", (FEATURES,), 2, 8, optimizer="sgd", seed=1)
+    path.write_bytes(blob)
+    return blob
+
+
+def linear_data(n: int, seed: int) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """A learnable binary task: label = (w·x > 0)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, FEATURES)).astype(np.float32)
+    y = (x @ np.array([1.0, -2.0, 0.5, 1.5]) > 0).astype(np.float32)
+    return x, y
+
+
+@dataclass
+class ScriptedAggregator:
+    """Publishes model, weights, manifest and one round (all retained); collects updates."""
+
+    transport: Transport
+    topics: Topics
+    model: bytes
+    weights: dict[str, np.ndarray[Any, Any]]
+    selected: tuple[str, ...] | None = None
+    deadline_s: float = 60.0
+    codec: str = "fp32"
+    max_payload: int = 128 * 1024
+    updates: list[Update] = field(default_factory=list)
+    completions: int = 0
+    chunks_seen: int = 0
+    _chunks: Reassembler = field(default_factory=Reassembler)
+
+    @property
+    def sha(self) -> str:
+        return hashlib.sha256(self.model).hexdigest()
+
+    def publish_all(self, round_id: int = 1, epochs: int = 2) -> None:
+        t, tp = self.transport, self.topics
+        for chunk_index, chunk in enumerate(split(self.model, self.sha, max_payload=self.max_payload)):
+            t.publish(tp.model_chunk(self.sha, chunk_index), chunk, retain=True)
+        w = Weights(federation=tp.federation, version=0, tensors=tuple(
+            quantize(n, v, "fp32") for n, v in self.weights.items()))
+        wbytes = w.encode()
+        for i, chunk in enumerate(split(wbytes, "weights-0", max_payload=self.max_payload)):
+            t.publish(tp.weights_chunk(0, i), chunk, retain=True)
+        t.publish(tp.manifest(), Manifest(
+            federation=tp.federation, model_sha256=self.sha, model_size=len(self.model),
+            weights_version=0, weights_sha256=hashlib.sha256(wbytes).hexdigest(),
+            round_id=round_id, codec="fp32", key_id="test").encode(), retain=True)
+        t.publish(tp.round(), Round(
+            federation=tp.federation, round_id=round_id, weights_version=0,
+            model_sha256=self.sha, deadline=time.time() + self.deadline_s,
+            hyperparameters=Hyperparameters(epochs=epochs, batch_size=8, learning_rate=0.1),
+            codec=self.codec, selected=self.selected,
+            fraction=None if self.selected else 1.0).encode(), retain=True)
+
+    def collect(self, n: int, timeout: float, on_chunk: Callable[[], None] | None = None
+                ) -> list[Update]:
+        """Waits for ``n`` distinct updates (by nonce), replying accepted to each."""
+        end = time.monotonic() + timeout
+        while len(self.updates) < n and time.monotonic() < end:
+            msg = self.transport.get(timeout=0.2)
+            if msg is None:
+                continue
+            self.chunks_seen += 1
+            if on_chunk is not None:
+                on_chunk()
+            ref = self.topics.parse(msg.topic)
+            payload = self._chunks.accept(ref.client_id or "?", msg.payload, time.time())
+            self.transport.ack(msg)
+            if payload is None:
+                continue
+            self.completions += 1
+            update = Update.decode(payload)
+            if all(u.nonce != update.nonce for u in self.updates):
+                self.updates.append(update)
+            self.transport.publish(self.topics.reply(update.client_id), Reply(
+                federation=update.federation, round_id=update.round_id,
+                client_id=update.client_id, nonce=update.nonce, accepted=True).encode())
+        return self.updates
+
+    @staticmethod
+    def delta(update: Update) -> dict[str, np.ndarray[Any, Any]]:
+        return dequantize_update(update.tensors)
+
+
+@pytest.fixture
+def make_aggregator() -> Iterator[Callable[..., ScriptedAggregator]]:
+    made: list[ScriptedAggregator] = []
+
+    def make(**kw: Any) -> ScriptedAggregator:
+        agg = ScriptedAggregator(**kw)
+        made.append(agg)
+        return agg
+
+    yield make
+
+
+def block_tensorflow_env(tmp: Path) -> dict[str, str]:
+    """Environment for a subprocess in which ``import tensorflow`` fails."""
+    site = tmp / "blocktf"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class _Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'tensorflow' or name.startswith('tensorflow.'):\n"
+        "            raise ImportError('tensorflow is blocked on this device')\n"
+        "sys.meta_path.insert(0, _Block())\n"
+    )
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(site), env.get("PYTHONPATH", "")])
+    return env
