@@ -1,0 +1,404 @@
+"""A trainable fedge model file on the device: metadata, training, evaluation, weights.
+
+A fedge model file is a TFLite flatbuffer followed by a zip archive holding
+``fedge.json`` (written by ``models.metadata``). :func:`read_metadata` reads and
+validates that document from the file bytes alone, with no interpreter, so the
+aggregator can use it too. :class:`TrainableModel` drives the file's signatures
+through :mod:`edge_client.runtime`.
+
+Data conventions: ``x`` has shape ``(N, *metadata.input_shape)``; ``y`` has
+shape ``(N,)`` and holds class indices ``0..classes-1`` (binary: 0/1) or, for
+regression (``classes == 0``), target values. Both are fed as float32.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import zipfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from edge_client.errors import ConfigError, ModelError
+from edge_client.runtime import Interpreter, TensorSpec
+
+FORMAT, FORMAT_VERSION, MEMBER = "fedge-model", 1, "fedge.json"
+MAX_METADATA_BYTES = 1 << 20
+SIGNATURES = ("train", "infer", "evaluate", "get_weights", "set_weights")
+DTYPES = frozenset({"float32", "float16", "int8", "uint8", "int16", "int32", "int64", "bool"})
+
+Array = npt.NDArray[Any]
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    """Name, per-tensor shape and dtype of one model weight."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """What a fedge model file says about itself (``fedge.json``, format version 1)."""
+
+    kind: str
+    model: str
+    task: str
+    classes: int
+    batch_size: int
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    label_encoding: str
+    optimizer: str | None
+    learning_rate: float | None
+    weights: tuple[WeightSpec, ...]
+    signatures: dict[str, dict[str, dict[str, TensorSpec]]]
+    hyperparameters: dict[str, float] = field(default_factory=dict)
+    quantization: str = "none"
+    format_version: int = FORMAT_VERSION
+
+
+def read_metadata(data: bytes) -> ModelMetadata:
+    """Read and validate the metadata of a fedge model file, without an interpreter.
+
+    Raises:
+        ModelError: no metadata, unreadable or oversized JSON, wrong format or
+            version, or a missing or ill-typed field (the message names it).
+    """
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            info = archive.getinfo(MEMBER)
+            if info.file_size > MAX_METADATA_BYTES:
+                raise ModelError(f"model metadata {MEMBER} is {info.file_size} bytes; limit 1 MiB")
+            doc = json.loads(archive.read(info))
+    except ModelError:
+        raise
+    except Exception as exc:  # zipfile and json raise a dozen types on bad input
+        raise ModelError(f"not a fedge model file: cannot read {MEMBER} ({exc})") from exc
+    return _parse(doc)
+
+
+def _get(doc: Any, key: str, kind: type | tuple[type, ...]) -> Any:
+    if not isinstance(doc, dict) or key not in doc:
+        raise ModelError(f"model metadata: field {key!r} is missing")
+    value = doc[key]
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise ModelError(f"model metadata: field {key!r} has a bad value {value!r}")
+    return value
+
+
+def _shape(doc: Any, where: str) -> tuple[int, ...]:
+    value = _get(doc, "shape", list)
+    if not all(type(d) is int and d >= 0 for d in value):
+        raise ModelError(f"model metadata: {where} shape must be a list of sizes, got {value!r}")
+    return tuple(value)
+
+
+def _dtype(doc: Any) -> str:
+    dtype = _get(doc, "dtype", str)
+    if dtype not in DTYPES:
+        raise ModelError(f"model metadata: unsupported dtype {dtype!r}")
+    return str(dtype)
+
+
+def _tensors(doc: Any, key: str) -> dict[str, TensorSpec]:
+    return {
+        name: TensorSpec(_shape(t, f"{key} {name!r}"), np.dtype(_dtype(t)))
+        for name, t in _get(doc, key, dict).items()
+    }
+
+
+def _weights(doc: Any) -> tuple[WeightSpec, ...]:
+    specs = tuple(
+        WeightSpec(_get(w, "name", str), _shape(w, "weight"), _dtype(w))
+        for w in _get(doc, "weights", list)
+    )
+    if len({w.name for w in specs}) != len(specs):
+        raise ModelError("model metadata: weight names are not unique")
+    return specs
+
+
+def _optimizer(doc: Any) -> tuple[str | None, float | None, dict[str, float]]:
+    settings = _get(doc, "optimizer", (dict, type(None)))
+    if settings is None:
+        return None, None, {}
+    numbers = {k: float(_get(settings, k, (int, float))) for k in settings if k != "name"}
+    rate = float(_get(settings, "learning_rate", (int, float)))
+    del numbers["learning_rate"]
+    return _get(settings, "name", str), rate, numbers
+
+
+def _task(doc: Any) -> tuple[str, int]:
+    task, classes = _get(doc, "task", str), _get(doc, "classes", int)
+    expected = {0: "regression", 2: "binary"}.get(classes, "multiclass" if classes > 2 else None)
+    if task != expected:
+        raise ModelError(f"model metadata: task {task!r} does not fit {classes} classes")
+    return task, classes
+
+
+def _parse(doc: Any) -> ModelMetadata:
+    if _get(doc, "format", str) != FORMAT or _get(doc, "format_version", int) != FORMAT_VERSION:
+        raise ModelError(
+            f"unsupported model format {doc['format']!r} version {doc['format_version']!r}; "
+            f"this client reads {FORMAT!r} version {FORMAT_VERSION}"
+        )
+    task, classes = _task(doc)
+    batch_size = _get(doc, "batch_size", int)
+    if batch_size < 1:
+        raise ModelError(f"model metadata: batch_size must be at least 1, got {batch_size}")
+    optimizer, learning_rate, hyperparameters = _optimizer(doc)
+    signatures = {
+        name: {"inputs": _tensors(sig, "inputs"), "outputs": _tensors(sig, "outputs")}
+        for name, sig in _get(doc, "signatures", dict).items()
+    }
+    return ModelMetadata(
+        kind=_get(doc, "kind", str),
+        model=_get(doc, "model", str),
+        task=task,
+        classes=classes,
+        batch_size=batch_size,
+        input_shape=_shape(_get(doc, "input", dict), "input"),
+        output_shape=_shape(_get(doc, "output", dict), "output"),
+        label_encoding=_get(_get(doc, "label", dict), "encoding", str),
+        optimizer=optimizer,
+        learning_rate=learning_rate,
+        weights=_weights(doc),
+        signatures=signatures,
+        hyperparameters=hyperparameters,
+        quantization=_get(doc, "quantization", str),
+    )
+
+
+class TrainableModel:
+    """A trainable fedge model loaded in a TFLite interpreter.
+
+    Example:
+        >>> model = TrainableModel("cnn1d.tflite", num_threads=1)
+        >>> model.set_weights(global_weights)
+        >>> losses = model.fit(x, y, epochs=2, mu=0.01, rng=np.random.default_rng(0))
+    """
+
+    def __init__(
+        self,
+        model: bytes | str | os.PathLike[str],
+        *,
+        num_threads: int | None = None,
+        runtime: str | None = None,
+    ) -> None:
+        """Load a model from its bytes or a path.
+
+        Raises:
+            ModelError: unreadable file, bad metadata, not trainable, or the
+                file's signatures disagree with its metadata.
+            ConfigError: no usable TFLite runtime.
+        """
+        data = model if isinstance(model, bytes) else _read_file(model)
+        self._metadata = read_metadata(data)
+        if self._metadata.kind != "trainable":
+            raise ModelError(
+                f"the model file is of kind {self._metadata.kind!r}; only 'trainable' files train"
+            )
+        self._interpreter = Interpreter(data, num_threads=num_threads, runtime=runtime)
+        self._check_signatures()
+
+    @property
+    def metadata(self) -> ModelMetadata:
+        """The file's metadata."""
+        return self._metadata
+
+    @property
+    def runtime(self) -> str:
+        """Name of the TFLite runtime in use."""
+        return self._interpreter.runtime
+
+    def fit(
+        self,
+        x: Array,
+        y: Array,
+        *,
+        epochs: int = 1,
+        lr: float | None = None,
+        mu: float = 0.0,
+        rng: np.random.Generator,
+    ) -> list[float]:
+        """Train on shuffled mini-batches; the last batch is zero-padded and masked.
+
+        Args:
+            x: ``(N, *input_shape)`` examples.
+            y: ``(N,)`` labels (see the module docstring).
+            epochs: passes over the data.
+            lr: learning rate; None uses the file's default.
+            mu: FedProx coefficient (0 disables); the anchor is the last ``set_weights``.
+            rng: source of the shuffling order.
+
+        Returns:
+            The mean training loss of each epoch (before each step's update).
+
+        Raises:
+            ModelError: the data do not fit the model.
+            ConfigError: bad epochs, learning rate or mu.
+        """
+        rate = self._metadata.learning_rate if lr is None else lr
+        if epochs < 1 or rate is None or not rate > 0 or not mu >= 0:
+            raise ConfigError(f"need epochs ≥ 1, lr > 0, mu ≥ 0; got {epochs=}, {rate=}, {mu=}")
+        xs, ys = self._checked(x, y)
+        scalars = {"lr": np.asarray(rate, np.float32), "mu": np.asarray(mu, np.float32)}
+        losses = []
+        for _ in range(epochs):
+            total = 0.0
+            for batch, count in self._batches(xs, ys, rng.permutation(len(xs))):
+                total += float(self._interpreter.run("train", {**batch, **scalars})["loss"]) * count
+            losses.append(total / len(xs))
+        return losses
+
+    def evaluate(self, x: Array, y: Array) -> tuple[float, float]:
+        """Return the mean loss and the accuracy (NaN for regression) on ``x, y``.
+
+        Raises:
+            ModelError: the data do not fit the model.
+        """
+        xs, ys = self._checked(x, y)
+        loss = correct = 0.0
+        for batch, count in self._batches(xs, ys, np.arange(len(xs))):
+            out = self._interpreter.run("evaluate", batch)
+            loss += float(out["loss"]) * count
+            correct += float(out["correct"])
+        accuracy = float("nan") if self._metadata.task == "regression" else correct / len(xs)
+        return loss / len(xs), accuracy
+
+    def predict(self, x: Array) -> Array:
+        """Return probabilities ``(N, classes)`` (binary: ``[P(0), P(1)]``) or values ``(N,)``.
+
+        Raises:
+            ModelError: the data do not fit the model.
+        """
+        xs, _ = self._checked(x, None)
+        outputs = [
+            self._interpreter.run("infer", {"x": batch["x"]})["output"][:count]
+            for batch, count in self._batches(xs, None, np.arange(len(xs)))
+        ]
+        return np.concatenate(outputs)
+
+    def get_weights(self) -> dict[str, Array]:
+        """Return copies of the current weights, in metadata order."""
+        out = self._interpreter.run("get_weights", {})
+        return {w.name: out[w.name] for w in self._metadata.weights}
+
+    def set_weights(self, weights: Mapping[str, Array]) -> None:
+        """Set every weight; also sets the FedProx anchor and resets the optimizer state.
+
+        Raises:
+            ModelError: missing or unexpected names, or a wrong shape, dtype or a
+                non-finite value; nothing is changed then.
+        """
+        specs = self._metadata.weights
+        expected = [w.name for w in specs]
+        missing = [n for n in expected if n not in weights]
+        extra = sorted(set(weights) - set(expected))
+        if missing or extra:
+            raise ModelError(
+                f"weights do not fit model {self._metadata.model!r}: "
+                f"missing {missing}, unexpected {extra}"
+            )
+        for spec in specs:
+            value = weights[spec.name]
+            if not isinstance(value, np.ndarray) or value.dtype != np.dtype(spec.dtype):
+                got = value.dtype if isinstance(value, np.ndarray) else type(value).__name__
+                raise ModelError(f"weight {spec.name!r} must be a {spec.dtype} array, got {got}")
+            if value.shape != spec.shape:
+                raise ModelError(
+                    f"weight {spec.name!r} must have shape {spec.shape}, got {value.shape}"
+                )
+            if not np.all(np.isfinite(value)):
+                raise ModelError(f"weight {spec.name!r} holds NaN or infinite values")
+        self._interpreter.run("set_weights", {n: weights[n] for n in expected})
+
+    def check_data(self, x: Array, y: Array | None = None) -> None:
+        """Check that ``x`` (and ``y``) fit the model before any training.
+
+        Raises:
+            ModelError: wrong example shape, non-numeric or non-finite values, a
+                label count that differs from the example count, or labels that
+                are not class indices ``0..classes-1``.
+        """
+        self._checked(x, y)
+
+    def _checked(self, x: Any, y: Any) -> tuple[Array, Array | None]:
+        meta = self._metadata
+        xs = np.asarray(x)
+        if xs.ndim != len(meta.input_shape) + 1 or xs.shape[1:] != meta.input_shape:
+            raise ModelError(
+                f"model {meta.model!r} expects data of shape (N, "
+                f"{', '.join(map(str, meta.input_shape))}), got data of shape {xs.shape}"
+            )
+        _check_values(xs, "x")
+        if y is None:
+            return xs.astype(np.float32), None
+        ys = np.asarray(y)
+        if ys.shape != (len(xs),):
+            raise ModelError(f"labels must have shape ({len(xs)},) to match x, got {ys.shape}")
+        _check_values(ys, "y")
+        if meta.task != "regression":
+            wrong = ys[(ys != np.round(ys)) | (ys < 0) | (ys > meta.classes - 1)]
+            if wrong.size:
+                raise ModelError(
+                    f"model {meta.model!r} has {meta.classes} classes, so labels must be class "
+                    f"indices 0..{meta.classes - 1}; found label {wrong[0]:g}"
+                )
+        return xs.astype(np.float32), ys.astype(np.float32)
+
+    def _batches(
+        self, x: Array, y: Array | None, order: Array
+    ) -> Iterator[tuple[dict[str, Array], int]]:
+        size = self._metadata.batch_size
+        for start in range(0, len(order), size):
+            index = order[start : start + size]
+            count = len(index)
+            batch = {"x": _padded(x[index], size)}
+            if y is not None:
+                batch["y"] = _padded(y[index], size)
+                batch["mask"] = _padded(np.ones(count, np.float32), size)
+            yield batch, count
+
+    def _check_signatures(self) -> None:
+        absent = [n for n in SIGNATURES if n not in self._metadata.signatures]
+        if absent:
+            raise ModelError(f"the model metadata lists no signature {', '.join(absent)}")
+        for name, spec in self._metadata.signatures.items():
+            if name not in self._interpreter.signatures:
+                raise ModelError(f"the model file lacks signature {name!r} its metadata lists")
+            actual = {k: v.shape for k, v in self._interpreter.inputs(name).items()}
+            if actual != {k: v.shape for k, v in spec["inputs"].items()}:
+                raise ModelError(f"signature {name!r} inputs {actual} differ from the metadata")
+
+
+def _padded(values: Array, size: int) -> Array:
+    if len(values) == size:
+        return np.ascontiguousarray(values, np.float32)
+    out = np.zeros((size, *values.shape[1:]), np.float32)
+    out[: len(values)] = values
+    return out
+
+
+def _check_values(values: Array, name: str) -> None:
+    if values.size == 0:
+        raise ModelError(f"{name} holds no examples")
+    if values.dtype.kind not in "biuf":
+        raise ModelError(f"{name} must be numeric, got dtype {values.dtype}")
+    if not np.all(np.isfinite(values)):
+        raise ModelError(f"{name} holds NaN or infinite values")
+
+
+def _read_file(path: str | os.PathLike[str]) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ModelError(f"cannot read model file {os.fspath(path)!r}: {exc}") from exc

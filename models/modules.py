@@ -1,0 +1,168 @@
+"""The TensorFlow modules that become .tflite files: trainable and inference-only.
+
+Every signature has a fixed batch size. Inputs and outputs (``B`` = batch size):
+
+- ``train(x, y, mask, lr, mu) -> {"loss"}``: one optimizer step on the masked
+  batch; ``loss`` is the masked mean task loss *before* the step, without the
+  proximal term. ``mu`` > 0 adds FedProx ``mu/2·||w − anchor||²``.
+- ``infer(x) -> {"output"}``: ``(B, classes)`` probabilities for classification
+  (binary: ``[P(0), P(1)]``), ``(B,)`` predictions for regression.
+- ``evaluate(x, y, mask) -> {"loss", "correct"}``: masked mean loss and the
+  number of correctly classified masked examples (always 0 for regression).
+- ``get_weights() -> {name: weight}``.
+- ``set_weights(**weights) -> {"ok"}``: assigns the weights, makes them the
+  FedProx anchor and resets the optimizer state (momentum, Adam moments and
+  step), since a new global model starts a new local optimization.
+
+``x``: float32 ``(B, *input_shape)``; ``y``: float32 ``(B,)`` (class index,
+0/1, or target); ``mask``: float32 ``(B,)`` of 0/1; ``lr``, ``mu``: float32 scalars.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy.typing as npt
+import tensorflow as tf
+
+from models.architecture import Task
+from models.layers import Tensor, forward
+from models.losses import masked_mean, proximal_term, task_loss
+from models.optimizers import make_optimizer
+from models.zoo import ModelSpec
+
+Array = npt.NDArray[Any]
+
+
+def graph(*input_signature: Any) -> Callable[[Callable[..., dict[str, Tensor]]], Any]:
+    """``tf.function`` with a fixed input signature (typed, unlike TensorFlow's)."""
+    decorator: Callable[[Callable[..., dict[str, Tensor]]], Any] = tf.function(
+        input_signature=list(input_signature)
+    )
+    return decorator
+
+
+def head(task: Task, logits: Tensor) -> Tensor:
+    """Turn logits into what ``infer`` returns for ``task``."""
+    if task == "multiclass":
+        return tf.nn.softmax(logits, axis=-1)
+    if task == "binary":
+        positive = tf.sigmoid(logits)
+        return tf.concat([1.0 - positive, positive], axis=-1)
+    return tf.reshape(logits, [-1])
+
+
+def count_correct(task: Task, logits: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
+    """Number of masked examples whose predicted class equals the label."""
+    if task == "regression":
+        return tf.constant(0.0)
+    if task == "binary":
+        predicted = tf.cast(tf.reshape(logits, [-1]) > 0.0, tf.float32)
+    else:
+        predicted = tf.cast(tf.argmax(logits, axis=-1), tf.float32)
+    return tf.reduce_sum(tf.cast(tf.equal(predicted, labels), tf.float32) * mask)
+
+
+class TrainableModule(tf.Module):  # type: ignore[misc]
+    """Weights, FedProx anchors and optimizer state of one zoo model, with signatures."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        batch_size: int,
+        initial: Mapping[str, Array],
+        optimizer: str,
+        hyperparameters: Mapping[str, float],
+    ) -> None:
+        """Create the variables.
+
+        Args:
+            spec: the configured zoo model.
+            batch_size: fixed batch size of every signature.
+            initial: initial weights by name, in model order.
+            optimizer: "sgd" or "adam".
+            hyperparameters: optimizer hyperparameters (not the learning rate).
+        """
+        super().__init__(name=spec.name)
+        self.spec, self.batch_size = spec, batch_size
+        self.names = list(initial)
+        self.params = [tf.Variable(w, name=n) for n, w in initial.items()]
+        self.anchors = [
+            tf.Variable(w, trainable=False, name=f"{n}_anchor") for n, w in initial.items()
+        ]
+        self.optimizer = make_optimizer(optimizer, self.params, **hyperparameters)
+
+    def _x_spec(self) -> Any:
+        return tf.TensorSpec([self.batch_size, *self.spec.input_shape], tf.float32, name="x")
+
+    def _vector_spec(self, name: str) -> Any:
+        return tf.TensorSpec([self.batch_size], tf.float32, name=name)
+
+    def _logits(self, x: Tensor) -> Tensor:
+        return forward(self.spec, dict(zip(self.names, self.params, strict=True)), x)
+
+    def signatures(self) -> dict[str, Any]:
+        """Return the concrete functions to export, by signature name."""
+        task = self.spec.task
+        scalar = tf.TensorSpec([], tf.float32)
+        batch_specs = [self._x_spec(), self._vector_spec("y"), self._vector_spec("mask")]
+
+        @graph(*batch_specs, scalar, scalar)
+        def train(x: Tensor, y: Tensor, mask: Tensor, lr: Tensor, mu: Tensor) -> dict[str, Tensor]:
+            with tf.GradientTape() as tape:
+                loss = masked_mean(task_loss(task, self._logits(x), y), mask)
+                objective = loss + proximal_term(self.params, self.anchors, mu)
+            grads = tape.gradient(objective, self.params)
+            self.optimizer.apply(self.params, grads, lr)
+            return {"loss": loss}
+
+        @graph(self._x_spec())
+        def infer(x: Tensor) -> dict[str, Tensor]:
+            return {"output": head(task, self._logits(x))}
+
+        @graph(*batch_specs)
+        def evaluate(x: Tensor, y: Tensor, mask: Tensor) -> dict[str, Tensor]:
+            logits = self._logits(x)
+            loss = masked_mean(task_loss(task, logits, y), mask)
+            return {"loss": loss, "correct": count_correct(task, logits, y, mask)}
+
+        @graph()
+        def get_weights() -> dict[str, Tensor]:
+            return {n: tf.identity(v) for n, v in zip(self.names, self.params, strict=True)}
+
+        weight_specs = {
+            n: tf.TensorSpec(v.shape, tf.float32, name=n)
+            for n, v in zip(self.names, self.params, strict=True)
+        }
+
+        @graph(weight_specs)
+        def set_weights(weights: dict[str, Tensor]) -> dict[str, Tensor]:
+            for name, var, anchor in zip(self.names, self.params, self.anchors, strict=True):
+                var.assign(weights[name])
+                anchor.assign(weights[name])
+            self.optimizer.reset()
+            return {"ok": tf.constant(1.0)}
+
+        functions = [train, infer, evaluate, get_weights, set_weights]
+        return {f.__name__: f.get_concrete_function() for f in functions}
+
+
+class InferenceModule(tf.Module):  # type: ignore[misc]
+    """A zoo model with frozen weights and only the ``infer`` signature."""
+
+    def __init__(self, spec: ModelSpec, batch_size: int, weights: Mapping[str, Array]) -> None:
+        """Hold ``weights`` as constants for a fixed ``batch_size``."""
+        super().__init__(name=f"{spec.name}_inference")
+        self.spec, self.batch_size = spec, batch_size
+        self.weights = {n: tf.constant(w, tf.float32) for n, w in weights.items()}
+
+    def signatures(self) -> dict[str, Any]:
+        """Return the ``infer`` concrete function."""
+        x_spec = tf.TensorSpec([self.batch_size, *self.spec.input_shape], tf.float32, name="x")
+
+        @graph(x_spec)
+        def infer(x: Tensor) -> dict[str, Tensor]:
+            return {"output": head(self.spec.task, forward(self.spec, self.weights, x))}
+
+        return {"infer": infer.get_concrete_function()}
