@@ -2,15 +2,17 @@
 
 Layout (every file written atomically: temp, fsync, rename, fsync of the dir)::
 
-    round.json                    the round state machine's snapshot (after every change)
-    rounds/R/accepted/CLIENT.bin  each accepted update of round R, as received (wire bytes)
-    checkpoints/vN.bin            the global weights of version N (wire bytes)
-    checkpoints/vN.server.npz     the server optimizer's state after version N
-    history.jsonl                 one line per finished round (appended + fsync)
+    round.json                         the round state machine's snapshot (after every change)
+    rounds/R/accepted/SEQ-CLIENT.bin   each accepted update of round R, as received (wire
+                                       bytes); SEQ (5 digits) is its place in acceptance order
+    checkpoints/vN.bin                 the global weights of version N (wire bytes)
+    checkpoints/vN.server.npz          the server optimizer's state after version N
+    history.jsonl                      one line per finished round (appended + fsync)
 
 An update is acknowledged to the broker only after its file exists here, so
 after ``kill -9`` a restart re-folds exactly the accepted updates of the open
-round, and the broker redelivers whatever was not yet acknowledged.
+round, in the order they were first folded (so the sums are bit-identical), and
+the broker redelivers whatever was not yet acknowledged.
 """
 
 from __future__ import annotations
@@ -18,16 +20,16 @@ from __future__ import annotations
 import io
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from edge_client.errors import ConfigError
+from edge_client.errors import ConfigError, ValidationError
+from edge_client.protocol import InvalidTopic, check_id
 
-_CLIENT_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_SEQ_DIGITS = 5
 
 
 def _fsync_dir(path: Path) -> None:
@@ -49,10 +51,28 @@ def _atomic_write(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
+def _safe_client(client_id: str) -> str:
+    try:
+        return check_id(client_id, "client id")
+    except InvalidTopic as e:
+        raise ValidationError(f"cannot store an update: {e}") from None
+
+
 class AggregatorStore:
     """Durable files of one federation's aggregator (see the module docstring)."""
 
     def __init__(self, root: Path) -> None:
+        """Open (and create if needed) the state directory ``root``.
+
+        Raises:
+            ConfigError: the directory cannot be created.
+        """
         self.root = Path(root)
         try:
             for sub in ("rounds", "checkpoints"):
@@ -66,62 +86,106 @@ class AggregatorStore:
         _atomic_write(self.root / "round.json", json.dumps(state, sort_keys=True).encode())
 
     def load_round_state(self) -> dict[str, Any] | None:
-        """The last round snapshot, or None on a first start."""
+        """The last round snapshot, or None on a first start.
+
+        Raises:
+            ConfigError: the file exists but is not a JSON object.
+        """
         p = self.root / "round.json"
         if not p.exists():
             return None
         try:
-            loaded: dict[str, Any] = json.loads(p.read_text())
+            loaded = json.loads(p.read_text())
         except (OSError, ValueError) as e:
             msg = f"{p}: unreadable round state ({e}); move it away to start over"
             raise ConfigError(msg) from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: round state is not a JSON object; move it away")
         return loaded
 
     # -- accepted updates ---------------------------------------------------
     def _accepted_dir(self, round_id: int) -> Path:
         return self.root / "rounds" / f"{round_id:08d}" / "accepted"
 
+    def _accepted_file(self, round_id: int, client_id: str) -> Path | None:
+        pattern = "[0-9]" * _SEQ_DIGITS + f"-{client_id}.bin"
+        found = sorted(self._accepted_dir(round_id).glob(pattern))
+        return found[0] if found else None
+
     def save_accepted(self, round_id: int, client_id: str, payload: bytes) -> None:
-        """Persists an accepted update before it is acknowledged or folded."""
-        if not _CLIENT_RE.match(client_id):
-            raise ValueError(f"unsafe client id {client_id!r}")
-        _atomic_write(self._accepted_dir(round_id) / f"{client_id}.bin", payload)
+        """Persists an accepted update before it is acknowledged or folded.
+
+        Idempotent for the same bytes; the file name records the acceptance order.
+
+        Raises:
+            ValidationError: an unsafe client id, or another update of this client is
+                already stored for the round.
+        """
+        _safe_client(client_id)
+        existing = self._accepted_file(round_id, client_id)
+        if existing is not None:
+            if existing.read_bytes() != payload:
+                raise ValidationError(f"round {round_id}: {client_id} already has another "
+                                      f"accepted update ({existing.name})")
+            return
+        directory = self._accepted_dir(round_id)
+        seq = len(list(directory.glob("*.bin"))) if directory.exists() else 0
+        _atomic_write(directory / f"{seq:0{_SEQ_DIGITS}d}-{client_id}.bin", payload)
 
     def accepted(self, round_id: int) -> list[tuple[str, bytes]]:
-        """Every accepted update of a round as (client id, wire bytes), sorted by client."""
+        """Every accepted update of a round as (client id, wire bytes), in acceptance order."""
         d = self._accepted_dir(round_id)
         if not d.exists():
             return []
-        return [(p.stem, p.read_bytes()) for p in sorted(d.glob("*.bin"))]
+        return [(p.stem[_SEQ_DIGITS + 1:], p.read_bytes()) for p in sorted(d.glob("*.bin"))]
+
+    def accepted_payload(self, round_id: int, client_id: str) -> bytes | None:
+        """The stored accepted update of ``client_id`` in ``round_id``, or None."""
+        _safe_client(client_id)
+        p = self._accepted_file(round_id, client_id)
+        return None if p is None else p.read_bytes()
 
     # -- checkpoints --------------------------------------------------------
+    def _checkpoint_path(self, version: int, suffix: str) -> Path:
+        return self.root / "checkpoints" / f"v{version:08d}{suffix}"
+
     def save_checkpoint(self, version: int, weights_payload: bytes,
                         server_state: dict[str, NDArray[Any]]) -> None:
         """Persists global weights version N and the server optimizer state after it."""
         buf = io.BytesIO()
         np.savez(buf, **server_state)
-        _atomic_write(self.root / "checkpoints" / f"v{version:08d}.server.npz", buf.getvalue())
-        _atomic_write(self.root / "checkpoints" / f"v{version:08d}.bin", weights_payload)
+        _atomic_write(self._checkpoint_path(version, ".server.npz"), buf.getvalue())
+        _atomic_write(self._checkpoint_path(version, ".bin"), weights_payload)
+
+    def checkpoint(self, version: int) -> tuple[bytes, dict[str, NDArray[Any]]] | None:
+        """(weights wire bytes, server state) of version N, or None if it was never saved."""
+        p = self._checkpoint_path(version, ".bin")
+        if not p.exists():
+            return None
+        server: dict[str, NDArray[Any]] = {}
+        sp = self._checkpoint_path(version, ".server.npz")
+        if sp.exists():
+            with np.load(sp, allow_pickle=False) as z:
+                server = {k: z[k] for k in z.files}
+        return p.read_bytes(), server
 
     def latest_checkpoint(self) -> tuple[int, bytes, dict[str, NDArray[Any]]] | None:
         """(version, weights wire bytes, server state) of the newest checkpoint, or None."""
         found = sorted((self.root / "checkpoints").glob("v*.bin"))
         if not found:
             return None
-        p = found[-1]
-        version = int(p.stem[1:])
-        server: dict[str, NDArray[Any]] = {}
-        sp = p.with_name(f"v{version:08d}.server.npz")
-        if sp.exists():
-            with np.load(sp, allow_pickle=False) as z:
-                server = {k: z[k] for k in z.files}
-        return version, p.read_bytes(), server
+        version = int(found[-1].stem[1:])
+        saved = self.checkpoint(version)
+        assert saved is not None
+        return version, *saved
 
     # -- history ------------------------------------------------------------
     def append_history(self, record: dict[str, Any]) -> None:
         """Appends one round's line to ``history.jsonl`` and fsyncs it."""
-        with open(self.root / "history.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, sort_keys=True) + "\n")
+        path = self.root / "history.jsonl"
+        torn = path.exists() and path.stat().st_size > 0 and not _ends_with_newline(path)
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(("\n" if torn else "") + json.dumps(record, sort_keys=True) + "\n")
             f.flush()
             os.fsync(f.fileno())
 

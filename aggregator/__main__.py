@@ -1,0 +1,202 @@
+"""``fedge-aggregator`` (``python -m aggregator``): run a federation as a service.
+
+The composition root: parses flags and TOML into one frozen config, configures
+logging, serves metrics, connects the durable MQTT session and runs the service.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from aggregator.config import AggregatorConfig, build_config
+from aggregator.fedavg import STRATEGIES
+from aggregator.modelfile import load_model_file
+from aggregator.service import AggregatorService
+from edge_client.errors import ConfigError
+from edge_client.protocol import CODECS
+from edge_client.transport import MqttTransport, TransportError
+
+log = logging.getLogger("aggregator")
+
+DESCRIPTION = """\
+Run a federation: publish the model and global weights, announce rounds, validate and
+store client updates, aggregate them, and publish each new global model (MQTT).
+"""
+
+CONNECT_TIMEOUT = 30.0
+EPILOG = """\
+environment:
+  FEDGE_PASSWORD      the MQTT password (never put it in a flag or the config file)
+
+examples:
+  fedge-aggregator --model cnn1d.tflite --federation cardio --rounds 50 --min-clients 5 \\
+      --clients-per-round 10 --round-timeout 300 --state-dir /var/lib/fedge-aggregator
+  fedge-aggregator --config /etc/fedge/aggregator.toml --metrics-port 9105
+
+exit status: 0 when the last round closed (or on SIGTERM), 1 when the broker cannot be
+reached or the state directory fails, 2 on a configuration error (the message names the
+flag), 130 on Ctrl-C.
+See docs/aggregator.md for the TOML format, the state directory and crash recovery.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser; every option defaults to None so the TOML file can fill it in."""
+    d = AggregatorConfig()
+    p = argparse.ArgumentParser(
+        prog="fedge-aggregator", description=DESCRIPTION, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", type=Path, metavar="FILE", help="TOML file with any option "
+                   "below (keys as the flags, optionally under [aggregator]); flags win")
+    _broker_options(p.add_argument_group("broker"), d)
+    _round_options(p.add_argument_group("rounds"), d)
+    _training_options(p.add_argument_group("training (sent to clients with each round)"), d)
+    _aggregation_options(p.add_argument_group("aggregation and update checks"), d)
+    g = p.add_argument_group("service")
+    g.add_argument("--state-dir", type=Path, metavar="DIR", help="round state, accepted "
+                   f"updates, checkpoints and history.jsonl; default ./{d.state_dir}")
+    g.add_argument("--metrics-port", type=int, metavar="PORT",
+                   help=f"serve Prometheus metrics on this port, 0 = off; default {d.metrics_port}")
+    g.add_argument("--metrics-host", metavar="ADDR",
+                   help=f"address the metrics endpoint binds; default {d.metrics_host}")
+    g.add_argument("--seed", type=int, metavar="N",
+                   help=f"seed of client selection; default {d.seed}")
+    g.add_argument("--log-format", choices=["text", "json"], default="text",
+                   help="text (default) or one JSON object per line")
+    g.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def _broker_options(g: argparse._ArgumentGroup, d: AggregatorConfig) -> None:
+    g.add_argument("--broker", metavar="URL",
+                   help=f"mqtt://host:port or mqtts://host:port (TLS); default {d.broker}")
+    g.add_argument("--mqtt-version", choices=["5", "3.1.1"], help="default 5")
+    g.add_argument("--client-id", help="MQTT client id, the key of the durable session; "
+                   "default fedge-aggregator-{federation}")
+    g.add_argument("--ca", type=Path, metavar="PEM", help="CA certificate to verify the broker")
+    g.add_argument("--cert", type=Path, metavar="PEM", help="client certificate (mutual TLS)")
+    g.add_argument("--key", type=Path, metavar="PEM", help="client private key (mutual TLS)")
+    g.add_argument("--username", help="MQTT username (password from FEDGE_PASSWORD)")
+    g.add_argument("--password-file", type=Path, metavar="FILE",
+                   help="read the MQTT password from this file")
+
+
+def _round_options(g: argparse._ArgumentGroup, d: AggregatorConfig) -> None:
+    g.add_argument("--model", type=Path, metavar="FILE", help="the trainable .tflite file "
+                   "(from `fedge export`) clients train; its weights are version 0 (required)")
+    g.add_argument("--federation", help=f"federation name (topic namespace); "
+                   f"default {d.federation}")
+    g.add_argument("--prefix", help=f"topic prefix; default {d.prefix}")
+    g.add_argument("--rounds", type=int, metavar="N",
+                   help=f"rounds to run, then exit 0; default {d.rounds}")
+    g.add_argument("--min-clients", type=int, metavar="N", help="quorum: fewest accepted "
+                   f"updates to aggregate a round; default {d.min_clients}")
+    g.add_argument("--min-available", type=int, metavar="N", help="clients online before a "
+                   "round is announced; default --min-clients")
+    g.add_argument("--clients-per-round", type=int, metavar="N",
+                   help="clients selected per round; default all online")
+    g.add_argument("--fraction", type=float, metavar="F",
+                   help="share of online clients selected per round, in (0, 1]")
+    g.add_argument("--round-timeout", type=float, metavar="SECONDS", help="from announcement "
+                   f"to deadline, and the one extension; default {d.round_timeout:g}")
+
+
+def _training_options(g: argparse._ArgumentGroup, d: AggregatorConfig) -> None:
+    g.add_argument("--epochs", type=int, help=f"local epochs per round; default {d.epochs}")
+    g.add_argument("--batch-size", type=int, help="default: the model file's (fixed) batch size")
+    g.add_argument("--lr", type=float, help="local learning rate; default: the model file's")
+    g.add_argument("--mu", type=float, help=f"FedProx proximal weight, 0 = FedAvg; "
+                   f"default {d.mu:g}")
+    g.add_argument("--codec", choices=CODECS, help="codec clients must use for their updates; "
+                   f"default {d.codec}")
+
+
+def _aggregation_options(g: argparse._ArgumentGroup, d: AggregatorConfig) -> None:
+    g.add_argument("--strategy", choices=STRATEGIES, help=f"default {d.strategy}")
+    g.add_argument("--server-lr", type=float, help="server learning rate; default 1.0 "
+                   "(0.1 for fedadam)")
+    g.add_argument("--weighting", choices=["samples", "uniform"], help="weigh each update "
+                   f"by its num_samples or equally; default {d.weighting}")
+    g.add_argument("--max-samples-per-client", type=int, metavar="N",
+                   help="cap on one update's weight (its num_samples is clipped); default none")
+    g.add_argument("--max-num-samples", type=int, metavar="N", help="credibility bound: an "
+                   f"update claiming more samples is rejected; default {d.max_num_samples}")
+    g.add_argument("--max-update-norm", type=float, metavar="X", help="reject an update whose "
+                   f"delta has a larger L2 norm; default {d.max_update_norm:g}")
+    g.add_argument("--max-payload", type=int, metavar="BYTES", help="largest MQTT payload "
+                   f"(chunk size, header included); default {d.max_payload}")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per log record: time, level, logger, message (and traceback)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record as a JSON line."""
+        entry = {"ts": round(record.created, 3), "level": record.levelname,
+                 "logger": record.name, "msg": record.getMessage()}
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def configure_logging(verbose: bool, fmt: str) -> None:
+    """Root handler on stderr, text or JSON lines (only ``__main__`` configures logging)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(
+        "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
+
+
+def serve(config: AggregatorConfig, stop: threading.Event) -> int:
+    """Load the model, connect, and run the service until it finishes or ``stop`` is set.
+
+    Raises:
+        ConfigError: bad model file, state directory, TLS files or metrics port.
+        TransportError: the broker could not be reached in time.
+    """
+    assert config.model is not None  # check() requires it
+    model_file = load_model_file(config.model)
+    transport = MqttTransport(config.broker_config())
+    service = AggregatorService(config, transport, model_file)
+    try:
+        service.metrics.serve(config.metrics_port, config.metrics_host)
+    except OSError as e:
+        raise ConfigError(f"--metrics-port {config.metrics_port}: cannot listen: {e}") from None
+    try:
+        transport.start(wait=CONNECT_TIMEOUT)
+        return service.run(stop)
+    finally:
+        transport.stop()
+        service.metrics.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``fedge-aggregator``."""
+    args = build_parser().parse_args(argv)
+    configure_logging(args.verbose, args.log_format)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        return serve(build_config(args), stop)
+    except ConfigError as e:
+        print(f"fedge-aggregator: error: {e}", file=sys.stderr)
+        return 2
+    except TransportError as e:
+        print(f"fedge-aggregator: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # the state directory failed: a restart recovers from the last write
+        log.critical("storage failure, stopping: %s", e)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,272 @@
+"""Aggregator configuration: TOML file, then flags, then environment for secrets.
+
+Built once in ``__main__`` into a frozen :class:`AggregatorConfig`; nothing deeper
+reads configuration. Precedence: command-line flag > TOML value > default. The TOML
+keys are the flag names (``-`` or ``_``), at the top level or under ``[aggregator]``.
+The MQTT password comes only from ``FEDGE_PASSWORD`` or ``--password-file``.
+Every error names the flag it is about.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from aggregator.fedavg import STRATEGIES, Strategy
+from aggregator.rounds import RoundsConfig
+from aggregator.validation import UpdateLimits
+from edge_client.errors import ConfigError
+from edge_client.protocol import (
+    CODECS,
+    MAX_CHUNK_BYTES,
+    MAX_SELECTED,
+    Hyperparameters,
+    ProtocolError,
+    Topics,
+)
+from edge_client.transport import BrokerConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclass(frozen=True)
+class AggregatorConfig:
+    """Everything ``fedge-aggregator`` needs (see ``fedge-aggregator --help``)."""
+
+    model: Path | None = None
+    broker: str = "mqtt://127.0.0.1:1883"
+    client_id: str | None = None  # MQTT client id; None: fedge-aggregator-{federation}
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    username: str | None = None
+    password: str | None = None
+    mqtt_version: str = "5"
+    federation: str = "default"
+    prefix: str = "fedge"
+    rounds: int = 10
+    min_clients: int = 2
+    min_available: int | None = None
+    clients_per_round: int | None = None
+    fraction: float | None = None
+    round_timeout: float = 60.0
+    epochs: int = 1
+    batch_size: int | None = None  # None: the model file's batch size
+    lr: float | None = None  # None: the model file's learning rate
+    mu: float = 0.0
+    codec: str = "int8"
+    strategy: str = "fedavg"
+    server_lr: float | None = None
+    weighting: str = "samples"
+    max_samples_per_client: int | None = None
+    max_num_samples: int = 1_000_000
+    max_update_norm: float = 1000.0
+    max_payload: int = 128 * 1024
+    state_dir: Path = Path("fedge-aggregator-state")
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
+    seed: int = 0
+
+    @property
+    def mqtt_client_id(self) -> str:
+        """The fixed MQTT client id, the key of the durable session."""
+        return self.client_id or f"fedge-aggregator-{self.federation}"
+
+    def topics(self) -> Topics:
+        """The federation's topic tree."""
+        return Topics(self.federation, self.prefix)
+
+    def broker_config(self) -> BrokerConfig:
+        """A durable, manually acknowledged MQTT session with a fixed client id."""
+        return BrokerConfig(
+            url=self.broker, client_id=self.mqtt_client_id, username=self.username,
+            password=self.password, ca=self.ca, cert=self.cert, key=self.key,
+            mqtt_version=self.mqtt_version, durable=True, manual_ack=True,
+        )
+
+    def rounds_config(self, model_sha256: str) -> RoundsConfig:
+        """The round policy for the model with ``model_sha256``."""
+        return RoundsConfig(
+            federation=self.federation, model_sha256=model_sha256, total_rounds=self.rounds,
+            min_clients=self.min_clients, clients_per_round=self.clients_per_round,
+            fraction=self.fraction, round_timeout=self.round_timeout, seed=self.seed,
+            min_available=self.min_available,
+        )
+
+    def strategy_config(self) -> Strategy:
+        """The aggregation strategy."""
+        weighting: Literal["samples", "uniform"] = (
+            "uniform" if self.weighting == "uniform" else "samples")
+        return Strategy(name=self.strategy, weighting=weighting,
+                        sample_cap=self.max_samples_per_client, server_lr=self.server_lr)
+
+    def hyperparameters(self, batch_size: int, learning_rate: float | None) -> Hyperparameters:
+        """The rounds' training settings; ``--batch-size``/``--lr`` default to the model's.
+
+        Raises:
+            ConfigError: a value the protocol does not allow.
+        """
+        try:
+            return Hyperparameters(epochs=self.epochs, batch_size=self.batch_size or batch_size,
+                                   learning_rate=self.lr or learning_rate or 0.01, mu=self.mu)
+        except ProtocolError as e:
+            raise ConfigError(f"--epochs/--batch-size/--lr/--mu: {e}") from None
+
+    def limits(self) -> UpdateLimits:
+        """Bounds every update must respect."""
+        return UpdateLimits(max_norm=self.max_update_norm, max_num_samples=self.max_num_samples)
+
+
+_PATHS = {"model", "state_dir", "ca", "cert", "key"}
+_STRINGS = {"broker", "client_id", "username", "federation", "prefix", "metrics_host"}
+#: int fields and their smallest (and largest) allowed value
+_INTS: dict[str, tuple[int, int]] = {
+    "rounds": (1, 10**9), "min_clients": (1, MAX_SELECTED), "min_available": (1, 10**9),
+    "clients_per_round": (1, MAX_SELECTED), "epochs": (1, 10_000), "batch_size": (1, 10**6),
+    "max_samples_per_client": (1, 2**53), "max_num_samples": (1, 2**53),
+    "max_payload": (1024, MAX_CHUNK_BYTES), "metrics_port": (0, 65535), "seed": (0, 2**63),
+}
+#: float fields: (low, high, whether low itself is allowed)
+_FLOATS: dict[str, tuple[float, float, bool]] = {
+    "round_timeout": (0.0, 1e7, False), "lr": (0.0, 1000.0, False), "mu": (0.0, 1e6, True),
+    "server_lr": (0.0, 1e6, False), "max_update_norm": (0.0, 1e30, False),
+    "fraction": (0.0, 1.0, False),
+}
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "codec": CODECS, "strategy": STRATEGIES, "weighting": ("samples", "uniform"),
+    "mqtt_version": ("5", "3.1.1"),
+}
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a config field: ``min_clients`` → ``--min-clients``."""
+    return "--" + name.replace("_", "-")
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Reads a TOML config (keys as the flags, ``-`` or ``_``, optionally under [aggregator]).
+
+    Raises:
+        ConfigError: unreadable or invalid TOML.
+    """
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"--config {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"--config {path}: not valid TOML: {e}") from None
+    table = raw.get("aggregator", raw)
+    if not isinstance(table, dict):
+        raise ConfigError(f"--config {path}: [aggregator] must be a table")
+    return {str(k).replace("-", "_"): v for k, v in table.items()}
+
+
+def build_config(args: argparse.Namespace, env: dict[str, str] | None = None) -> AggregatorConfig:
+    """Merges defaults, the TOML file (``args.config``), flags and secrets; checks everything.
+
+    Raises:
+        ConfigError: an unknown key, a bad value (the message names the flag), or a
+            secret in the wrong place.
+    """
+    env = dict(os.environ) if env is None else env
+    known = {f.name for f in fields(AggregatorConfig)} - {"password"}
+    values: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        for k, v in read_toml(Path(args.config)).items():
+            if k in ("password", "password_file"):
+                raise ConfigError(f"--config {args.config}: put the password in FEDGE_PASSWORD "
+                                  "or pass --password-file, not in the config file")
+            if k not in known:
+                raise ConfigError(f"--config {args.config}: unknown key {k!r}")
+            values[k] = v
+    values.update({k: getattr(args, k) for k in known if getattr(args, k, None) is not None})
+    values = {k: _coerce(k, v) for k, v in values.items()}
+    config = AggregatorConfig(password=_password(args, env), **values)
+    check(config)
+    return config
+
+
+def _password(args: argparse.Namespace, env: dict[str, str]) -> str | None:
+    path = getattr(args, "password_file", None)
+    if path:
+        try:
+            return Path(path).read_text().strip()
+        except OSError as e:
+            raise ConfigError(f"--password-file {path}: {e.strerror}") from None
+    return env.get("FEDGE_PASSWORD")
+
+
+def _coerce(name: str, value: Any) -> Any:
+    where = flag(name)
+    if name in _PATHS or name in _STRINGS:
+        if not isinstance(value, (str, Path)) or not str(value):
+            raise ConfigError(f"{where}: expected a non-empty string, got {value!r}")
+        return Path(value) if name in _PATHS else str(value)
+    if name in _INTS:
+        low, high = _INTS[name]
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ConfigError(f"{where}: expected a whole number in [{low}, {high}], "
+                              f"got {value!r}")
+        return value
+    if name in _FLOATS:
+        return _float(where, value, *_FLOATS[name])
+    value = str(value)  # mqtt-version 5 may come from TOML as an integer
+    if value not in _CHOICES[name]:
+        raise ConfigError(f"{where}: expected one of {', '.join(_CHOICES[name])}, got {value!r}")
+    return value
+
+
+def _float(where: str, value: Any, low: float, high: float, low_ok: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    number = float(value)
+    above = number >= low if low_ok else number > low
+    if not (math.isfinite(number) and above and number <= high):
+        bracket = "[" if low_ok else "("
+        raise ConfigError(f"{where}: expected a number in {bracket}{low}, {high}], got {value!r}")
+    return number
+
+
+def check(c: AggregatorConfig) -> None:
+    """Cross-field checks; every message names the flags involved.
+
+    Raises:
+        ConfigError: the configuration cannot work.
+    """
+    if c.model is None:
+        raise ConfigError("--model is required: a trainable .tflite file from `fedge export`")
+    if c.clients_per_round is not None and c.fraction is not None:
+        raise ConfigError("--clients-per-round and --fraction exclude each other; give one")
+    if c.clients_per_round is not None and c.clients_per_round < c.min_clients:
+        raise ConfigError(f"--clients-per-round {c.clients_per_round} is below "
+                          f"--min-clients {c.min_clients}")
+    if c.min_available is not None and c.min_available < c.min_clients:
+        raise ConfigError(f"--min-available {c.min_available} is below "
+                          f"--min-clients {c.min_clients}")
+    for name, federation, prefix in (("--federation", c.federation, "fedge"),
+                                     ("--prefix", "default", c.prefix)):
+        try:
+            Topics(federation, prefix)
+        except ProtocolError as e:
+            raise ConfigError(f"{name}: {e}") from None
+    try:
+        c.broker_config().endpoint()
+    except ConfigError as e:
+        raise ConfigError(f"--broker: {e}") from None
+    for path_flag, path in (("--ca", c.ca), ("--cert", c.cert), ("--key", c.key)):
+        if path is not None and not path.is_file():
+            raise ConfigError(f"{path_flag} {path}: no such file")
+    if (c.cert is None) != (c.key is None):
+        raise ConfigError("--cert and --key go together (mutual TLS)")
+    c.strategy_config()
+    c.limits()
+    c.rounds_config("0" * 64)

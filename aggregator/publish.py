@@ -1,0 +1,118 @@
+"""Everything the aggregator publishes: model file, global weights, manifest, round, replies.
+
+Large payloads go out as retained chunks (``edge_client.transfer.split``); every
+topic comes from :class:`~edge_client.protocol.Topics`. A publish waits for the
+broker's PUBACK so the retained state is on the broker before the manifest that
+points to it. When the broker is unreachable, the first publish of a batch that
+times out is logged and the rest of the batch is only queued (paho sends it after
+the reconnect, in order): a broker outage never stops the service.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from aggregator.rounds import RoundState
+from edge_client.protocol import CLEAR, Hyperparameters, Manifest, Reply, Round, Topics
+from edge_client.transfer import chunk_overhead, split
+from edge_client.transport import Transport, TransportError
+
+log = logging.getLogger(__name__)
+
+KEY_ID = "aggregator"  # manifests are unsigned until signing lands
+
+
+@dataclass(frozen=True)
+class RunMessages:
+    """Builds the manifest and round announcements of one federation run."""
+
+    federation: str
+    model_sha256: str
+    model_size: int
+    codec: str  # what clients must use for their updates
+    hyperparameters: Hyperparameters
+
+    def manifest(self, weights_version: int, weights_sha256: str, round_id: int) -> Manifest:
+        """The manifest of global weights ``weights_version`` (always published fp32)."""
+        return Manifest(
+            federation=self.federation, model_sha256=self.model_sha256,
+            model_size=self.model_size, weights_version=weights_version,
+            weights_sha256=weights_sha256, round_id=round_id, codec="fp32", key_id=KEY_ID)
+
+    def round(self, state: RoundState) -> Round:
+        """The announcement of the round ``state`` is collecting (with its current deadline)."""
+        if state.deadline is None:
+            raise ValueError(f"round {state.round_id} is not collecting: no deadline")
+        return Round(
+            federation=self.federation, round_id=state.round_id,
+            weights_version=state.weights_version, model_sha256=self.model_sha256,
+            deadline=state.deadline, hyperparameters=self.hyperparameters, codec=self.codec,
+            selected=tuple(sorted(state.selected)))
+
+
+def weights_transfer_id(version: int) -> str:
+    """Transfer id of global weights ``version`` (docs/protocol.md, Chunking)."""
+    return f"weights-{version}"
+
+
+class Publisher:
+    """Publishes the aggregator's messages through a Transport port, counting bytes."""
+
+    def __init__(self, transport: Transport, topics: Topics, *, max_payload: int,
+                 timeout: float = 30.0) -> None:
+        """Publish through ``transport`` under ``topics``.
+
+        Args:
+            transport: the MQTT port.
+            topics: the federation's topic tree.
+            max_payload: largest MQTT payload (chunk header included).
+            timeout: seconds to wait for each PUBACK before only queueing the rest.
+        """
+        self.transport = transport
+        self.topics = topics
+        self.max_payload = max_payload
+        self.timeout = timeout
+        self.bytes_sent = 0
+
+    def model_file(self, data: bytes, sha256: str) -> None:
+        """Retained chunks ``model/{sha256}/{i}`` of the .tflite file."""
+        chunks = split(data, sha256, max_payload=self.max_payload)
+        self._batch([(self.topics.model_chunk(sha256, i), c) for i, c in enumerate(chunks)])
+
+    def weights(self, version: int, payload: bytes) -> None:
+        """Retained chunks ``weights/{version}/{i}`` of an encoded ``Weights``."""
+        chunks = split(payload, weights_transfer_id(version), max_payload=self.max_payload)
+        self._batch([(self.topics.weights_chunk(version, i), c) for i, c in enumerate(chunks)])
+
+    def clear_weights(self, version: int, payload_size: int) -> None:
+        """Delete the retained chunks of weights ``version`` (a payload of that many bytes)."""
+        room = self.max_payload - chunk_overhead(weights_transfer_id(version))
+        count = max(1, math.ceil(payload_size / room))
+        self._batch([(t, CLEAR) for t in self.topics.weights_chunks(version, count)])
+
+    def manifest(self, manifest: Manifest) -> None:
+        """The retained manifest."""
+        self._batch([(self.topics.manifest(), manifest.encode())])
+
+    def round(self, message: Round) -> None:
+        """The retained round announcement."""
+        self._batch([(self.topics.round(), message.encode())])
+
+    def reply(self, reply: Reply) -> None:
+        """A (not retained) reply on ``reply/{client}``."""
+        self._batch([(self.topics.reply(reply.client_id), reply.encode())], retain=False)
+
+    def _batch(self, messages: Sequence[tuple[str, bytes]], *, retain: bool = True) -> None:
+        timeout: float | None = self.timeout
+        for topic, payload in messages:
+            try:
+                self.transport.publish(topic, payload, qos=1, retain=retain, timeout=timeout)
+            except TransportError as e:
+                if timeout is not None:
+                    log.error("publish failed (%s); queueing the rest of this batch for "
+                              "after the reconnect", e)
+                timeout = None
+            self.bytes_sent += len(payload)
