@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
+import warnings
 from collections.abc import Sequence
 
 from edge_client.errors import FedgeError
@@ -19,6 +21,7 @@ log = logging.getLogger("fedge")
 
 # sub-command name -> module with add_parser(subparsers)
 COMMANDS: dict[str, str] = {
+    "demo": "tools.demo",
     "export": "tools.export",
     "bench": "tools.bench.cli",
 }
@@ -40,12 +43,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs ``fedge``; returns the process exit code (2 on a usage or input error)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+    warnings.filterwarnings("ignore", message=r".*tf\.lite\.Interpreter is deprecated")
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("tensorflow").setLevel(logging.WARNING)
     try:
         return int(args.func(args))
     except FedgeError as e:

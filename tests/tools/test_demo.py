@@ -1,0 +1,80 @@
+"""``fedge demo`` through its CLI: JSON layout, a real PNG, the int8 model, no orphans."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.broker
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    """Command lines of live processes that mention ``text`` (e.g. the demo's folder)."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+            state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+        except OSError:
+            continue
+        cmd = raw.replace(b"\0", b" ").decode(errors="replace")
+        if text in cmd and state != "Z":
+            found.append(f"{pid}: {cmd}")
+    return found
+
+
+def _demo(out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "tools", "demo", "--out", str(out), "--no-progress", *extra]
+
+
+def test_small_demo_writes_json_png_and_int8_model(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    res = subprocess.run(_demo(out, "--rounds", "3", "--json", str(tmp_path / "r.json")),
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert len(result["rounds"]) == 3
+    for row in result["rounds"]:
+        for key in ("round", "participants", "accuracy", "loss", "bytes_up", "bytes_down"):
+            assert key in row, key
+        assert row["participants"] == 2 and row["bytes_up"] > 0 and row["bytes_down"] > 0
+        assert 0.0 <= row["accuracy"] <= 1.0
+    final = result["final"]
+    assert 0.0 <= final["accuracy"] <= 1.0 and 0.0 <= final["pooled_accuracy"] <= 1.0
+    png = (out / "rounds.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    import matplotlib.image
+
+    assert matplotlib.image.imread(str(out / "rounds.png")).shape[0] > 100
+    from edge_client.model import read_metadata
+
+    assert read_metadata((out / "model-int8.tflite").read_bytes()).quantization == "int8"
+    assert "final global model" in res.stdout
+    assert "broker: mosquitto" in res.stderr
+    assert _processes_mentioning(str(out)) == []
+
+
+def test_ctrl_c_stops_every_process(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    proc = subprocess.Popen(_demo(out, "--rounds", "50", "--embedded-broker"), cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    history = out / "aggregator" / "history.jsonl"
+    end = time.monotonic() + 180
+    while not (history.exists() and history.read_text().strip()) and time.monotonic() < end:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        time.sleep(0.1)  # polling a file another process writes
+    assert history.exists(), "the demo never finished a round"
+    assert len(_processes_mentioning(str(out))) >= 3  # aggregator + 2 clients (+ the demo)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    assert _processes_mentioning(str(out)) == []

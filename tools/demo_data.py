@@ -1,0 +1,109 @@
+"""Splits a dataset into one data file per client, as each party would hold it."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from edge_client.errors import ConfigError
+from tools.datasets import Dataset, dirichlet_label_skew, iid, natural, quantity_skew
+from tools.evaluate import Scaling
+
+PARTITIONS = ("natural", "iid", "dirichlet", "quantity")
+Array = npt.NDArray[Any]
+
+# per dataset: clients, partition, epochs, lr, batch, optimizer, normalise, party name
+_DEFAULTS: dict[str, tuple[int, str, int, float, int, str, bool, str]] = {
+    "seed-gaussian": (2, "natural", 2, 0.1, 32, "sgd", False, "party"),
+    "breast-cancer": (4, "iid", 2, 0.05, 16, "sgd", True, "hospital"),
+    "basic-motions": (4, "iid", 5, 0.005, 4, "adam", True, "wearer"),
+    "wearable-synthetic": (10, "natural", 2, 0.005, 32, "adam", True, "device"),
+}
+
+
+@dataclass(frozen=True)
+class DemoDefaults:
+    """Settings of one demo run: flags, else the dataset's defaults."""
+
+    clients: int
+    partition: str
+    rounds: int
+    epochs: int
+    lr: float
+    batch_size: int
+    optimizer: str
+    normalise: bool
+    party: str
+    min_clients: int
+
+
+def defaults_for(ds: Dataset, args: argparse.Namespace) -> DemoDefaults:
+    """Combines the flags with the dataset's defaults."""
+    clients, partition, epochs, lr, batch, opt, norm, party = _DEFAULTS[ds.info.name]
+    partition = args.partition or partition
+    if partition == "natural":
+        if ds.groups_train is None:
+            raise ConfigError(f"--partition natural: {ds.info.name} has no natural parties; "
+                              "use iid, dirichlet or quantity")
+        groups = int(ds.groups_train.max()) + 1
+        clients = args.clients or min(clients, groups)
+        if clients > groups:
+            raise ConfigError(f"--clients {clients}: {ds.info.name} has {groups} parties")
+    else:
+        clients = args.clients or clients
+    rounds = args.rounds or 10
+    if rounds < 1:
+        raise ConfigError("--rounds must be at least 1")
+    return DemoDefaults(clients, partition, rounds, args.epochs or epochs, args.lr or lr,
+                        batch, opt, norm, party, max(1, clients - clients // 4))
+
+
+@dataclass(frozen=True)
+class ClientShare:
+    """One client's data file and its slice of the test set (used only to plot)."""
+
+    client_id: str
+    path: Path
+    x_train: Array
+    y_train: Array
+    x_test: Array
+    y_test: Array
+    scaling: Scaling
+
+
+def _parts(ds: Dataset, d: DemoDefaults, rng: np.random.Generator
+           ) -> tuple[list[Array], list[Array]]:
+    n_train, n_test = len(ds.y_train), len(ds.y_test)
+    if d.partition == "natural":
+        assert ds.groups_train is not None
+        test = (natural(ds.groups_test) if ds.groups_test is not None
+                else iid(n_test, d.clients, rng))
+        return list(natural(ds.groups_train))[: d.clients], list(test)[: d.clients]
+    if d.partition == "iid":
+        train = iid(n_train, d.clients, rng)
+    elif d.partition == "dirichlet":
+        train = dirichlet_label_skew(ds.y_train, d.clients, 0.5, rng)
+    else:
+        train = quantity_skew(n_train, d.clients, 0.5, rng)
+    return list(train), list(iid(n_test, d.clients, rng))
+
+
+def share_data(ds: Dataset, d: DemoDefaults, folder: Path, rng: np.random.Generator
+               ) -> list[ClientShare]:
+    """Writes ``folder/{party}-{i}.npz`` (x, y) per client; returns the shares."""
+    folder.mkdir(parents=True, exist_ok=True)
+    train, test = _parts(ds, d, rng)
+    shares = []
+    for i, (tr, te) in enumerate(zip(train, test, strict=False)):
+        cid = f"{d.party}-{i + 1}"
+        x, y = ds.x_train[tr], ds.y_train[tr]
+        path = folder / f"{cid}.npz"
+        np.savez(path, x=x, y=y.astype(np.int64))
+        shares.append(ClientShare(cid, path, x, y, ds.x_test[te], ds.y_test[te],
+                                  Scaling.fit(x, d.normalise)))
+    return shares

@@ -1,0 +1,71 @@
+"""Evaluation for the demo and the results table: global models, pooled and local baselines.
+
+Everything runs through :class:`edge_client.model.TrainableModel`, i.e. the same
+TFLite ``train``/``evaluate`` signatures the devices use, so a baseline differs
+from the federation only in where the data sits.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from edge_client.model import TrainableModel
+from edge_client.normalise import NormStats, compute_norm_stats, normalise
+from edge_client.protocol import Weights
+from edge_client.quantize import dequantize_update
+
+log = logging.getLogger(__name__)
+Array = npt.NDArray[Any]
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """How samples are scaled before the model sees them (None: raw values)."""
+
+    stats: NormStats | None
+
+    @classmethod
+    def fit(cls, x: Array, enabled: bool) -> Scaling:
+        """Statistics of ``x`` when scaling is enabled and ``x`` is 2-D or 3-D."""
+        return cls(compute_norm_stats(x) if enabled and x.ndim in (2, 3) else None)
+
+    def __call__(self, x: Array) -> Array:
+        return x.astype(np.float32) if self.stats is None else normalise(x, self.stats)
+
+
+def weights_of_checkpoint(state_dir: Path, version: int) -> dict[str, Array]:
+    """The global weights of ``version`` from the aggregator's checkpoints."""
+    blob = (state_dir / "checkpoints" / f"v{version:08d}.bin").read_bytes()
+    return dequantize_update(Weights.decode(blob).tensors)
+
+
+def evaluate(model_file: bytes, weights: dict[str, Array], x: Array, y: Array
+             ) -> tuple[float, float]:
+    """(loss, accuracy) of ``weights`` on ``(x, y)``."""
+    model = TrainableModel(model_file)
+    model.set_weights(weights)
+    return model.evaluate(x, y.astype(np.float32))
+
+
+def train_alone(model_file: bytes, x: Array, y: Array, *, epochs: int, lr: float | None,
+                seed: int) -> dict[str, Array]:
+    """Trains the model's initial weights on one data set (pooled or one client's)."""
+    model = TrainableModel(model_file)
+    model.fit(x, y.astype(np.float32), epochs=epochs, lr=lr, rng=np.random.default_rng(seed))
+    return model.get_weights()
+
+
+def local_only(model_file: bytes, parts: list[tuple[Array, Array]], test: tuple[Array, Array],
+               *, epochs: int, lr: float | None, seed: int) -> list[float]:
+    """Accuracy on the pooled test set of a model trained on each client's data alone."""
+    accs = []
+    for i, (x, y) in enumerate(parts):
+        w = train_alone(model_file, x, y, epochs=epochs, lr=lr, seed=seed + i)
+        accs.append(evaluate(model_file, w, *test)[1])
+    return accs
