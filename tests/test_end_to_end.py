@@ -1,0 +1,73 @@
+"""The whole system: a real aggregator process and five real client processes over Mosquitto."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from client_kit import linear_data
+from edge_client.protocol import Presence, Topics, Weights
+from edge_client.quantize import dequantize_update
+from edge_client.transport import BrokerConfig, MqttTransport
+from tools.broker import MosquittoBroker
+from tools.fleet import Fleet
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.broker
+TIMEOUT = 4.0
+
+
+def _ghost(broker: MosquittoBroker, ns: str) -> MqttTransport:
+    """A device that says it is online and then never answers a round."""
+    t = MqttTransport(BrokerConfig(url=broker.url, client_id="ghost")).start(wait=10)
+    t.publish(Topics(ns).presence("ghost"), Presence(
+        client_id="ghost", online=True, samples=1000, runtime="none", runtime_version="0",
+        software_version="0", timestamp=time.time()).encode(), retain=True)
+    return t
+
+
+def test_five_clients_three_rounds_and_a_straggler_never_stalls_a_round(
+    broker: MosquittoBroker, namespace: str, tmp_path: Path, logreg_file: bytes
+) -> None:
+    model = tmp_path / "model.tflite"
+    model.write_bytes(logreg_file)
+    ghost = _ghost(broker, namespace)
+    common = ["--broker", broker.url, "--federation", namespace]
+    state = tmp_path / "agg"
+    with Fleet(tmp_path / "logs") as fleet:
+        agg = fleet.start("aggregator", "aggregator", [
+            *common, "--model", str(model), "--state-dir", str(state), "--rounds", "3",
+            "--min-clients", "5", "--min-available", "6", "--round-timeout", str(TIMEOUT),
+            "--epochs", "2", "--lr", "0.1", "--codec", "int8"])
+        for i in range(5):
+            x, y = linear_data(60 + 20 * i, seed=i)
+            np.savez(tmp_path / f"c{i}.npz", x=x, y=y)
+            fleet.start(f"client-{i}", "edge_client", [
+                *common, "--client-id", f"clinic-{i}", "--data", str(tmp_path / f"c{i}.npz"),
+                "--state-dir", str(tmp_path / f"s{i}"), "--max-rounds", "3", "--seed", str(i)])
+        code = agg.proc.wait(timeout=120)
+        assert code == 0, agg.tail(40)
+        clients = [c for c in fleet.children if c.name.startswith("client")]
+        for c in clients:
+            assert c.proc.wait(timeout=30) == 0, c.tail(30)
+    ghost.stop()
+    rows = [json.loads(line) for line in (state / "history.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2, 3]
+    for r in rows:
+        assert r["outcome"] == "aggregated"
+        assert "ghost" in r["selected"] and "ghost" not in r["participants"]
+        assert sorted(r["participants"]) == [f"clinic-{i}" for i in range(5)]
+        assert r["samples"] == sum(int((60 + 20 * i) * 0.8) for i in range(5))
+        # the round closed at its deadline, not later, although the ghost never answered
+        assert r["duration_s"] < TIMEOUT + 2.0, r
+    final = dequantize_update(Weights.decode(
+        (state / "checkpoints" / f"v{3:08d}.bin").read_bytes()).tensors)
+    initial = dequantize_update(Weights.decode(
+        (state / "checkpoints" / f"v{0:08d}.bin").read_bytes()).tensors)
+    assert any(not np.allclose(final[k], initial[k]) for k in final)
