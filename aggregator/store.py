@@ -191,13 +191,18 @@ class AggregatorStore:
 
     def history(self) -> list[dict[str, Any]]:
         """Every finished round's record, oldest first."""
-        p = self.root / "history.jsonl"
-        if not p.exists():
-            return []
-        records = []
-        for line in p.read_text().splitlines():
-            try:
-                records.append(json.loads(line))
-            except ValueError:
-                continue  # a line torn by a crash mid-append
-        return records
+        return read_history(self.root)
+
+
+def read_history(state_dir: Path) -> list[dict[str, Any]]:
+    """The ``history.jsonl`` records of a state dir, oldest first (read-only; [] if none yet)."""
+    p = Path(state_dir) / "history.jsonl"
+    if not p.exists():
+        return []
+    records = []
+    for line in p.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue  # a line torn by a crash mid-append
+    return records

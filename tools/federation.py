@@ -7,7 +7,6 @@ process talking real MQTT; :class:`Federation` watches the aggregator's
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -16,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aggregator.store import read_history
 from edge_client.errors import FedgeError
 from tools.broker import EmbeddedBroker, MosquittoBroker, mosquitto_available
 from tools.fleet import Child, Fleet
@@ -66,18 +66,6 @@ def start_broker(stack: ExitStack, external: str | None, embedded: bool = False
     return amqtt.url, "3.1.1"
 
 
-def history(state_dir: Path) -> list[dict[str, Any]]:
-    """The aggregator's finished rounds so far (a line torn by a crash is skipped)."""
-    path = state_dir / "history.jsonl"
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            continue
-    return rows
 
 
 def run_federation(plan: FederationPlan,
@@ -102,21 +90,21 @@ def run_federation(plan: FederationPlan,
             seen += 1
             on_round(row)
         log.info("aggregator finished after %d rounds", seen)
-        return history(state)
+        return read_history(state)
 
 
 def _follow(state: Path, agg: Child, clients: list[Child], timeout: float
             ) -> Iterator[dict[str, Any]]:
     deadline, seen = time.monotonic() + timeout, 0
     while True:
-        rows = history(state)
+        rows = read_history(state)
         yield from rows[seen:]
         seen = len(rows)
         code = agg.proc.poll()
         if code is not None:
             if code != 0:
                 raise FederationError(f"the aggregator exited with {code}:\n{agg.tail()}")
-            yield from history(state)[seen:]
+            yield from read_history(state)[seen:]
             return
         dead = [c for c in clients if c.proc.poll() not in (None, 0)]
         if clients and len(dead) == len(clients):
