@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-
 from client_kit import linear_data
+
 from edge_client.protocol import Presence, Topics, Weights
 from edge_client.quantize import dequantize_update
 from edge_client.transport import BrokerConfig, MqttTransport
