@@ -184,3 +184,33 @@ def test_broker_restart_while_uploading_delivers_the_update_exactly_once(
     log = proc.stderr.read() if proc.stderr else ""
     assert code == 0, log
     assert "disconnected from" in log, "the client never saw the broker go away"
+
+
+def test_model_weights_residual_and_id_survive_a_restart(
+    tmp_path: Path, logreg_file: bytes, make_aggregator: Any
+) -> None:
+    """After a restart the client has its model, global weights and residual without a download."""
+    bus = MemoryBroker()
+    agg = make_aggregator(transport=bus.connect("agg"), topics=Topics("ward"),
+                          model=logreg_file, weights=TrainableModel(logreg_file).get_weights(),
+                          codec="int8")
+    agg.transport.subscribe(agg.topics.update_filter())
+    agg.publish_all()
+    x, y = linear_data(60, seed=3)
+    client, _ = _memory_client(bus, tmp_path, logreg_file, x, y)
+    thread, codes = _run_in_thread(client)
+    agg.collect(1, timeout=30)
+    thread.join(timeout=30)
+    assert codes == [0]
+    state = StateDir(tmp_path / "state")
+    residual = state.read("residual.bin")
+    assert residual is not None  # int8 error feedback kept for the next round
+    generated = state.client_id(None)
+    assert state.client_id(None) == generated  # an id made once is kept
+
+    again = EdgeClient(ClientSettings(client_id="dev1", topics=Topics("ward")),
+                       MemoryBroker().connect("dev1"), state, LocalSplit.of(x, y, seed=0),
+                       lambda blob: TrainableModel(blob), rng=np.random.default_rng(0))
+    assert again.model is not None and again.model_sha == agg.sha  # no broker needed
+    assert again.version == 0
+    assert again.state.read("residual.bin") == residual

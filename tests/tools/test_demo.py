@@ -37,9 +37,11 @@ def _demo(out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "tools", "demo", "--out", str(out), "--no-progress", *extra]
 
 
-def test_small_demo_writes_json_png_and_int8_model(tmp_path: Path) -> None:
+@pytest.mark.parametrize("broker", ["mosquitto", "embedded amqtt"])
+def test_small_demo_writes_json_png_and_int8_model(tmp_path: Path, broker: str) -> None:
     out = tmp_path / "demo"
-    res = subprocess.run(_demo(out, "--rounds", "3", "--json", str(tmp_path / "r.json")),
+    extra = ["--embedded-broker"] if broker == "embedded amqtt" else []
+    res = subprocess.run(_demo(out, "--rounds", "3", "--json", str(tmp_path / "r.json"), *extra),
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     result = json.loads((tmp_path / "r.json").read_text())
@@ -60,7 +62,7 @@ def test_small_demo_writes_json_png_and_int8_model(tmp_path: Path) -> None:
 
     assert read_metadata((out / "model-int8.tflite").read_bytes()).quantization == "int8"
     assert "final global model" in res.stdout
-    assert "broker: mosquitto" in res.stderr
+    assert f"broker: {broker}" in res.stderr
     assert _processes_mentioning(str(out)) == []
 
 
