@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import queue
 import random
+import socket
 import ssl
 import threading
 from collections.abc import Callable
@@ -117,6 +118,17 @@ class Transport(Protocol):
     def unsubscribe(self, topic_filter: str) -> None: ...
     def get(self, timeout: float | None) -> Message | None: ...
     def ack(self, message: Message) -> None: ...
+
+
+def _no_delay(client: mqtt.Client) -> None:
+    """Switches Nagle's algorithm off: paho leaves it on, and a small QoS 1 publish then
+    waits for the peer's delayed ACK (about 40 ms) before its PUBACK can come back."""
+    sock = client.socket()
+    if isinstance(sock, socket.socket):  # ssl.SSLSocket is one too
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError as e:  # not TCP (e.g. a websocket or unix transport)
+            log.debug("TCP_NODELAY not set: %s", e)
 
 
 class MqttTransport:
@@ -239,6 +251,7 @@ class MqttTransport:
         if reason_code.is_failure:
             log.error("broker %s refused the connection: %s", self.config.url, reason_code)
             return
+        _no_delay(client)
         with self._lock:
             filters = list(self._filters.items())
         for f, qos in filters:
