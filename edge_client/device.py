@@ -6,6 +6,7 @@ import importlib.metadata
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -15,11 +16,11 @@ from edge_client.data import LocalData, load_data
 from edge_client.errors import ConfigError
 from edge_client.model import TrainableModel
 from edge_client.normalise import compute_norm_stats, normalise
-from edge_client.protocol import Presence, Topics
+from edge_client.protocol import Manifest, Presence, Topics
 from edge_client.runtime import interpreter_class
 from edge_client.state import StateDir
 from edge_client.training import LocalSplit, Trainer
-from edge_client.transport import BrokerConfig, MqttTransport, Will
+from edge_client.transport import BrokerConfig, MqttTransport, TransportError, Will
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,29 @@ def prepare_data(config: ClientConfig) -> LocalData:
     return LocalData(x, data.y, data.feature_names, data.source)
 
 
+def manifest_verifier(config: ClientConfig) -> Callable[[Manifest], None] | None:
+    """The signature check of ``--verify-key``, or None (with a warning) without it.
+
+    Raises:
+        ConfigError: the key file is unusable, or ``cryptography`` is not installed.
+    """
+    if config.verify_key is None:
+        log.warning("manifests are NOT verified: pass --verify-key with the aggregator's "
+                    "signing.pub to refuse a model or weights it did not sign")
+        return None
+    try:  # optional on a device: only needed to verify
+        from edge_client import signing
+    except ImportError as e:
+        raise ConfigError(f"--verify-key needs the cryptography package ({e}): "
+                          "pip install cryptography") from None
+    trusted = signing.load_trusted_keys(config.verify_key)
+    log.info("manifests must be signed by key id %s", " or ".join(trusted.ids))
+    return trusted.verify
+
+
 def run_client(config: ClientConfig, stop: threading.Event) -> int:
     """Runs the edge client until done or stopped; returns the exit code."""
+    verify = manifest_verifier(config)
     state = StateDir(config.state_dir)
     client_id = state.client_id(config.client_id)
     data = prepare_data(config)
@@ -68,7 +90,7 @@ def run_client(config: ClientConfig, stop: threading.Event) -> int:
     ))
     settings = ClientSettings(client_id=client_id, topics=topics, max_payload=config.max_payload,
                               once=config.once, max_rounds=config.max_rounds,
-                              presence=presence)
+                              presence=presence, verify_manifest=verify)
 
     def load_model(blob: bytes) -> Trainer:
         return TrainableModel(blob, num_threads=config.threads)
@@ -82,5 +104,9 @@ def run_client(config: ClientConfig, stop: threading.Event) -> int:
     try:
         return client.run(stop)
     finally:
-        transport.publish(topics.presence(client_id), presence(False), retain=True, timeout=5)
+        try:  # a goodbye; when the broker is gone, the Last Will says the same
+            transport.publish(topics.presence(client_id), presence(False), retain=True,
+                              timeout=5)
+        except TransportError as e:
+            log.info("could not say goodbye: %s", e)
         transport.stop()

@@ -34,6 +34,7 @@ from edge_client.errors import ConfigError, FedgeError
 log = logging.getLogger(__name__)
 
 SESSION_EXPIRY_S = 7 * 24 * 3600
+_ACKS_KEPT = 4096  # PUBACK outcomes remembered for publishers that wait on them
 
 
 class TransportError(FedgeError):
@@ -141,12 +142,16 @@ class MqttTransport:
         self._filters: dict[str, int] = {}
         self._inbox: queue.Queue[Message] = queue.Queue()
         self.connected = threading.Event()
+        self.disconnected = threading.Event()  # set while the connection is down
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._first_connect = True
         self._lock = threading.Lock()
         self._suback = threading.Condition(self._lock)
+        self._pubacks = threading.Condition(threading.Lock())
+        self._acked: dict[int, str | None] = {}
         self._pending_subs: set[int] = set()
+        self._epoch = 0  # connections made so far; on_connect re-subscribes every filter
         self.on_connect_hooks: list[Callable[[], None]] = []
         self._client = self._make_client()
 
@@ -174,6 +179,11 @@ class MqttTransport:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
+        client.on_publish = self._on_publish
+        # Every socket write happens on the network thread: without this paho writes a
+        # publish or an ack from the caller's thread while the network thread reads, and
+        # over TLS the two threads corrupt the stream ("bad record mac").
+        client.on_socket_register_write = lambda *_: None
         return client
 
     def _set_tls(self, client: mqtt.Client) -> None:
@@ -252,12 +262,15 @@ class MqttTransport:
             log.error("broker %s refused the connection: %s", self.config.url, reason_code)
             return
         _no_delay(client)
-        with self._lock:
+        with self._suback:
             filters = list(self._filters.items())
+            self._epoch += 1
+            self._suback.notify_all()  # a SUBSCRIBE sent on the old connection is moot
         for f, qos in filters:
             client.subscribe(f, qos=qos)
         log.info("connected to %s as %s (session present: %s)", self.config.url,
                  self.config.client_id, flags.session_present)
+        self.disconnected.clear()
         self.connected.set()
         for hook in list(self.on_connect_hooks):
             hook()
@@ -266,6 +279,7 @@ class MqttTransport:
                        flags: mqtt.DisconnectFlags, reason_code: ReasonCode,
                        properties: Properties | None) -> None:
         self.connected.clear()
+        self.disconnected.set()
         if not self._stop.is_set():
             log.warning("disconnected from %s: %s", self.config.url, reason_code)
 
@@ -297,8 +311,11 @@ class MqttTransport:
             if rc != mqtt.MQTT_ERR_SUCCESS or mid is None or wait is None:
                 return
             self._pending_subs.add(mid)
-            if not self._suback.wait_for(lambda: mid not in self._pending_subs, wait):
+            epoch = self._epoch
+            if not self._suback.wait_for(
+                    lambda: mid not in self._pending_subs or self._epoch != epoch, wait):
                 raise TransportError(f"no SUBACK for {topic_filter} within {wait}s")
+            self._pending_subs.discard(mid)
 
     def unsubscribe(self, topic_filter: str) -> None:
         """Stops receiving ``topic_filter`` (now and after reconnects)."""
@@ -311,22 +328,40 @@ class MqttTransport:
                 timeout: float | None = 30.0) -> None:
         """Publishes and, for QoS ≥ 1, waits for the broker's acknowledgement.
 
-        A publish made while disconnected is queued by paho and sent after the
-        reconnect. Raises:
-            TransportError: refused by the broker (e.g. ACL) or not acknowledged within
-                ``timeout`` seconds (the message stays queued for a later reconnect).
+        A QoS 1 publish made while disconnected is queued by paho and sent after the
+        reconnect; with a ``timeout`` it also raises at once, so the caller knows.
+
+        Raises:
+            TransportError: not connected (the message is queued), refused by the broker
+                (e.g. an ACL: PUBACK reason 135), or not acknowledged within ``timeout``
+                seconds (it stays queued for a later reconnect).
         """
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             raise TransportError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
         if qos == 0 or timeout is None:
             return
-        try:
-            info.wait_for_publish(timeout)
-        except (RuntimeError, ValueError) as e:
-            raise TransportError(f"publish to {topic} failed: {e}") from None
-        if not info.is_published():
-            raise TransportError(f"publish to {topic} not acknowledged within {timeout}s")
+        if info.rc == mqtt.MQTT_ERR_NO_CONN:
+            raise TransportError(f"publish to {topic}: not connected to {self.config.url}; "
+                                 "queued, it is sent after the reconnect")
+        # Our own record of PUBACKs, by message id: paho's wait_for_publish() reports a
+        # PUBACK that refuses the message (e.g. an ACL, reason 135) as a success.
+        with self._pubacks:
+            if not self._pubacks.wait_for(lambda: info.mid in self._acked, timeout):
+                raise TransportError(
+                    f"publish to {topic} not acknowledged within {timeout}s "
+                    "(it stays queued and is sent after a reconnect)")
+            reason = self._acked.pop(info.mid)
+        if reason is not None:
+            raise TransportError(f"publish to {topic} refused by the broker: {reason}")
+
+    def _on_publish(self, client: mqtt.Client, userdata: object, mid: int,
+                    reason_code: ReasonCode, properties: Properties | None) -> None:
+        with self._pubacks:
+            self._acked[mid] = str(reason_code) if reason_code.is_failure else None
+            while len(self._acked) > _ACKS_KEPT:  # acks nobody waits for (timeout=None)
+                self._acked.pop(next(iter(self._acked)))
+            self._pubacks.notify_all()
 
     def get(self, timeout: float | None) -> Message | None:
         """Returns the next received message, or None after ``timeout`` seconds."""

@@ -5,6 +5,7 @@ Fixtures are re-exported by ``tests/edge_client/conftest.py``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import time
@@ -27,7 +28,7 @@ from edge_client.protocol import (
 )
 from edge_client.quantize import dequantize_update, quantize
 from edge_client.transfer import Reassembler, split
-from edge_client.transport import Transport
+from edge_client.transport import Transport, TransportError
 
 FEATURES = 4
 
@@ -113,9 +114,11 @@ class ScriptedAggregator:
             update = Update.decode(payload)
             if all(u.nonce != update.nonce for u in self.updates):
                 self.updates.append(update)
-            self.transport.publish(self.topics.reply(update.client_id), Reply(
-                federation=update.federation, round_id=update.round_id,
-                client_id=update.client_id, nonce=update.nonce, accepted=True).encode())
+            reply = Reply(federation=update.federation, round_id=update.round_id,
+                          client_id=update.client_id, nonce=update.nonce, accepted=True)
+            # not connected right now: the reply is queued and sent after the reconnect
+            with contextlib.suppress(TransportError):
+                self.transport.publish(self.topics.reply(update.client_id), reply.encode())
         return self.updates
 
     @staticmethod

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from edge_client.errors import ConfigError
-from edge_client.transport import BrokerConfig, MqttTransport, Will
+from edge_client.transport import BrokerConfig, MqttTransport, TransportError, Will
 from tools.broker import MosquittoBroker
 
 pytestmark = pytest.mark.broker
@@ -83,3 +83,21 @@ def test_last_will_is_published_when_client_vanishes(
 def test_bad_url_is_a_clear_config_error() -> None:
     with pytest.raises(ConfigError, match="mqtt://host:port"):
         MqttTransport(BrokerConfig(url="http://x:1", client_id="c"))
+
+
+def test_publish_while_the_broker_is_down_says_so_and_is_delivered_after_it_is_back(
+    durable_broker: MosquittoBroker, namespace: str
+) -> None:
+    sub = _transport(durable_broker, f"{namespace}-sub").start(wait=10)
+    sub.subscribe(f"{namespace}/t")
+    pub = _transport(durable_broker, f"{namespace}-pub", backoff_min=0.1,
+                     backoff_max=0.5).start(wait=10)
+    durable_broker.stop()
+    assert pub.disconnected.wait(10), "the client did not notice the broker going away"
+    with pytest.raises(TransportError, match=r"not connected.*queued"):
+        pub.publish(f"{namespace}/t", b"kept", timeout=30)
+    durable_broker.start()
+    msg = sub.get(timeout=30)
+    assert msg is not None and msg.payload == b"kept"
+    pub.stop()
+    sub.stop()
