@@ -38,6 +38,8 @@ environment:
 examples:
   fedge-aggregator --model cnn1d.tflite --federation cardio --rounds 50 --min-clients 5 \\
       --clients-per-round 10 --round-timeout 300 --state-dir /var/lib/fedge-aggregator
+  fedge-aggregator --broker mqtts://broker:8883 --ca ca.pem --cert aggregator.pem \\
+      --key aggregator.key --signing-key signing.key --model cnn1d.tflite
   fedge-aggregator --config /etc/fedge/aggregator.toml --metrics-port 9105
 
 exit status: 0 when the last round closed (or on SIGTERM), 1 when the broker cannot be
@@ -59,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     _round_options(p.add_argument_group("rounds"), d)
     _training_options(p.add_argument_group("training (sent to clients with each round)"), d)
     _aggregation_options(p.add_argument_group("aggregation and update checks"), d)
+    _intake_caps(p.add_argument_group("resource caps of the update intake (per process)"), d)
     g = p.add_argument_group("service")
     g.add_argument("--state-dir", type=Path, metavar="DIR", help="round state, accepted "
                    f"updates, checkpoints and history.jsonl; default ./{d.state_dir}")
@@ -86,6 +89,9 @@ def _broker_options(g: argparse._ArgumentGroup, d: AggregatorConfig) -> None:
     g.add_argument("--username", help="MQTT username (password from FEDGE_PASSWORD)")
     g.add_argument("--password-file", type=Path, metavar="FILE",
                    help="read the MQTT password from this file")
+    g.add_argument("--signing-key", type=Path, metavar="PEM", help="Ed25519 private key "
+                   "(signing.key from `fedge provision`) that signs every manifest, so devices "
+                   "given signing.pub accept only this aggregator's models; default unsigned")
 
 
 def _round_options(g: argparse._ArgumentGroup, d: AggregatorConfig) -> None:
@@ -132,6 +138,22 @@ def _aggregation_options(g: argparse._ArgumentGroup, d: AggregatorConfig) -> Non
                    f"delta has a larger L2 norm; default {d.max_update_norm:g}")
     g.add_argument("--max-payload", type=int, metavar="BYTES", help="largest MQTT payload "
                    f"(chunk size, header included); default {d.max_payload}")
+
+
+def _intake_caps(g: argparse._ArgumentGroup, d: AggregatorConfig) -> None:
+    g.add_argument("--max-message-bytes", type=int, metavar="BYTES", help="largest MQTT "
+                   f"payload taken on update/+, refused undecoded; default {d.max_message_bytes}")
+    g.add_argument("--max-transfer-bytes", type=int, metavar="BYTES", help="largest update "
+                   "a transfer may declare; default the model's fp32 size plus framing")
+    g.add_argument("--max-transfers", type=int, metavar="N", help="incomplete transfers "
+                   f"held in total; default {d.max_transfers}")
+    g.add_argument("--max-transfers-per-client", type=int, metavar="N", help="incomplete "
+                   f"transfers held per client; default {d.max_transfers_per_client}")
+    g.add_argument("--max-buffered-bytes", type=int, metavar="BYTES", help="sum of the "
+                   f"sizes incomplete transfers declare; default {d.max_buffered_bytes}")
+    g.add_argument("--transfer-timeout", type=float, metavar="SECONDS", help="drop an "
+                   "incomplete transfer this long after its first chunk; default "
+                   "max(30, 2 x --round-timeout)")
 
 
 class JsonFormatter(logging.Formatter):

@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from aggregator.fedavg import STRATEGIES, Strategy
+from aggregator.inbox import IntakeLimits
 from aggregator.rounds import RoundsConfig
-from aggregator.validation import UpdateLimits
 from edge_client.errors import ConfigError
 from edge_client.protocol import (
     CODECS,
     MAX_CHUNK_BYTES,
     MAX_SELECTED,
+    MAX_TRANSFER_BYTES,
     Hyperparameters,
     ProtocolError,
     Topics,
@@ -50,6 +51,7 @@ class AggregatorConfig:
     username: str | None = None
     password: str | None = None
     mqtt_version: str = "5"
+    signing_key: Path | None = None  # Ed25519 private key (PEM) that signs every manifest
     federation: str = "default"
     prefix: str = "fedge"
     rounds: int = 10
@@ -70,6 +72,12 @@ class AggregatorConfig:
     max_num_samples: int = 1_000_000
     max_update_norm: float = 1000.0
     max_payload: int = 128 * 1024
+    max_message_bytes: int = MAX_CHUNK_BYTES  # resource caps of the update intake
+    max_transfer_bytes: int | None = None  # None: the model's fp32 update size plus framing
+    max_transfers: int = 4096  # memory is bounded by max_buffered_bytes
+    max_transfers_per_client: int = 4
+    max_buffered_bytes: int = 256 * 1024 * 1024
+    transfer_timeout: float | None = None  # None: max(30 s, 2 x round_timeout)
     state_dir: Path = Path("fedge-aggregator-state")
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
@@ -120,12 +128,17 @@ class AggregatorConfig:
         except ProtocolError as e:
             raise ConfigError(f"--epochs/--batch-size/--lr/--mu: {e}") from None
 
-    def limits(self) -> UpdateLimits:
-        """Bounds every update must respect."""
-        return UpdateLimits(max_norm=self.max_update_norm, max_num_samples=self.max_num_samples)
+    def limits(self) -> IntakeLimits:
+        """Bounds every update must respect, and the resource caps of the update intake."""
+        return IntakeLimits(
+            max_norm=self.max_update_norm, max_num_samples=self.max_num_samples,
+            max_message_bytes=self.max_message_bytes, max_transfer_bytes=self.max_transfer_bytes,
+            max_transfers=self.max_transfers,
+            max_transfers_per_client=self.max_transfers_per_client,
+            max_buffered_bytes=self.max_buffered_bytes, transfer_timeout=self.transfer_timeout)
 
 
-_PATHS = {"model", "state_dir", "ca", "cert", "key"}
+_PATHS = {"model", "state_dir", "ca", "cert", "key", "signing_key"}
 _STRINGS = {"broker", "client_id", "username", "federation", "prefix", "metrics_host"}
 #: int fields and their smallest (and largest) allowed value
 _INTS: dict[str, tuple[int, int]] = {
@@ -133,12 +146,15 @@ _INTS: dict[str, tuple[int, int]] = {
     "clients_per_round": (1, MAX_SELECTED), "epochs": (1, 10_000), "batch_size": (1, 10**6),
     "max_samples_per_client": (1, 2**53), "max_num_samples": (1, 2**53),
     "max_payload": (1024, MAX_CHUNK_BYTES), "metrics_port": (0, 65535), "seed": (0, 2**63),
+    "max_message_bytes": (1024, MAX_CHUNK_BYTES), "max_transfer_bytes": (1, MAX_TRANSFER_BYTES),
+    "max_transfers": (1, 1_000_000), "max_transfers_per_client": (1, 1_000_000),
+    "max_buffered_bytes": (1, 2**40),
 }
 #: float fields: (low, high, whether low itself is allowed)
 _FLOATS: dict[str, tuple[float, float, bool]] = {
     "round_timeout": (0.0, 1e7, False), "lr": (0.0, 1000.0, False), "mu": (0.0, 1e6, True),
     "server_lr": (0.0, 1e6, False), "max_update_norm": (0.0, 1e30, False),
-    "fraction": (0.0, 1.0, False),
+    "fraction": (0.0, 1.0, False), "transfer_timeout": (0.0, 1e7, False),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "codec": CODECS, "strategy": STRATEGIES, "weighting": ("samples", "uniform"),
@@ -262,11 +278,15 @@ def check(c: AggregatorConfig) -> None:
         c.broker_config().endpoint()
     except ConfigError as e:
         raise ConfigError(f"--broker: {e}") from None
-    for path_flag, path in (("--ca", c.ca), ("--cert", c.cert), ("--key", c.key)):
+    for path_flag, path in (("--ca", c.ca), ("--cert", c.cert), ("--key", c.key),
+                            ("--signing-key", c.signing_key)):
         if path is not None and not path.is_file():
             raise ConfigError(f"{path_flag} {path}: no such file")
     if (c.cert is None) != (c.key is None):
         raise ConfigError("--cert and --key go together (mutual TLS)")
+    if c.max_transfer_bytes is not None and c.max_buffered_bytes < c.max_transfer_bytes:
+        raise ConfigError(f"--max-buffered-bytes {c.max_buffered_bytes} is below "
+                          f"--max-transfer-bytes {c.max_transfer_bytes}: no update would fit")
     c.strategy_config()
     c.limits()
     c.rounds_config("0" * 64)

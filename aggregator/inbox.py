@@ -10,16 +10,55 @@ nothing and touches no state but the reassembly buffers and the store.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from aggregator import intake
 from aggregator.intake import Addressee, Arrival, Refused, decode_update
 from aggregator.ledger import RoundLedger
 from aggregator.store import AggregatorStore
 from aggregator.validation import RoundContext, TensorSpec, UpdateLimits, validate
-from edge_client.errors import FedgeError, ProtocolError
-from edge_client.protocol import Chunk, Update
+from edge_client.errors import ConfigError, FedgeError, ProtocolError
+from edge_client.protocol import MAX_CHUNK_BYTES, Chunk, Update
 from edge_client.transfer import ChunkRejected, Reassembler, ReassemblyLimits
+
+
+@dataclass(frozen=True)
+class IntakeLimits(UpdateLimits):
+    """:class:`UpdateLimits` plus the resource caps of the chunk intake (docs/aggregator.md).
+
+    Attributes:
+        max_message_bytes: largest MQTT payload taken on ``update/+``; a larger one is
+            refused before it is decoded.
+        max_transfer_bytes: largest update a transfer may declare; None: the bound the
+            service derives from the model (its fp32 size plus framing).
+        max_transfers: incomplete transfers held in total.
+        max_transfers_per_client: incomplete transfers held per client (topic) id.
+        max_buffered_bytes: sum of the sizes declared by the incomplete transfers.
+        transfer_timeout: seconds an incomplete transfer is kept; None: the service's.
+    """
+
+    max_message_bytes: int = MAX_CHUNK_BYTES
+    max_transfer_bytes: int | None = None
+    max_transfers: int = 64
+    max_transfers_per_client: int = 4
+    max_buffered_bytes: int = 256 * 1024 * 1024
+    transfer_timeout: float | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        caps = (self.max_message_bytes, self.max_transfer_bytes or 1, self.max_transfers,
+                self.max_transfers_per_client, self.max_buffered_bytes,
+                self.transfer_timeout or 1.0)
+        if min(caps) <= 0:
+            raise ConfigError(f"intake caps must be positive, got {caps}")
+
+    def reassembly(self, default: ReassemblyLimits) -> ReassemblyLimits:
+        """``default`` (the service's) with every cap set here applied."""
+        return replace(
+            default, max_transfer_bytes=self.max_transfer_bytes or default.max_transfer_bytes,
+            max_buffered_bytes=self.max_buffered_bytes, max_transfers=self.max_transfers,
+            max_transfers_per_sender=self.max_transfers_per_client,
+            timeout=self.transfer_timeout or default.timeout)
 
 
 @dataclass(frozen=True)
@@ -66,9 +105,14 @@ class UpdateInbox:
 
     def __init__(self, store: AggregatorStore, spec: tuple[TensorSpec, ...],
                  limits: UpdateLimits, codec: str, reassembly: ReassemblyLimits) -> None:
-        """Check updates against ``spec``, ``limits`` and the round's ``codec``."""
+        """Check updates against ``spec``, ``limits`` and the round's ``codec``.
+
+        ``limits`` may be :class:`IntakeLimits`: its caps then replace ``reassembly``'s.
+        """
         self.store, self.spec, self.limits, self.codec = store, spec, limits, codec
-        self.reassembler = Reassembler(reassembly)
+        caps = limits if isinstance(limits, IntakeLimits) else None
+        self.max_message_bytes = caps.max_message_bytes if caps else MAX_CHUNK_BYTES
+        self.reassembler = Reassembler(caps.reassembly(reassembly) if caps else reassembly)
 
     def take(self, sender: str, payload: bytes, now: float, ctx: RoundContext,
              ledger: RoundLedger) -> Outcome:
@@ -81,6 +125,9 @@ class UpdateInbox:
             ctx: what the open round expects.
             ledger: the open round's accepted updates (for re-sent nonces).
         """
+        if len(payload) > self.max_message_bytes:  # refused before anything is decoded
+            return Refusal(None, intake.TRANSFER, f"message of {len(payload)} bytes from "
+                           f"{sender} exceeds --max-message-bytes {self.max_message_bytes}")
         try:
             chunk = Chunk.decode(payload)
         except ProtocolError as e:

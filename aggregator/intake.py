@@ -30,6 +30,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
 _UPDATE_TRANSFER = re.compile(
     r"u-(0|[1-9][0-9]{0,15})-((?:[0-9a-f]{2}){8,64})(?:-[A-Za-z0-9_.-]*)?")
 MAX_REASON = 256  # Reply.reason is at most 256 characters
+MAX_ROUND_ID = 2**53  # Reply.round_id is an int <= 2^53 (docs/protocol.md)
 
 
 class Refused(ValidationError):
@@ -64,7 +65,9 @@ def addressee(sender: str, update: Update | None, transfer_id: str) -> Addressee
     if update is not None:
         return Addressee(sender, update.round_id, update.nonce)
     found = _UPDATE_TRANSFER.fullmatch(transfer_id)
-    return None if found is None else Addressee(sender, int(found[1]), bytes.fromhex(found[2]))
+    if found is None or int(found[1]) > MAX_ROUND_ID:  # a Reply could not carry that round
+        return None
+    return Addressee(sender, int(found[1]), bytes.fromhex(found[2]))
 
 
 @dataclass(frozen=True)

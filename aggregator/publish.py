@@ -14,33 +14,41 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from aggregator.rounds import RoundState
 from edge_client.protocol import CLEAR, Hyperparameters, Manifest, Reply, Round, Topics
+from edge_client.signing import SigningKey, load_signing_key
 from edge_client.transfer import chunk_overhead, split
 from edge_client.transport import Transport, TransportError
 
 log = logging.getLogger(__name__)
 
-KEY_ID = "aggregator"  # manifests are unsigned until signing lands
+KEY_ID = "aggregator"  # the key id of an unsigned manifest (no --signing-key)
 
 
 @dataclass(frozen=True)
 class RunMessages:
-    """Builds the manifest and round announcements of one federation run."""
+    """Builds the manifest and round announcements of one federation run.
+
+    With a ``signing_key`` every manifest carries its key id and an Ed25519 signature,
+    which covers the model file and the weights through their SHA-256.
+    """
 
     federation: str
     model_sha256: str
     model_size: int
     codec: str  # what clients must use for their updates
     hyperparameters: Hyperparameters
+    signing_key: SigningKey | None = None
 
     def manifest(self, weights_version: int, weights_sha256: str, round_id: int) -> Manifest:
         """The manifest of global weights ``weights_version`` (always published fp32)."""
-        return Manifest(
+        manifest = Manifest(
             federation=self.federation, model_sha256=self.model_sha256,
             model_size=self.model_size, weights_version=weights_version,
             weights_sha256=weights_sha256, round_id=round_id, codec="fp32", key_id=KEY_ID)
+        return manifest if self.signing_key is None else self.signing_key.sign(manifest)
 
     def round(self, state: RoundState) -> Round:
         """The announcement of the round ``state`` is collecting (with its current deadline)."""
@@ -51,6 +59,21 @@ class RunMessages:
             weights_version=state.weights_version, model_sha256=self.model_sha256,
             deadline=state.deadline, hyperparameters=self.hyperparameters, codec=self.codec,
             selected=tuple(sorted(state.selected)))
+
+
+def manifest_signing_key(path: Path | None) -> SigningKey | None:
+    """The key of ``--signing-key`` (its id logged), or None: manifests go out unsigned.
+
+    Raises:
+        ConfigError: the file is not an unencrypted Ed25519 private key.
+    """
+    if path is None:
+        log.warning("manifests are NOT signed: devices cannot tell this aggregator's models "
+                    "from forged ones (pass --signing-key)")
+        return None
+    key = load_signing_key(path)
+    log.info("manifests are signed with key id %s", key.key_id)
+    return key
 
 
 def weights_transfer_id(version: int) -> str:

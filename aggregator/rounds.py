@@ -37,6 +37,7 @@ import numpy as np
 
 from aggregator.validation import Reason, ReceivedUpdate, RoundContext, admission_reason
 from edge_client.errors import ConfigError, ValidationError
+from edge_client.protocol import MAX_SELECTED
 
 
 class Phase(str, Enum):
@@ -284,7 +285,7 @@ def round_size(config: RoundsConfig, online: int) -> int:
         wanted = math.ceil(config.fraction * online)
     else:
         wanted = online
-    return min(max(wanted, config.min_clients), online)
+    return min(max(wanted, config.min_clients), online, MAX_SELECTED)
 
 
 def _receive(config: RoundsConfig, state: RoundState, event: UpdateArrived) -> Step:
@@ -329,6 +330,17 @@ def _close(config: RoundsConfig, state: RoundState, now: float) -> Step:
         return done, (closed, Finish(state.round_id, state.aggregated, state.skipped))
     state, announced = _announce(config, state, now)
     return state, (closed, *announced)
+
+
+def restamp(config: RoundsConfig, state: RoundState, now: float) -> RoundState:
+    """Restarts the deadline of a round announced but not yet heard from, from ``now``.
+
+    The service calls it when it announces the next round after publishing the weights
+    of the round that just closed, so that a slow publish never eats into the next round.
+    """
+    if state.phase is not Phase.COLLECTING or state.accepted or state.extended:
+        return state
+    return replace(state, deadline=now + config.round_timeout)
 
 
 def _announce(config: RoundsConfig, state: RoundState, now: float) -> Step:

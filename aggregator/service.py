@@ -20,6 +20,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from aggregator import inbox, intake, rounds
 from aggregator.checkpoint import GlobalModel
@@ -28,7 +29,7 @@ from aggregator.intake import Arrival
 from aggregator.ledger import OpenRound, RoundLedger
 from aggregator.metrics import ServiceMetrics
 from aggregator.modelfile import ModelFile
-from aggregator.publish import Publisher, RunMessages
+from aggregator.publish import Publisher, RunMessages, manifest_signing_key
 from aggregator.recovery import restore
 from aggregator.rounds import Event, Phase, UpdateArrived
 from aggregator.store import AggregatorStore
@@ -52,7 +53,7 @@ class AggregatorService:
         """Restore the state directory; nothing is published until :meth:`run`.
 
         Raises:
-            ConfigError: bad hyperparameters, or an unusable state directory.
+            ConfigError: bad hyperparameters, signing key or state directory.
         """
         self.config, self.transport, self.clock = config, transport, clock
         self.model_file = model_file
@@ -69,7 +70,8 @@ class AggregatorService:
                         config.batch_size, meta.batch_size)
         self.messages = RunMessages(
             config.federation, model_file.sha256, len(model_file.data), config.codec,
-            config.hyperparameters(meta.batch_size, meta.learning_rate))
+            config.hyperparameters(meta.batch_size, meta.learning_rate),
+            manifest_signing_key(config.signing_key))
         self.publisher = Publisher(transport, self.topics, max_payload=config.max_payload)
         reassembly = ReassemblyLimits(max_transfer_bytes=model_file.max_update_bytes(),
                                       timeout=max(30.0, 2 * config.round_timeout))
@@ -216,6 +218,11 @@ class AggregatorService:
         now = self.clock()
         self.state, actions = rounds.step(self.rounds_config, self.state, event, now)
         for action in actions:
+            if isinstance(action, rounds.Announce) and now != (fresh := self.clock()):
+                # announced right after closing a round: count from after its publish
+                self.state = rounds.restamp(self.rounds_config, self.state, fresh)
+                action = replace(action, deadline=self.state.deadline or action.deadline)
+                now = fresh
             self._carry_out(action, now, arrival, message)
         state = self.state.to_dict()
         if state != self._saved:

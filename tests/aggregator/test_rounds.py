@@ -287,3 +287,25 @@ def test_nonsense_round_config_is_a_config_error(kwargs: dict[str, Any]) -> None
     with pytest.raises(ConfigError):
         RoundsConfig(**{"federation": "f", "model_sha256": "h", "total_rounds": 2,
                         "min_clients": 2, **kwargs})
+
+
+def test_a_round_never_lists_more_clients_than_the_protocol_allows() -> None:
+    from edge_client.protocol import MAX_SELECTED
+
+    cfg = RoundsConfig(federation="f", model_sha256="h", total_rounds=1, min_clients=2)
+    assert round_size(cfg, MAX_SELECTED + 500) == MAX_SELECTED
+    online = frozenset(f"d{i}" for i in range(MAX_SELECTED + 1))
+    d = Driver(cfg, online)
+    (announce,) = d.send(Tick(), now=0.0)
+    assert isinstance(announce, Announce) and len(announce.selected) == MAX_SELECTED
+
+
+def test_restamp_restarts_the_deadline_of_a_round_nobody_answered_yet() -> None:
+    from aggregator.rounds import restamp
+
+    d = Driver()
+    d.send(Tick(), now=0.0)
+    later = restamp(CONFIG, d.state, now=4.0)
+    assert later.deadline == 4.0 + CONFIG.round_timeout
+    d.answer(d.selected()[0], now=5.0)
+    assert restamp(CONFIG, d.state, now=6.0) == d.state  # once heard from, the clock stands

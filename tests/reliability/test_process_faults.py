@@ -1,0 +1,195 @@
+"""Infrastructure faults: the broker restarts, the aggregator is killed with SIGKILL.
+
+Real processes throughout: ``python -m aggregator`` and three ``python -m edge_client``
+devices on a Mosquitto with persistence. After the fault the federation must finish
+every round, count each update a client was told was accepted exactly once, and publish
+the weights FedAvg gives for the stored updates.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from reliability.kit import (
+    AggregatorFactory,
+    Scenario,
+    ScriptedDevice,
+    broker_pid,
+    check_federation,
+    start_client,
+    told_accepted,
+    wait_for,
+)
+
+from aggregator.modelfile import ModelFile
+from tools.broker import MosquittoBroker
+from tools.fleet import Child, Fleet
+
+pytestmark = pytest.mark.broker
+TRAINING = {"epochs": 1, "lr": 0.1, "codec": "int8"}
+
+
+def real_clients(fleet: Fleet, tmp_path: Path, broker: MosquittoBroker, namespace: str,
+                 rounds: int, n: int = 3) -> list[Child]:
+    return [start_client(fleet, tmp_path, broker.url, namespace, f"clinic-{i}", seed=i,
+                         rounds=rounds, samples=60 + 20 * i) for i in range(n)]
+
+
+def all_exit_0(children: list[Child], timeout: float = 10) -> None:
+    """Every client exits 0: by itself after its --max-rounds, or, when a fault made it miss
+    a round of a federation that has now finished, when it is asked to stop (SIGTERM)."""
+    for child in children:
+        try:
+            code = child.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            child.proc.terminate()
+            code = child.proc.wait(timeout)
+        assert code == 0, child.tail(30)
+        assert "Traceback" not in child.tail(400), child.tail(60)
+
+
+@pytest.mark.fault(
+    name="broker restart mid-round",
+    injected="Mosquitto (persistence on) stopped and started again on the same port as "
+             "soon as round 2 of 3 is announced; 3 real clients",
+    expected="aggregator and clients reconnect to their durable sessions; all 3 rounds "
+             "aggregate; every update a client was told accepted is counted once")
+def test_broker_restart_mid_round(aggregator: AggregatorFactory, durable_broker: MosquittoBroker,
+                                  fleet: Fleet, namespace: str, tmp_path: Path,
+                                  model_file: ModelFile, scenario: Scenario) -> None:
+    agg = aggregator(rounds=3, min_clients=2, min_available=3, round_timeout=4, **TRAINING)
+    clients = real_clients(fleet, tmp_path, durable_broker, namespace, rounds=3)
+    state = agg.wait_state(lambda s: s["round_id"] >= 2 and s["phase"] == "collecting", 60,
+                           "round 2 to open")
+    durable_broker.restart()
+    scenario.observe(f"broker restarted in round {state['round_id']} with "
+                     f"{len(state['accepted'])} of {len(state['selected'])} accepted")
+    assert agg.wait_exit(60) == 0, agg.child.tail(40)
+    all_exit_0(clients)
+    log = agg.log()
+    assert "disconnected from" in log and log.count("session present: True") >= 1, log[-3000:]
+    scenario.observe("aggregator reconnected (session present); clients exit 0")
+    scenario.observe(check_federation(agg.state_dir, model_file, 3,
+                                      accepted=told_accepted(clients)))
+    scenario.observe("aggregator exit 0")
+
+
+@pytest.mark.fault(
+    name="aggregator kill -9 mid-round, then restart",
+    injected="SIGKILL to the aggregator as soon as round 2 of 3 has accepted an update "
+             "(a 4th selected device never answers, so the round stays open), then the "
+             "same command again on the same state directory; 3 real clients",
+    expected="the restart restores round 2 with its stored updates; an update in flight "
+             "is redelivered by the broker and counted once; all 3 rounds aggregate")
+def test_aggregator_kill_9_mid_round(aggregator: AggregatorFactory,
+                                     durable_broker: MosquittoBroker, fleet: Fleet,
+                                     namespace: str, tmp_path: Path, model_file: ModelFile,
+                                     devices: Callable[..., ScriptedDevice],
+                                     scenario: Scenario) -> None:
+    devices("ghost")  # online, selected, never answers: every round lasts until its deadline
+    agg = aggregator(rounds=3, min_clients=3, min_available=4, round_timeout=2.5, **TRAINING)
+    clients = real_clients(fleet, tmp_path, durable_broker, namespace, rounds=3)
+    state = agg.wait_state(
+        lambda s: s["round_id"] == 2 and s["phase"] == "collecting" and bool(s["accepted"]),
+        60, "round 2 to accept an update")
+    agg.kill9()
+    scenario.observe(f"killed in round 2 with {len(state['accepted'])} of "
+                     f"{len(state['selected'])} accepted")
+    agg.start()
+    assert agg.wait_exit(60) == 0, agg.child.tail(40)
+    all_exit_0(clients)
+    assert "restored round=2" in agg.child.log_path.read_text()
+    history = agg.history()
+    assert all(h["participants"] == [c.name for c in clients] for h in history), history
+    assert set(state["accepted"]) <= set(history[1]["participants"])
+    scenario.observe("restart restored round 2; ghost never counted; clients exit 0")
+    scenario.observe(check_federation(agg.state_dir, model_file, 3,
+                                      accepted=told_accepted(clients)))
+    scenario.observe("restarted aggregator exit 0")
+
+
+
+@pytest.mark.fault(
+    name="broker outage longer than a round",
+    injected="Mosquitto stopped while round 2 of 3 waits for its deadline (3 updates in, a "
+             "4th selected device silent), started again once that deadline and one more "
+             "round timeout have passed; 3 real clients",
+    expected="the aggregator closes round 2 at its deadline from the updates it holds while "
+             "the broker is down, publishes once it is back, and completes 3 rounds")
+def test_broker_outage_longer_than_a_round(aggregator: AggregatorFactory,
+                                           durable_broker: MosquittoBroker, fleet: Fleet,
+                                           namespace: str, tmp_path: Path,
+                                           model_file: ModelFile,
+                                           devices: Callable[..., ScriptedDevice],
+                                           scenario: Scenario) -> None:
+    devices("ghost")  # online, selected, never answers: round 2 lasts until its deadline
+    timeout = 2.0
+    agg = aggregator(rounds=3, min_clients=3, min_available=4, round_timeout=timeout,
+                     **TRAINING)
+    clients = real_clients(fleet, tmp_path, durable_broker, namespace, rounds=3)
+    state = agg.wait_state(lambda s: s["round_id"] == 2 and len(s["accepted"]) == 3, 60,
+                           "round 2 to hold 3 updates")
+    durable_broker.stop()
+    stopped = time.time()
+    until = state["deadline"] + timeout
+    wait_for(lambda: True if time.time() > until else None, 30, "the outage to outlast round 2")
+    durable_broker.start()
+    scenario.observe(f"broker down {time.time() - stopped:.1f} s across round 2's deadline")
+    assert agg.wait_exit(60) == 0, agg.child.tail(40)
+    all_exit_0(clients)
+    second = agg.history()[1]
+    assert second["closed_at"] < until, second  # closed while the broker was down
+    assert "queueing the rest of this batch for after the reconnect" in agg.log()
+    scenario.observe("round 2 closed at its deadline during the outage, its weights "
+                     "published after the reconnect; clients exit 0")
+    scenario.observe(check_federation(agg.state_dir, model_file, 3,
+                                      accepted=told_accepted(clients)))
+    scenario.observe("aggregator exit 0")
+
+
+@pytest.mark.fault(
+    name="broker hangs across a round's deadline",
+    injected="Mosquitto frozen with SIGSTOP (connections open, nothing answered) while "
+             "round 2 of 3 waits for its deadline, resumed 3 s after it (round timeout "
+             "2 s); 3 real clients and a silent 4th device",
+    expected="round 3 is announced with a deadline a full round timeout after clients "
+             "receive it")
+def test_broker_hangs_across_a_deadline(aggregator: AggregatorFactory,
+                                        durable_broker: MosquittoBroker, fleet: Fleet,
+                                        namespace: str, tmp_path: Path,
+                                        model_file: ModelFile,
+                                        devices: Callable[..., ScriptedDevice],
+                                        scenario: Scenario) -> None:
+    ghost = devices("ghost")
+    timeout = 2.0
+    agg = aggregator(rounds=3, min_clients=3, min_available=4, round_timeout=timeout,
+                     **TRAINING)
+    clients = real_clients(fleet, tmp_path, durable_broker, namespace, rounds=3)
+    state = agg.wait_state(lambda s: s["round_id"] == 2 and len(s["accepted"]) == 3, 60,
+                           "round 2 to hold 3 updates")
+    pid = broker_pid(durable_broker)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        until = state["deadline"] + 3.0
+        wait_for(lambda: True if time.time() > until else None, 30, "3 s past the deadline")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    end = time.monotonic() + 60
+    while agg.alive and time.monotonic() < end:
+        ghost.pump(0.05)  # takes each announcement as it arrives, to time it
+    assert agg.wait_exit(1) == 0, agg.child.tail(40)
+    all_exit_0(clients)
+    scenario.observe(check_federation(agg.state_dir, model_file, 3,
+                                      accepted=told_accepted(clients)))
+    received_at, third = next((t, r) for t, r in ghost.announcements if r.round_id == 3)
+    left = third.deadline - received_at
+    scenario.observe(f"round 3 reached devices {-left:.1f} s after its deadline"
+                     if left < 0 else f"round 3 reached devices {left:.1f} s before its "
+                     "deadline")
+    assert left > 0.9 * timeout, f"round 3 arrived with {left:.2f} s left of {timeout} s"

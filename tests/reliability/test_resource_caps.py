@@ -1,0 +1,170 @@
+"""Resource caps of the aggregator's update intake: flags, defaults, and refusal under load.
+
+The caps (``--max-message-bytes``, ``--max-transfer-bytes``, ``--max-transfers``,
+``--max-transfers-per-client``, ``--max-buffered-bytes``, ``--transfer-timeout``) bound
+the memory that incomplete update transfers may hold. A chunk that would break one is
+refused when it arrives, before anything of its transfer is stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from reliability.kit import (
+    AggregatorFactory,
+    Scenario,
+    ScriptedDevice,
+    check_federation,
+    make_update,
+)
+
+from aggregator import intake
+from aggregator.__main__ import build_parser
+from aggregator.config import build_config
+from aggregator.inbox import IntakeLimits, UpdateInbox
+from aggregator.modelfile import ModelFile
+from aggregator.store import AggregatorStore
+from edge_client.errors import ConfigError
+from edge_client.protocol import Chunk, Reply
+from edge_client.transfer import ReassemblyLimits, split
+
+MiB = 1024 * 1024
+SAMPLES = {"dev-a": 120, "dev-b": 30, "dev-c": 350}
+
+
+def config_of(*flags: str, model: Path) -> IntakeLimits:
+    args = build_parser().parse_args(["--model", str(model), *flags])
+    return build_config(args, env={}).limits()
+
+
+def test_caps_come_from_flags_and_reach_the_reassembler(model_path: Path, tmp_path: Path
+                                                         ) -> None:
+    limits = config_of("--max-message-bytes", "16384", "--max-transfer-bytes", "70000",
+                       "--max-transfers", "3", "--max-transfers-per-client", "2",
+                       "--max-buffered-bytes", "100000", "--transfer-timeout", "2.5",
+                       model=model_path)
+    service_default = ReassemblyLimits(max_transfer_bytes=67604, timeout=30.0)
+    inbox = UpdateInbox(AggregatorStore(tmp_path), (), limits, "int8", service_default)
+    caps = inbox.reassembler.limits
+    assert (caps.max_transfer_bytes, caps.max_transfers, caps.max_transfers_per_sender,
+            caps.max_buffered_bytes, caps.timeout) == (70000, 3, 2, 100000, 2.5)
+    assert inbox.max_message_bytes == 16384
+
+
+def test_defaults_keep_the_model_bound_and_the_service_timeout(model_path: Path,
+                                                               tmp_path: Path) -> None:
+    service_default = ReassemblyLimits(max_transfer_bytes=67604, timeout=30.0)
+    inbox = UpdateInbox(AggregatorStore(tmp_path), (), config_of(model=model_path), "int8",
+                        service_default)
+    caps = inbox.reassembler.limits
+    assert (caps.max_transfer_bytes, caps.max_transfers, caps.max_transfers_per_sender,
+            caps.max_buffered_bytes, caps.timeout) == (67604, 4096, 4, 256 * MiB, 30.0)
+    assert inbox.max_message_bytes == 8 * MiB
+
+
+@pytest.mark.parametrize(("flags", "named"), [
+    (["--max-transfers", "0"], "--max-transfers"),
+    (["--max-transfers-per-client", "-1"], "--max-transfers-per-client"),
+    (["--max-message-bytes", "100"], "--max-message-bytes"),
+    (["--transfer-timeout", "0"], "--transfer-timeout"),
+    (["--max-transfer-bytes", "5000", "--max-buffered-bytes", "4000"], "--max-buffered-bytes"),
+])
+def test_a_bad_cap_is_refused_naming_its_flag(model_path: Path, flags: list[str],
+                                              named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        config_of(*flags, model=model_path)
+
+
+@pytest.mark.parametrize("transfer_id", [
+    "u-9999999999999999-" + "ab" * 8, "u-9007199254740993-" + "ab" * 8])
+def test_a_transfer_id_naming_a_round_a_reply_cannot_carry_gets_no_addressee(
+        transfer_id: str) -> None:
+    """Such a garbage transfer used to make the reply raise (an 'unexpected error')."""
+    assert intake.addressee("dev-a", None, transfer_id) is None
+    to = intake.addressee("dev-a", None, "u-9007199254740992-" + "ab" * 8)
+    assert to is not None
+    Reply(federation="f", round_id=to.round_id, client_id=to.client_id, nonce=to.nonce,
+          accepted=False, reason="malformed: x")  # the largest round id still fits a reply
+
+
+def partial(payload_size: int, nonce: bytes, pieces: int = 10) -> list[bytes]:
+    """The chunks of a garbage transfer of ``payload_size`` bytes, ``pieces`` of them."""
+    payload = hashlib.sha256(nonce).digest() * (payload_size // 32 + 1)
+    room = payload_size // pieces + 1
+    return split(payload[:payload_size], f"u-1-{nonce.hex()}", max_payload=room + 200)
+
+
+def declaring(total_size: int, nonce: bytes) -> bytes:
+    """One chunk (the only one) of a transfer that claims ``total_size`` bytes."""
+    return Chunk(f"u-1-{nonce.hex()}", 0, 1, total_size, "0" * 64, b"x").encode()
+
+
+@pytest.mark.broker
+@pytest.mark.fault(
+    name="oversized and excess transfers (resource caps)",
+    injected="with --max-transfer-bytes 65536 --max-buffered-bytes 100000 --max-transfers 3 "
+             "--max-transfers-per-client 2 --max-message-bytes 16384: chunks declaring 1 TiB "
+             "and 60 MiB; a 3rd open transfer of one client; a transfer overflowing the "
+             "buffer; a 4th open transfer; a 20 kB message",
+    expected="each refused on arrival with reason 'transfer' (replied when its transfer id "
+             "names round and nonce) and counted; RSS does not grow by the declared sizes; "
+             "after the held transfers complete, the round aggregates the good updates")
+def test_oversized_and_excess_transfers_are_refused_before_allocation(
+        aggregator: AggregatorFactory, devices: Callable[..., ScriptedDevice],
+        model_file: ModelFile, scenario: Scenario) -> None:
+    agg = aggregator(rounds=1, min_clients=3, round_timeout=10, codec="int8",
+                     max_transfer_bytes=65536, max_buffered_bytes=100_000, max_transfers=3,
+                     max_transfers_per_client=2, max_message_bytes=16384)
+    a, b, c = devs = [devices(name, n) for name, n in SAMPLES.items()]
+    r = a.wait_round(1)
+    before = agg.rss()
+
+    def refused(device: ScriptedDevice, payload: bytes, nonce: bytes, text: str) -> str:
+        device.publish([payload])
+        reply = device.wait_reply(nonce)
+        assert not reply.accepted and reply.reason.startswith("transfer: "), reply
+        assert text in reply.reason, reply
+        return re.sub(r"u-1-[0-9a-f]+ from ", "", reply.reason.removeprefix("transfer: "))
+
+    seen = [refused(a, declaring(2**40, b"tebibyte"), b"tebibyte", "transfer too large"),
+            refused(a, declaring(60 * MiB, b"sixtymib"), b"sixtymib", "transfer too large")]
+    held = {nonce: partial(40_000, nonce) for nonce in (b"a-held-1", b"a-held-2")}
+    a.publish([chunks[0] for chunks in held.values()])  # 2 open transfers, 80,000 B reserved
+    third = partial(1000, b"a-third0", pieces=2)
+    seen.append(refused(a, third[-1], b"a-third0", "already has 2 transfers"))
+    seen.append(refused(b, partial(40_000, b"b-over-1")[-1], b"b-over-1", "buffer full"))
+    held[b"b-held-1"] = partial(1000, b"b-held-1", pieces=2)
+    b.publish(held[b"b-held-1"][:1])  # the 3rd open transfer (81,000 B reserved)
+    seen.append(refused(c, partial(1000, b"c-fourth", pieces=2)[-1], b"c-fourth",
+                        "too many transfers"))
+    c.publish([os.urandom(20_000)])
+    agg.wait_metric("fedge_updates_rejected_total", 6, reason="transfer")
+    grown = agg.rss() - before
+    scenario.observe("refused: " + " | ".join(seen)
+                     + " | a 20000-byte message, undecoded")
+    scenario.observe(f"RSS grew {grown / MiB:.1f} MiB while chunks declared >1 TiB")
+    assert grown < 16 * MiB, f"RSS grew by {grown} bytes"
+    assert agg.alive
+    for nonce, chunks in held.items():  # complete the held transfers: garbage, not updates
+        sender = b if nonce.startswith(b"b-") else a
+        sender.publish(chunks[1:])
+        assert sender.wait_reply(nonce).reason.startswith("malformed: ")
+    updates = []
+    for d in devs:
+        u = make_update(r, d.client_id, SAMPLES[d.client_id], model_file)
+        d.send(u)
+        assert d.wait_reply(u.nonce).accepted
+        updates.append(u)
+    assert agg.wait_exit(30) == 0, agg.child.tail(30)
+    (line,) = agg.history()
+    assert line["rejections"] == {"transfer": 6, "malformed": 3}, line
+    scenario.observe("after the held transfers completed (3 × malformed), the good updates "
+                     "were accepted; " + check_federation(
+                         agg.state_dir, model_file, 1,
+                         accepted=[(1, u.client_id) for u in updates]))
+    scenario.observe("aggregator exit 0")
