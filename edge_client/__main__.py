@@ -23,7 +23,8 @@ examples:
   fedge-client --broker mqtt://gateway.local:1883 --federation cardio \\
       --data visits.csv --label-column outcome --state-dir /var/lib/fedge
   fedge-client --config /etc/fedge/client.toml --once
-  fedge-client --broker mqtts://broker:8883 --ca ca.pem --cert dev1.pem --key dev1.key \\
+  fedge-client --broker mqtts://broker:8883 --ca ca.pem --cert device.pem \\
+      --key device.key --verify-key signing.pub --client-id dev-1 \\
       --data wrist.csv --window 100 --stride 50 --label-column activity
 
 exit status: 0 when done (--once / --max-rounds), 2 on a configuration or data error,
@@ -73,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--key", type=Path, help="this device's private key (PEM), for mTLS")
     g.add_argument("--username", help="MQTT username (password from FEDGE_PASSWORD)")
     g.add_argument("--password-file", type=Path, help="read the MQTT password from this file")
+    g.add_argument("--verify-key", type=Path, help="the aggregator's Ed25519 public key(s), "
+                   "PEM (signing.pub from `fedge provision`): a manifest not signed by it is "
+                   "refused and the current model kept; needs the cryptography package")
     g = p.add_argument_group("device")
     g.add_argument("--state-dir", type=Path, help="where the client id, current model, "
                    f"residual and unsent updates are kept; default ./{d.state_dir}")

@@ -1,11 +1,13 @@
 """The participation loop of an edge device, written against small ports.
 
-:class:`EdgeClient` reads the retained manifest, fetches the model file and the
-global weights when they change (verifying their SHA-256), trains when a round
-selects it, publishes its quantized delta in chunks, and waits for the
-aggregator's reply. It talks to a :class:`~edge_client.transport.Transport`,
-keeps what must survive a restart in a :class:`~edge_client.state.StateDir`, and
-loads models through a factory, so tests can run it on in-memory fakes.
+:class:`EdgeClient` reads the retained manifest (refusing one whose signature does not
+verify, when given ``verify_manifest``: it then keeps its model and weights), fetches
+the model file and the global weights when a trusted manifest changes them (checking
+their SHA-256 against it), trains when a round selects it, publishes its quantized
+delta in chunks, and waits for the aggregator's reply. It talks to a
+:class:`~edge_client.transport.Transport`, keeps what must survive a restart in a
+:class:`~edge_client.state.StateDir`, and loads models through a factory, so tests
+can run it on in-memory fakes.
 
 Delivery contract: an update is written to the outbox before it is published and
 removed only when the aggregator replied or its round is over. When no reply
@@ -49,6 +51,8 @@ class ClientSettings:
     max_rounds: int | None = None
     resend_after: float = 20.0
     presence: Callable[[bool], bytes] = field(default=lambda online: b"")
+    #: raises FedgeError for a manifest not signed by a trusted key; None: trust every one
+    verify_manifest: Callable[[Manifest], None] | None = None
 
 
 @dataclass
@@ -182,7 +186,7 @@ class EdgeClient:
 
     # -- model and weights ----------------------------------------------------
     def _on_manifest(self, m: Manifest) -> None:
-        if m.federation != self.s.topics.federation:
+        if m.federation != self.s.topics.federation or not self._trusted(m):
             return
         self.manifest = m
         if m.model_sha256 != self.model_sha:
@@ -190,6 +194,19 @@ class EdgeClient:
             self._subscribe(self.s.topics.model_filter(m.model_sha256), replaces="model")
         if m.weights_version != self.version:
             self._subscribe(self.s.topics.weights_filter(m.weights_version), replaces="weights")
+
+    def _trusted(self, m: Manifest) -> bool:
+        """Only a verified manifest may name the model and weights to load."""
+        if self.s.verify_manifest is None:
+            return True
+        try:
+            self.s.verify_manifest(m)
+        except FedgeError as e:
+            log.error("refusing manifest for model %s… weights v%d (key id %s): %s; keeping "
+                      "model %s weights v%s", m.model_sha256[:12], m.weights_version, m.key_id,
+                      e, f"{self.model_sha[:12]}…" if self.model_sha else "(none)", self.version)
+            return False
+        return True
 
     def _on_transfer(self, kind: str, payload: bytes) -> None:
         m = self.manifest

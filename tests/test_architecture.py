@@ -20,7 +20,7 @@ ALLOWED: dict[str, set[str]] = {
 # aggregator may use only these edge_client modules (STYLE.md)
 AGGREGATOR_MAY_USE = {"edge_client", "edge_client.protocol", "edge_client.quantize",
                       "edge_client.transport", "edge_client.transfer", "edge_client.errors",
-                      "edge_client.model"}
+                      "edge_client.model", "edge_client.signing"}
 
 
 def _imports(path: Path) -> list[str]:

@@ -17,6 +17,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -33,11 +34,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for_port(host: str, port: int, timeout: float) -> None:
+def wait_for_port(host: str, port: int, timeout: float,
+                  gone: Callable[[], bool] = lambda: False) -> None:
     """Blocks until a TCP connect to ``host:port`` succeeds.
 
     Raises:
-        TimeoutError: nothing accepted connections within ``timeout`` seconds.
+        TimeoutError: nothing accepted connections within ``timeout`` seconds, or
+            ``gone()`` says the server process has exited.
     """
     deadline = time.monotonic() + timeout
     while True:
@@ -45,7 +48,7 @@ def wait_for_port(host: str, port: int, timeout: float) -> None:
             with socket.create_connection((host, port), timeout=0.2):
                 return
         except OSError:
-            if time.monotonic() > deadline:
+            if time.monotonic() > deadline or gone():
                 msg = f"no broker listening on {host}:{port} after {timeout}s"
                 raise TimeoutError(msg) from None
             time.sleep(0.02)
@@ -59,10 +62,15 @@ class MosquittoBroker:
             :meth:`restart` (written to a private temporary directory).
         extra_config: more lines for ``mosquitto.conf`` (e.g. ``max_packet_size``).
         port: a fixed port; default a free one.
+        config_file: run with this config (e.g. from ``fedge provision --port P --bind
+            127.0.0.1``) instead of a generated one; its listener must be on ``port``, and
+            ``persistence`` and ``extra_config`` are then ignored.
+        tls: the listener speaks TLS, so :attr:`url` is ``mqtts://``.
     """
 
     def __init__(
-        self, *, persistence: bool = False, extra_config: str = "", port: int | None = None
+        self, *, persistence: bool = False, extra_config: str = "", port: int | None = None,
+        config_file: Path | None = None, tls: bool = False,
     ) -> None:
         binary = shutil.which("mosquitto") or _sbin("mosquitto")
         if binary is None:
@@ -75,15 +83,19 @@ class MosquittoBroker:
         self._dir = Path(tempfile.mkdtemp(prefix="fedge-mosquitto-"))
         self._persistence = persistence
         self._extra = extra_config
+        self._config_file = config_file
+        self.tls = tls
         self._proc: subprocess.Popen[bytes] | None = None
         self.log_path = self._dir / "mosquitto.log"
 
     @property
     def url(self) -> str:
-        """``mqtt://127.0.0.1:PORT``."""
-        return f"mqtt://127.0.0.1:{self.port}"
+        """``mqtt://127.0.0.1:PORT`` (``mqtts://`` with ``tls``)."""
+        return f"{'mqtts' if self.tls else 'mqtt'}://127.0.0.1:{self.port}"
 
     def _write_config(self) -> Path:
+        if self._config_file is not None:
+            return self._config_file
         lines = [
             f"listener {self.port} 127.0.0.1",
             "allow_anonymous true",
@@ -110,8 +122,9 @@ class MosquittoBroker:
             [self.binary, "-c", str(conf)], stdout=logf, stderr=logf, start_new_session=True
         )
         logf.close()
-        try:
-            wait_for_port("127.0.0.1", self.port, timeout)
+        proc = self._proc
+        try:  # a config error makes mosquitto exit at once: do not wait the full timeout
+            wait_for_port("127.0.0.1", self.port, timeout, gone=lambda: proc.poll() is not None)
         except TimeoutError:
             self.stop()
             raise ConfigError(

@@ -1,0 +1,394 @@
+"""``fedge provision``: keys, certificates and a locked-down Mosquitto config for one federation.
+
+Writes, with ``cryptography``, an EC P-256 certificate authority; a broker server
+certificate; one client certificate per device (CN = device id) and one for the
+aggregator; a Mosquitto config with a TLS listener that requires client certificates
+and takes the certificate's CN as the user name; an ACL in which each device may
+publish only its own ``update``/``presence`` topics and read the global topics and
+its own replies, and only the aggregator publishes global topics and replies; and an
+Ed25519 key pair that signs global models. ``--passwords`` swaps client certificates
+for a Mosquitto password file (random passwords; ``$7$`` PBKDF2-SHA512 hashes, the
+format of ``mosquitto_passwd`` in Mosquitto 2.0). Private keys are written 0600,
+certificates 0644. See ``docs/security.md`` and the README.txt written into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime as dt
+import hashlib
+import ipaddress
+import logging
+import os
+import pwd
+import re
+import secrets
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from edge_client.errors import ConfigError, ProtocolError
+from edge_client.protocol import Topics
+from edge_client.signing import SigningKey
+
+log = logging.getLogger(__name__)
+_DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # a protocol id and a client id
+PBKDF2_ITERATIONS = 10_000  # passwords are random 256-bit tokens: not brute-forceable anyway
+BROKER_USER = "mosquitto"  # Debian's mosquitto, started as root, drops to this user
+Key = ec.EllipticCurvePrivateKey
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to provision (``fedge provision --help``)."""
+
+    out: Path
+    devices: tuple[str, ...]
+    federation: str = "default"
+    prefix: str = "fedge"
+    hosts: tuple[str, ...] = ("localhost", "127.0.0.1")
+    port: int = 8883
+    bind: str | None = None
+    days: int = 365
+    passwords: bool = False
+    aggregator: str = "aggregator"
+    force: bool = False
+
+    @property
+    def topics(self) -> Topics:
+        """The federation's topic tree."""
+        return Topics(self.federation, self.prefix)
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Registers ``fedge provision``."""
+    p = sub.add_parser("provision", help="CA, certificates, signing key, Mosquitto config + ACL",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output directory "
+                   "(must be new or empty unless --force)")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--devices", type=int, metavar="N", help="N devices: dev-1 … dev-N")
+    who.add_argument("--device-ids", metavar="A,B,C", help="comma-separated device ids")
+    p.add_argument("--federation", default="default", help="federation id; default default")
+    p.add_argument("--prefix", default="fedge", help="topic prefix; default fedge")
+    p.add_argument("--broker-host", action="append", metavar="NAME|IP", help="DNS name or IP "
+                   "devices use to reach the broker (repeat); default localhost and 127.0.0.1")
+    p.add_argument("--port", type=int, default=8883, help="TLS listener port; default 8883")
+    p.add_argument("--bind", metavar="ADDR", help="listen address; default all interfaces")
+    p.add_argument("--days", type=int, default=365, help="validity of the broker, aggregator "
+                   "and device certificates; the CA gets max(days, 3650); default 365")
+    p.add_argument("--aggregator-name", default="aggregator", help="CN (MQTT user) of the "
+                   "aggregator; default aggregator")
+    p.add_argument("--passwords", action="store_true", help="authenticate clients with a "
+                   "Mosquitto password file instead of client certificates (still TLS)")
+    p.add_argument("--force", action="store_true", help="write into a non-empty --out")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``fedge provision``: checks the flags, writes everything, prints where."""
+    plan = plan_from(args)
+    provision(plan)
+    closed = next((p for p in plan.out.parents if not p.stat().st_mode & 0o001), None)
+    if closed is not None:
+        log.warning("%s is not searchable by other users: Mosquitto, started as root, runs as "
+                    "user %s and will not reach %s (chmod o+x it, or move broker/)", closed,
+                    BROKER_USER, plan.out / "broker")
+    print(f"provisioned federation {plan.federation!r} for {len(plan.devices)} device(s) in "
+          f"{plan.out}; read {plan.out / 'README.txt'}")
+    return 0
+
+
+def plan_from(args: argparse.Namespace) -> Plan:
+    """A checked :class:`Plan` from the parsed flags.
+
+    Raises:
+        ConfigError: a bad id, port, number of days or host; the message names the flag.
+    """
+    if args.device_ids is not None:
+        devices = tuple(d.strip() for d in args.device_ids.split(","))
+    elif args.devices < 1:
+        raise ConfigError(f"--devices: expected at least 1, got {args.devices}")
+    else:
+        devices = tuple(f"dev-{i}" for i in range(1, args.devices + 1))
+    plan = Plan(out=Path(args.out).resolve(), devices=devices, federation=args.federation,
+                prefix=args.prefix, hosts=tuple(args.broker_host or Plan.hosts),
+                port=args.port, bind=args.bind, days=args.days, passwords=args.passwords,
+                aggregator=args.aggregator_name, force=args.force)
+    check(plan)
+    return plan
+
+
+def check(plan: Plan) -> None:
+    """Raises ConfigError for anything that would make an unusable federation."""
+    for name in (*plan.devices, plan.aggregator):
+        if not _DEVICE_ID.fullmatch(name):
+            raise ConfigError(f"device id {name!r}: use 1-64 letters, digits, '_' or '-', "
+                              "starting with a letter or digit")
+    if len(set(plan.devices)) != len(plan.devices) or plan.aggregator in plan.devices:
+        raise ConfigError("device ids must be unique and differ from --aggregator-name")
+    try:
+        plan.topics  # noqa: B018  (validates federation and prefix)
+    except ProtocolError as e:
+        raise ConfigError(f"--federation/--prefix: {e}") from None
+    if not 1 <= plan.port <= 65535 or not 1 <= plan.days <= 36500:
+        raise ConfigError(f"--port {plan.port} / --days {plan.days}: out of range")
+    if not plan.hosts or any(not h or "/" in h for h in plan.hosts):
+        raise ConfigError(f"--broker-host: bad host in {plan.hosts}")
+
+
+def provision(plan: Plan) -> None:
+    """Writes the CA, every key and certificate, the broker config, ACL and README.txt.
+
+    Raises:
+        ConfigError: ``plan.out`` holds other files, or is not empty without ``force``.
+    """
+    _prepare(plan.out, plan.force)
+    folders = {"ca": 0o700, "broker": 0o755, "aggregator": 0o700, "devices": 0o755,
+               **{f"devices/{d}": 0o700 for d in plan.devices}}
+    for name, mode in folders.items():  # the broker (user mosquitto) must reach broker/
+        (plan.out / name).mkdir(mode=mode)
+        (plan.out / name).chmod(mode)
+    ca_key, ca = _certificate(plan, "fedge federation CA " + plan.federation, None, None)
+    _write_pair(plan.out / "ca", "ca", ca_key, ca)
+    signing = SigningKey.generate()
+    hashes_ = _write_parties(plan, ca_key, ca, signing)
+    _write(plan.out / "aggregator" / "signing.key", signing.private_pem(), 0o600)
+    _write_broker(plan, ca_key, ca, hashes_)
+    _write(plan.out / "README.txt", render_readme(plan, signing.key_id).encode(), 0o644)
+
+
+def _write_parties(plan: Plan, ca_key: Key, ca: x509.Certificate,
+                   signing: SigningKey) -> list[str]:
+    """Each client's folder: CA, certificate and key (or password), signing.pub.
+
+    Returns:
+        The password-file lines (``--passwords``), else an empty list.
+    """
+    parties = [(plan.out / "aggregator", plan.aggregator, "aggregator")]
+    parties += [(plan.out / "devices" / d, d, "device") for d in plan.devices]
+    lines = []
+    for folder, name, stem in parties:
+        _write(folder / "ca.pem", _pem(ca), 0o644)
+        if plan.passwords:
+            password = secrets.token_urlsafe(32)
+            _write(folder / "password", password.encode() + b"\n", 0o600)
+            lines.append(f"{name}:{password_hash(password)}")
+        else:
+            _write_pair(folder, stem, *_certificate(plan, name, ca_key, ca))
+        _write(folder / "signing.pub", signing.public_pem(), 0o644)
+    return lines
+
+
+def _write_broker(plan: Plan, ca_key: Key, ca: x509.Certificate, passwd: list[str]) -> None:
+    """The broker's folder; what Mosquitto reads after dropping to its user is its own."""
+    broker = plan.out / "broker"
+    key, cert = _certificate(plan, plan.hosts[0], ca_key, ca, server=True)
+    _write_pair(broker, "broker", key, cert, owner=BROKER_USER)
+    _write(broker / "ca.pem", _pem(ca), 0o644)
+    (broker / "data").mkdir(mode=0o700)
+    _give_to_broker(broker / "data")
+    _write(broker / "acl", render_acl(plan), 0o644)
+    if passwd:
+        _write(broker / "passwd", ("\n".join(passwd) + "\n").encode(), 0o600, BROKER_USER)
+    _write(broker / "mosquitto.conf", render_config(plan).encode(), 0o644)
+
+
+WRITTEN = ("README.txt", "ca", "broker", "aggregator", "devices")  # what --force replaces
+
+
+def _prepare(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: exists and is not a directory")
+    present = sorted(p.name for p in out.iterdir()) if out.exists() else []
+    if present and not force:
+        raise ConfigError(f"--out {out}: exists and is not empty (--force replaces what an "
+                          "earlier `fedge provision` wrote there; its keys are then lost)")
+    foreign = [name for name in present if name not in WRITTEN]
+    if foreign:
+        raise ConfigError(f"--out {out}: holds {', '.join(foreign)}, which fedge provision "
+                          "did not write; refusing to delete anything there")
+    try:
+        for name in present:
+            if (out / name).is_dir():
+                shutil.rmtree(out / name)
+            else:
+                (out / name).unlink()
+        out.mkdir(parents=True, exist_ok=True)
+        out.chmod(0o755)
+    except OSError as e:
+        raise ConfigError(f"--out {out}: {e.strerror}") from None
+
+
+def _certificate(plan: Plan, cn: str, ca_key: Key | None, ca: x509.Certificate | None, *,
+                 server: bool = False) -> tuple[Key, x509.Certificate]:
+    """A new key and its certificate: self-signed CA when ``ca`` is None, else a leaf."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.timezone.utc)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    is_ca = ca is None
+    days = max(plan.days, 3650) if is_ca else plan.days
+    builder = (x509.CertificateBuilder().subject_name(name)
+               .issuer_name(name if ca is None else ca.subject)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - dt.timedelta(minutes=5))
+               .not_valid_after(now + dt.timedelta(days=days))
+               .add_extension(x509.BasicConstraints(ca=is_ca, path_length=0 if is_ca else None),
+                              critical=True)
+               .add_extension(x509.KeyUsage(
+                   digital_signature=not is_ca, key_cert_sign=is_ca, crl_sign=is_ca,
+                   content_commitment=False, key_encipherment=False, data_encipherment=False,
+                   key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+               .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                              critical=False))
+    if not is_ca:
+        usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+    if server:
+        builder = builder.add_extension(x509.SubjectAlternativeName(
+            [_san(h) for h in plan.hosts]), critical=False)
+    return key, builder.sign(ca_key if ca_key is not None else key, hashes.SHA256())
+
+
+def _san(host: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)
+
+
+def _pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _write_pair(folder: Path, stem: str, key: Key, cert: x509.Certificate,
+                owner: str | None = None) -> None:
+    """``{stem}.key`` (0600, PKCS#8) and ``{stem}.pem`` (0644)."""
+    _write(folder / f"{stem}.key", key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()), 0o600, owner)
+    _write(folder / f"{stem}.pem", _pem(cert), 0o644)
+
+
+def _write(path: Path, data: bytes, mode: int, owner: str | None = None) -> None:
+    """Creates ``path`` with ``mode`` from the start (a key is never briefly world-readable)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.chmod(path, mode)  # the umask may have removed bits
+    if owner is not None:
+        _give_to_broker(path)
+
+
+def _give_to_broker(path: Path) -> None:
+    """Run as root, Mosquitto drops to user ``mosquitto``: what it reads must be its own."""
+    if os.geteuid() != 0:
+        return  # the broker will run as whoever runs it (this user)
+    try:
+        entry = pwd.getpwnam(BROKER_USER)
+    except KeyError:
+        return  # no such user: Mosquitto then keeps running as root
+    os.chown(path, entry.pw_uid, entry.pw_gid)
+
+
+def password_hash(password: str, *, iterations: int = PBKDF2_ITERATIONS,
+                  salt: bytes | None = None) -> str:
+    """A Mosquitto 2.0 password-file hash: ``$7$iterations$salt$hash`` (PBKDF2-SHA512)."""
+    salt = secrets.token_bytes(12) if salt is None else salt
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations)
+    return (f"$7${iterations}${base64.b64encode(salt).decode()}$"
+            f"{base64.b64encode(digest).decode()}")
+
+
+def render_acl(plan: Plan) -> bytes:
+    """The ACL: per-device write on its own topics, read on global ones; the aggregator."""
+    tp = plan.topics
+    wide = {kind: f"{tp.base}/{kind}/#" for kind in ("model", "weights")}
+    global_topics = [tp.manifest(), wide["model"], wide["weights"], tp.round()]
+    lines = [f"# fedge ACL: federation {plan.federation!r}, prefix {plan.prefix!r}.",
+             "# Whatever is not granted here is denied.", "", f"user {plan.aggregator}"]
+    lines += [f"topic write {t}" for t in [*global_topics, f"{tp.base}/reply/+"]]
+    lines += [f"topic read {tp.presence_filter()}", f"topic read {tp.update_filter()}"]
+    for d in plan.devices:
+        lines += ["", f"user {d}", f"topic write {tp.update(d)}", f"topic write {tp.presence(d)}"]
+        lines += [f"topic read {t}" for t in [*global_topics, tp.reply(d)]]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def render_config(plan: Plan) -> str:
+    """``mosquitto.conf``: one TLS listener, no anonymous access, the ACL, persistence."""
+    b = plan.out / "broker"
+    auth = ([f"password_file {b / 'passwd'}"] if plan.passwords else
+            ["require_certificate true", "use_identity_as_username true"])
+    lines = [
+        f"# Mosquitto 2.0 config of fedge federation {plan.federation!r} (fedge provision).",
+        f"# Start: mosquitto -c {b / 'mosquitto.conf'}", "per_listener_settings false",
+        "allow_anonymous false", f"acl_file {b / 'acl'}", *auth[:1 if plan.passwords else 0],
+        "persistence true", f"persistence_location {b / 'data'}/", "autosave_interval 30",
+        "# the default 1000 silently drops QoS 1 messages queued for a slow aggregator",
+        "max_queued_messages 0", "max_packet_size 1048576",
+        "log_dest stderr", "log_type error", "log_type warning", "log_type notice",
+        f"listener {plan.port}{' ' + plan.bind if plan.bind else ''}",
+        f"cafile {b / 'ca.pem'}", f"certfile {b / 'broker.pem'}", f"keyfile {b / 'broker.key'}",
+        "tls_version tlsv1.2", *([] if plan.passwords else auth),
+        "# the MQTT client id becomes the user name: no one can take over another's session",
+        "use_username_as_clientid true",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def render_readme(plan: Plan, signing_id: str) -> str:
+    """README.txt: what each file is, who gets it, and the exact start commands."""
+    o, url, dev = plan.out, f"mqtts://{plan.hosts[0]}:{plan.port}", plan.devices[0]
+    a, d, b = o / "aggregator", o / "devices" / dev, o / "broker"
+    common = f"--broker {url} --federation {plan.federation} --prefix {plan.prefix}"
+    if plan.passwords:
+        creds = "password          its MQTT password (0600); the MQTT user name is its id"
+        auth_a = f"--username {plan.aggregator} --password-file {a / 'password'}"
+        auth_d = f"--username {dev} --password-file {d / 'password'}"
+    else:
+        creds = "*.pem, *.key      its client certificate (CN = its id) and key (0600)"
+        auth_a = f"--cert {a / 'aggregator.pem'} --key {a / 'aggregator.key'}"
+        auth_d = f"--cert {d / 'device.pem'} --key {d / 'device.key'}"
+    owned = "broker.key, passwd and data/" if plan.passwords else "broker.key and data/"
+    owner = (f"{owned} belong to user {BROKER_USER}, as Mosquitto started as root drops to it"
+             if os.geteuid() == 0 else f"if root starts Mosquitto (it then drops to user "
+             f"{BROKER_USER}), first run: chown -R {BROKER_USER}: {b}")
+    return "\n".join([
+        f"fedge federation {plan.federation!r}, topic prefix {plan.prefix!r} (fedge provision)",
+        f"Broker {url}; devices {', '.join(plan.devices)}; signing key id {signing_id}.",
+        "", "Private keys and passwords are mode 0600, certificates 0644.",
+        "  ca/ca.pem           the CA certificate: every party checks the others against it",
+        "  ca/ca.key           the CA private key: it can mint any identity. Keep it offline.",
+        "  broker/             for the broker host",
+        f"    mosquitto.conf    TLS listener on port {plan.port}, no anonymous access, the ACL",
+        "    acl               a device writes only its own update/presence topics and reads",
+        f"                      the global ones and its replies; only {plan.aggregator} "
+        "publishes global ones",
+        f"    broker.pem/.key   server certificate (CN/SAN {', '.join(plan.hosts)}) and key",
+        *(["    passwd            password hashes ($7$, PBKDF2-SHA512)"] if plan.passwords
+          else []),
+        "    data/             persistence: retained model and weights, durable sessions",
+        f"    ({owner})",
+        "  aggregator/         for the aggregator host",
+        f"    {creds}",
+        "    signing.key       Ed25519 key signing every manifest (model + weights): keep it here",
+        "  devices/ID/         for device ID only (e.g. copy it to /etc/fedge/)",
+        f"    {creds}",
+        "    signing.pub       the aggregator's public key: models not signed by it are refused",
+        "  Every folder has ca.pem, to check the broker's certificate.",
+        "", "Start the broker (Mosquitto 2.0):", f"  mosquitto -c {b / 'mosquitto.conf'}",
+        "Start the aggregator:",
+        f"  fedge-aggregator {common} --ca {a / 'ca.pem'} {auth_a} \\",
+        f"      --signing-key {a / 'signing.key'} --model MODEL.tflite --state-dir STATE",
+        f"Start device {dev} (the others alike, each with its own folder and id):",
+        f"  fedge-client {common} --client-id {dev} --ca {d / 'ca.pem'} {auth_d} \\",
+        f"      --verify-key {d / 'signing.pub'} --data DATA.csv --label-column LABEL",
+        "--client-id must be the device's id: the ACL lets it publish only under that id.",
+        "Threat model, rotating keys: docs/security.md.", ""])
