@@ -24,6 +24,9 @@ COMMANDS: dict[str, str] = {
     "demo": "tools.demo",
     "export": "tools.export",
     "bench": "tools.bench.cli",
+    "reliability-report": "tools.reliability",
+    "provision": "tools.provision",
+    "simulate": "tools.simulate",
 }
 
 

@@ -12,20 +12,31 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from edge_client.errors import ConfigError
 from tools.datasets import DATASETS, Dataset, load_dataset
-from tools.demo_data import PARTITIONS, ClientShare, DemoDefaults, defaults_for, share_data
+from tools.demo_data import (
+    PARTITIONS,
+    ClientShare,
+    DemoDefaults,
+    defaults_for,
+    pooled_training,
+    share_data,
+)
 from tools.demo_report import build_result, print_table
 from tools.evaluate import Scaling, evaluate, weights_of_checkpoint
 from tools.federation import FederationPlan, run_federation
 
 log = logging.getLogger(__name__)
+Array = npt.NDArray[Any]
 
 
 def add_parser(sub: Any) -> None:
@@ -73,6 +84,8 @@ class Setup:
     shares: list[ClientShare]
     model_file: bytes
     model_path: Path
+    pooled_x: Array  # the union of the clients' training data (the pooled baseline's)
+    pooled_y: Array
     pooled_scaling: Scaling
 
 
@@ -82,13 +95,19 @@ def prepare(args: argparse.Namespace) -> Setup:
 
     ds = load_dataset(args.dataset, seed=args.seed)
     d = defaults_for(ds, args)
+    # a previous run's state would be resumed (the aggregator recovers from its state dir)
+    # and its results reported as this run's, whatever the flags now say
+    for stale in ("aggregator", "clients", "logs"):
+        shutil.rmtree(args.out / stale, ignore_errors=True)
     args.out.mkdir(parents=True, exist_ok=True)
     shares = share_data(ds, d, args.out / "clients", np.random.default_rng(args.seed))
     model_file = export_trainable(ds.info.model, ds.info.input_shape, len(ds.info.classes),
                                   d.batch_size, optimizer=d.optimizer, seed=args.seed)
     model_path = args.out / "model.tflite"
     model_path.write_bytes(model_file)
-    return Setup(ds, d, shares, model_file, model_path, Scaling.fit(ds.x_train, d.normalise))
+    pooled_x, pooled_y = pooled_training(ds, shares)
+    return Setup(ds, d, shares, model_file, model_path, pooled_x, pooled_y,
+                 Scaling.fit(pooled_x, d.normalise))
 
 
 def _plan(args: argparse.Namespace, s: Setup) -> FederationPlan:
@@ -121,15 +140,26 @@ def _evaluate_version(s: Setup, state: Path, version: int) -> dict[str, Any]:
     return {"accuracy": acc, "loss": loss, "clients": per_client}
 
 
-def run(args: argparse.Namespace) -> int:
-    """Runs the demo end to end; returns 0 on success."""
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """The flags ``fedge demo ARGV`` would get, for running the demo from code."""
+    parser = argparse.ArgumentParser(prog="fedge")
+    add_parser(parser.add_subparsers())
+    return parser.parse_args(["demo", *argv])
+
+
+def federate(args: argparse.Namespace, *, progress: bool = False) -> dict[str, Any]:
+    """Runs the federation and the baselines; returns the result (``tools.demo_report``).
+
+    Writes only into ``args.out`` (data shares, state, logs, the int8 model); prints nothing
+    unless ``progress`` asks for a progress bar.
+    """
     if args.clients is not None and args.clients < 1:
         raise ConfigError("--clients must be at least 1")
     s = prepare(args)
     state = args.out / "aggregator"
     evaluations: dict[int, dict[str, Any]] = {}
     bar = None
-    if not args.no_progress:
+    if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=s.defaults.rounds, desc=f"fedge demo {args.dataset}", unit="round")
@@ -152,7 +182,12 @@ def run(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
     initial = _evaluate_version(s, state, 0)
-    result = build_result(args, s, rows, evaluations, initial)
+    return build_result(args, s, rows, evaluations, initial)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Runs the demo end to end; returns 0 on success."""
+    result = federate(args, progress=not args.no_progress)
     print_table(result)
     json_path = args.json or args.out / "results.json"
     json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -160,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
     plot_path = args.plot or args.out / "rounds.png"
     from tools.plot import plot_rounds
 
-    plot_rounds(result, plot_path, f"fedge demo: {args.dataset}, {len(s.shares)} clients, "
+    plot_rounds(result, plot_path, f"fedge demo: {args.dataset}, {result['clients']} clients, "
                 f"{args.codec} updates")
     print(f"\nwrote {json_path}, {plot_path}, {result['final']['int8_model']}")
     return 0

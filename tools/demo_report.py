@@ -3,13 +3,14 @@
 JSON layout (``--json``)::
 
     {"dataset", "model", "clients", "partition", "codec", "strategy", "weighting", "seed",
+     "epochs", "lr", "batch_size", "optimizer", "mu",
      "rounds": [{"round", "outcome", "version", "participants", "participant_ids", "samples",
                  "accuracy", "loss",              # global model after the round, pooled test
                  "clients": {id: {"accuracy", "loss"}},  # same model, each client's test share
                  "client_metrics": {...},         # weighted means reported by the clients
                  "bytes_up", "bytes_down", "rejections", "duration_s"}],
      "initial": {"accuracy", "loss"},
-     "final": {"accuracy", "loss", "pooled_accuracy", "local_only_accuracy",
+     "final": {"accuracy", "loss", "pooled_accuracy", "pooled_loss", "local_only_accuracy",
                "local_only_per_client", "int8_model", "int8_model_accuracy",
                "bytes_up_total", "bytes_down_total"}}
 """
@@ -45,7 +46,7 @@ def _int8(args: argparse.Namespace, s: Setup, weights: dict[str, Any]) -> tuple[
 
     ds, scale = s.dataset, s.pooled_scaling
     blob = export_inference_int8(ds.info.model, ds.info.input_shape, len(ds.info.classes),
-                                 weights, scale(ds.x_train)[:256])
+                                 weights, scale(s.pooled_x)[:256])
     path = args.out / "model-int8.tflite"
     path.write_bytes(blob)
     interp = Interpreter(blob)
@@ -70,9 +71,10 @@ def build_result(args: argparse.Namespace, s: Setup, rows: list[dict[str, Any]],
     last = evaluations.get(final_version, initial)
     scale = s.pooled_scaling
     epochs = d.epochs * d.rounds
-    pooled_w = train_alone(s.model_file, scale(ds.x_train), ds.y_train, epochs=epochs,
+    # same model file (batch size, optimizer), same lr, rounds x local epochs, on the union
+    pooled_w = train_alone(s.model_file, scale(s.pooled_x), s.pooled_y, epochs=epochs,
                            lr=d.lr, seed=args.seed)
-    pooled = evaluate(s.model_file, pooled_w, scale(ds.x_test), ds.y_test)[1]
+    pooled_loss, pooled = evaluate(s.model_file, pooled_w, scale(ds.x_test), ds.y_test)
     local = local_only(s.model_file, [(c.scaling(c.x_train), c.y_train) for c in s.shares],
                        (scale(ds.x_test), ds.y_test), epochs=epochs, lr=d.lr, seed=args.seed)
     int8_path, int8_acc = _int8(args, s, weights)
@@ -80,10 +82,12 @@ def build_result(args: argparse.Namespace, s: Setup, rows: list[dict[str, Any]],
         "dataset": ds.info.name, "model": ds.info.model, "clients": len(s.shares),
         "partition": d.partition, "codec": args.codec, "strategy": args.strategy,
         "weighting": args.weighting, "seed": args.seed, "epochs": d.epochs, "lr": d.lr,
+        "batch_size": d.batch_size, "optimizer": d.optimizer, "mu": args.mu,
         "rounds": rounds, "initial": {"accuracy": initial["accuracy"], "loss": initial["loss"]},
         "final": {
             "accuracy": last["accuracy"], "loss": last["loss"], "clients": last["clients"],
-            "pooled_accuracy": pooled, "local_only_accuracy": float(np.mean(local)),
+            "pooled_accuracy": pooled, "pooled_loss": pooled_loss,
+            "local_only_accuracy": float(np.mean(local)),
             "local_only_per_client": local, "int8_model": int8_path,
             "int8_model_accuracy": int8_acc,
             "bytes_up_total": sum(r["bytes_up"] for r in rounds),

@@ -2,7 +2,8 @@
 
 Each section is a module of :mod:`tools.bench` with ``run(quick) -> dict`` (JSON-able
 measurements) and ``render(result) -> str`` (a Markdown section). ``fedge bench all``
-runs every section; a full run rewrites those sections of ``docs/results.md``.
+runs every section but ``results`` (minutes of real federations: ``fedge bench results``);
+a full run rewrites those sections of ``docs/results.md``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,11 @@ SECTIONS: dict[str, str] = {
     "train": "tools.bench.train",
     "codec": "tools.bench.codec",
     "aggregate": "tools.bench.aggregate",
+    "client": "tools.bench.client",
+    "round": "tools.bench.round",
+    "results": "tools.bench.results",
 }
+NOT_IN_ALL = frozenset({"results"})  # minutes of real federations: run only when named
 
 
 def add_parser(sub: Any) -> None:
@@ -36,7 +41,7 @@ def add_parser(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("section", nargs="?", default="all", choices=[*SECTIONS, "all"],
-                   help="what to measure (default: all)")
+                   help="what to measure (default: all, which leaves out results)")
     p.add_argument("--quick", action="store_true",
                    help="small sizes, a smoke run of a minute or two; figures are not "
                    "written to docs/results.md unless --results is given")
@@ -48,7 +53,8 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Runs the chosen sections, prints them, writes JSON and the results file."""
-    names = list(SECTIONS) if args.section == "all" else [args.section]
+    names = ([n for n in SECTIONS if n not in NOT_IN_ALL] if args.section == "all"
+             else [args.section])
     results: dict[str, Any] = {"machine": machine_description(), "quick": args.quick,
                                "sections": {}}
     rendered: dict[str, str] = {}

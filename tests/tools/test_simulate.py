@@ -1,0 +1,254 @@
+"""``fedge simulate``: simulated devices speak the real protocol; faults never double-count.
+
+The first tests drive one :class:`SimDevice` on the in-memory broker; the last ones run
+the command end to end (real Mosquitto, real aggregator process, worker processes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aggregator.store import read_history
+from edge_client.membus import MemoryBroker, MemoryTransport
+from edge_client.protocol import Chunk, Hyperparameters, Manifest, Presence, Reply, Round, Topics
+from edge_client.transfer import Reassembler
+from edge_client.transport import Message
+from tools.sim_device import DeviceSpec, SimDevice, UpdateSource, subscriptions
+from tools.sim_faults import Faults
+
+ROOT = Path(__file__).resolve().parents[2]
+SHAPES = {"dense/kernel": (40, 30), "dense/bias": (30,)}
+SHA = "ab" * 32
+
+
+class FakeLink:
+    """A device's link on the in-memory broker that can crash and come back."""
+
+    def __init__(self, broker: MemoryBroker, client_id: str, filters: list[str]) -> None:
+        self.broker, self.client_id, self.filters = broker, client_id, filters
+        self.crashes = self.reconnects = 0
+        self.t: MemoryTransport | None = None
+        self.reconnect()
+        self.reconnects = 0
+
+    def subscribe(self, topic_filter: str, qos: int = 1) -> None:
+        assert self.t is not None
+        self.t.subscribe(topic_filter)
+
+    def unsubscribe(self, topic_filter: str) -> None:
+        assert self.t is not None
+        self.t.unsubscribe(topic_filter)
+
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
+                timeout: float | None = 30.0) -> None:
+        assert self.t is not None, "published while crashed"
+        self.t.publish(topic, payload, retain=retain)
+
+    def get(self, timeout: float | None) -> Message | None:
+        return None if self.t is None else self.t.get(timeout)
+
+    def ack(self, message: Message) -> None:
+        pass
+
+    def crash(self) -> None:
+        self.crashes += 1
+        self.t = None
+
+    def reconnect(self) -> None:
+        self.reconnects += 1
+        self.t = self.broker.connect(self.client_id)
+        for f in self.filters:
+            self.t.subscribe(f)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _setup(faults: Faults, max_payload: int = 128 * 1024
+           ) -> tuple[MemoryBroker, SimDevice, FakeLink, list[dict[str, Any]], Clock]:
+    broker, clock = MemoryBroker(), Clock()
+    events: list[dict[str, Any]] = []
+    topics = Topics("fed")
+    spec = DeviceSpec("dev-1", 1, 50, topics, faults, seed=3, max_payload=max_payload)
+    link = FakeLink(broker, "dev-1", subscriptions(spec))
+    device = SimDevice(spec, link, UpdateSource(SHAPES, seed=3), events.append, clock=clock)
+    agg = broker.connect("aggregator")
+    agg.publish(topics.manifest(), Manifest(
+        federation="fed", model_sha256=SHA, model_size=10, weights_version=0,
+        weights_sha256=SHA, round_id=1, codec="fp32", key_id="aggregator").encode(), retain=True)
+    agg.publish(topics.round(), Round(
+        federation="fed", round_id=1, weights_version=0, model_sha256=SHA,
+        deadline=clock.now + 30, hyperparameters=Hyperparameters(1, 8, 0.1), codec="int8",
+        selected=("dev-1",)).encode(), retain=True)
+    return broker, device, link, events, clock
+
+
+def _update_chunks(broker: MemoryBroker) -> list[Chunk]:
+    return [Chunk.decode(p) for _, topic, p, _ in broker.published
+            if topic == Topics("fed").update("dev-1")]
+
+
+def test_a_selected_device_sends_a_chunked_update_and_reads_its_reply() -> None:
+    broker, device, _, events, _ = _setup(Faults(), max_payload=512)
+    device.step()
+    presence = Presence.decode(broker.retained[Topics("fed").presence("dev-1")])
+    assert presence.online and presence.samples == 50
+    chunks = _update_chunks(broker)
+    assert len(chunks) > 1 and len({c.transfer_id for c in chunks}) == 1
+    payload = None
+    reassembler = Reassembler()
+    for chunk in chunks:
+        payload = reassembler.accept("dev-1", chunk.encode(), 0.0) or payload
+    from edge_client.protocol import Update
+
+    assert payload is not None
+    update = Update.decode(payload)
+    assert (update.round_id, update.client_id, update.codec) == (1, "dev-1", "int8")
+    assert {t.name for t in update.tensors} == set(SHAPES) and update.num_samples == 50
+    broker.route("aggregator", Topics("fed").reply("dev-1"), Reply(
+        federation="fed", round_id=1, client_id="dev-1", nonce=update.nonce,
+        accepted=True).encode(), False)
+    device.step()
+    assert {"event": "reply", "round": 1, "client": "dev-1", "accepted": True,
+            "reason": ""} in events
+
+
+def test_a_duplicate_send_repeats_the_nonce_under_a_new_transfer_id() -> None:
+    broker, device, _, events, _ = _setup(Faults(duplicate_sends=1.0))
+    device.step()
+    chunks = _update_chunks(broker)
+    assert len({c.transfer_id for c in chunks}) == 2
+    assert len({c.sha256 for c in chunks}) == 1  # the same update bytes, so the same nonce
+    assert [e["copies"] for e in events if e["event"] == "sent"] == [2]
+
+
+def test_a_crash_sends_only_some_chunks_and_comes_back_after_the_deadline() -> None:
+    broker, device, link, events, clock = _setup(Faults(crash_mid_upload=1.0), max_payload=512)
+    device.step()
+    crashed = next(e for e in events if e["event"] == "crashed")
+    assert 1 <= crashed["chunks_sent"] < crashed["chunks"]
+    assert len(_update_chunks(broker)) == crashed["chunks_sent"] and link.crashes == 1
+    device.step()
+    assert link.reconnects == 0  # still before the deadline
+    clock.now += 31
+    device.step()
+    assert link.reconnects == 1 and events[-1]["event"] == "reconnected"
+
+
+def test_without_a_reply_the_same_update_is_sent_again_until_the_deadline() -> None:
+    broker, device, _, events, clock = _setup(Faults())
+    device.step()
+    clock.now += 19
+    device.step()
+    assert len(_update_chunks(broker)) == 1  # not yet: the reference client waits 20 s
+    clock.now += 2
+    device.step()
+    first, again = _update_chunks(broker)
+    assert again.transfer_id == first.transfer_id + "-1" and again.sha256 == first.sha256
+    assert [e["event"] for e in events].count("resent") == 1
+    clock.now += 21  # past the round's deadline: nothing more
+    device.step()
+    assert len(_update_chunks(broker)) == 2
+
+
+def test_a_slow_device_answers_after_its_delay() -> None:
+    broker, device, _, events, clock = _setup(Faults(slow=1.0, slow_delay=5.0))
+    device.step()
+    clock.now += 4.9
+    device.step()
+    assert _update_chunks(broker) == []
+    clock.now += 0.2
+    device.step()
+    assert len(_update_chunks(broker)) == 1
+    assert [e["slow"] for e in events if e["event"] == "plan"] == [True]
+
+
+def test_a_dropout_sends_nothing() -> None:
+    broker, device, _, events, _ = _setup(Faults(dropout=1.0))
+    device.step()
+    device.step()
+    assert _update_chunks(broker) == []
+    assert [e["dropout"] for e in events if e["event"] == "plan"] == [True]
+
+
+def test_faults_are_reproducible_and_a_dropout_does_nothing_else() -> None:
+    faults = Faults(dropout=0.5, slow=0.5, crash_mid_upload=0.5, duplicate_sends=0.5)
+    plans = [faults.draw(7, d, r) for d in range(50) for r in range(3)]
+    assert plans == [faults.draw(7, d, r) for d in range(50) for r in range(3)]
+    assert all(not (p.crash or p.duplicate or p.delay) for p in plans if p.dropout)
+    assert all(not p.duplicate for p in plans if p.crash)
+    assert {p.dropout for p in plans} == {True, False}
+
+
+# -- end to end -----------------------------------------------------------------------
+def _simulate(out: Path, *flags: str) -> dict[str, Any]:
+    res = subprocess.run([sys.executable, "-m", "tools", "simulate", "--out", str(out),
+                          "--json", str(out / "r.json"), *flags],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "selected" in res.stdout and f"wrote {out / 'r.json'}" in res.stdout
+    result: dict[str, Any] = json.loads((out / "r.json").read_text())
+    return result
+
+
+def _live_processes_under(path: Path) -> list[str]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+        except OSError:
+            continue
+        if str(path) in cmd and state != "Z" and int(pid) != os.getpid():
+            found.append(cmd)
+    return found
+
+
+@pytest.mark.broker
+def test_dropouts_and_duplicates_complete_every_round_and_count_each_update_once(
+        tmp_path: Path) -> None:
+    start = time.monotonic()
+    result = _simulate(tmp_path, "--clients", "20", "--rounds", "2", "--dropout", "0.3",
+                       "--duplicate-sends", "0.2", "--round-timeout", "4", "--seed", "1",
+                       "--processes", "2")
+    rounds = result["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2]
+    assert sum(r["faults"]["duplicate"] for r in rounds) > 0  # the seed makes duplicates
+    for r in rounds:
+        assert r["outcome"] == "aggregated"
+        assert r["participants"] <= r["selected"] == 20
+        assert len(set(r["participant_ids"])) == r["participants"]
+        assert r["participants"] == r["sent"]  # every complete update counted, once
+        assert r["already_accepted"] == r["faults"]["duplicate"]
+        assert r["received"] == r["sent"] + r["faults"]["duplicate"] + r["resent"]
+        assert r["accuracy"] is None and r["bytes_up"] > 0
+    for line in read_history(tmp_path / "aggregator"):
+        assert len(set(line["participants"])) == len(line["participants"])
+    assert result["final"]["accepted_total"] == sum(r["participants"] for r in rounds)
+    assert _live_processes_under(tmp_path) == [], time.monotonic() - start
+
+
+@pytest.mark.broker
+def test_a_device_that_crashes_mid_upload_is_not_counted_and_returns(tmp_path: Path) -> None:
+    result = _simulate(tmp_path, "--clients", "8", "--rounds", "2", "--crash-mid-upload",
+                       "0.3", "--round-timeout", "3", "--seed", "2", "--max-payload", "4096")
+    first, second = result["rounds"]
+    assert first["crashed_ids"], "the seed makes a device crash in round 1"
+    assert not set(first["crashed_ids"]) & set(first["participant_ids"])
+    assert first["participants"] + len(first["crashed_ids"]) == first["selected"]
+    back = set(first["crashed_ids"]) - set(second["crashed_ids"])
+    assert back and back <= set(second["participant_ids"])
+    assert all(r["outcome"] == "aggregated" for r in result["rounds"])
