@@ -80,3 +80,12 @@ def test_ctrl_c_stops_every_process(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) == 130
     assert _processes_mentioning(str(out)) == []
+
+
+def test_a_failing_aggregator_stops_the_demo_and_every_process(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    res = subprocess.run(_demo(out, "--rounds", "2", "--round-timeout", "-1"), cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert "the aggregator exited with 2" in res.stderr and "--round-timeout" in res.stderr
+    assert _processes_mentioning(str(out)) == []
