@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 from aggregator import inbox, intake, rounds
 from aggregator.checkpoint import GlobalModel
@@ -225,7 +226,7 @@ class AggregatorService:
                 now = fresh
             self._carry_out(action, now, arrival, message)
         state = self.state.to_dict()
-        if state != self._saved:
+        if _durable(state) != _durable(self._saved):
             self.store.save_round_state(state)
             self._saved = state
         self._update_gauges()
@@ -337,3 +338,10 @@ class AggregatorService:
         m.participants.set(len(self.ledger.participants) if current else 0)
         m.samples.set(self.ledger.samples if current else 0)
 
+
+def _durable(state: dict[str, Any]) -> dict[str, Any]:
+    """The part of the round state worth an fsync of round.json on its own. Who is online
+    is not: after a restart the broker hands every retained presence (or Last Will) to the
+    aggregator again, so a presence change alone does not rewrite round.json (that cost
+    grew with the fleet); the online set is written with the next change that matters."""
+    return {k: v for k, v in state.items() if k != "online"}
