@@ -7,13 +7,11 @@ MqttTransport (presence, round, update chunks, reply); the model file is a small
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 import sys
 import threading
 import time
 import uuid
-import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -23,6 +21,7 @@ from typing import Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 import pytest
+from update_kit import fedavg, make_update
 
 from aggregator.config import AggregatorConfig, check
 from aggregator.modelfile import ModelFile, load_model_file
@@ -38,7 +37,7 @@ from edge_client.protocol import (
     Weights,
     is_clear,
 )
-from edge_client.quantize import dequantize_update, quantize_update
+from edge_client.quantize import dequantize_update
 from edge_client.transfer import Reassembler, split
 from edge_client.transport import BrokerConfig, Message, MqttTransport
 from tools.broker import MosquittoBroker
@@ -126,29 +125,8 @@ class Device:
         self.t.stop()
 
 
-def make_update(r: Round, client_id: str, samples: int, model_file: ModelFile, *,
-                codec: str | None = None, scale: float = 0.05, salt: str = "",
-                shapes: dict[str, tuple[int, ...]] | None = None) -> Update:
-    """A deterministic update answering ``r``: random deltas, quantized with the round's codec."""
-    key = f"{client_id}/{r.round_id}/{salt}".encode()
-    rng = np.random.default_rng(zlib.crc32(key))
-    delta = {t.name: rng.normal(0.0, scale, (shapes or {}).get(t.name, t.shape))
-             for t in model_file.spec}
-    tensors, _ = quantize_update(delta, codec or r.codec)
-    return Update(federation=r.federation, round_id=r.round_id, client_id=client_id,
-                  base_version=r.weights_version, model_sha256=r.model_sha256,
-                  nonce=hashlib.sha256(key).digest()[:16], num_samples=samples,
-                  metrics={"loss": samples / 1000.0}, codec=codec or r.codec, tensors=tensors)
 
 
-def fedavg(base: Arrays, updates: list[Update]) -> Arrays:
-    """Reference: base + weighted mean (by num_samples) of the dequantized deltas, float64."""
-    deltas = [dequantize_update(u.tensors) for u in updates]
-    total = float(sum(u.num_samples for u in updates))
-    return {name: (w.astype(np.float64) + sum(u.num_samples * d[name].astype(np.float64)
-                                              for u, d in zip(updates, deltas, strict=True))
-                   / total).astype(np.float32)
-            for name, w in base.items()}
 
 
 def retained(url: str, topic_filter: str) -> list[Message]:

@@ -16,7 +16,6 @@ a fixed time.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -25,7 +24,6 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,11 +32,12 @@ from typing import Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 from client_kit import linear_data
+from update_kit import fedavg, transfer_id
 
 from aggregator.modelfile import ModelFile
 from aggregator.store import AggregatorStore, read_history
 from edge_client.protocol import Presence, Reply, Round, Topics, Update, Weights, is_clear
-from edge_client.quantize import dequantize_update, quantize_update
+from edge_client.quantize import dequantize_update
 from edge_client.transfer import split
 from edge_client.transport import BrokerConfig, MqttTransport, Will
 from tools.broker import MosquittoBroker, free_port
@@ -289,35 +288,11 @@ class ScriptedDevice:
         self.t.stop()
 
 
-def transfer_id(update: Update) -> str:
-    """A fresh ``u-{round}-{nonce}-{attempt}`` transfer id, as a client's (re-)send uses."""
-    return f"u-{update.round_id}-{update.nonce.hex()}-{uuid.uuid4().hex[:6]}"
 
 
-def make_update(r: Round, client_id: str, samples: int, model: ModelFile, *,
-                codec: str | None = None, scale: float = 0.05, salt: str = "",
-                shapes: dict[str, tuple[int, ...]] | None = None) -> Update:
-    """A deterministic update answering ``r``: random deltas in the round's codec."""
-    key = f"{client_id}/{r.round_id}/{salt}".encode()
-    rng = np.random.default_rng(zlib.crc32(key))
-    delta = {t.name: rng.normal(0.0, scale, (shapes or {}).get(t.name, t.shape))
-             for t in model.spec}
-    tensors, _ = quantize_update(delta, codec or r.codec)
-    return Update(federation=r.federation, round_id=r.round_id, client_id=client_id,
-                  base_version=r.weights_version, model_sha256=r.model_sha256,
-                  nonce=hashlib.sha256(key).digest()[:16], num_samples=samples,
-                  metrics={"loss": 0.5}, codec=codec or r.codec, tensors=tensors)
 
 
 # -- the invariants -----------------------------------------------------------------------
-def fedavg(base: Arrays, updates: Sequence[Update]) -> Arrays:
-    """Reference FedAvg step: base + mean of the dequantized deltas weighted by num_samples."""
-    deltas = [dequantize_update(u.tensors) for u in updates]
-    total = float(sum(u.num_samples for u in updates))
-    return {name: (w.astype(np.float64) + sum(u.num_samples * d[name].astype(np.float64)
-                                              for u, d in zip(updates, deltas, strict=True))
-                   / total).astype(np.float32)
-            for name, w in base.items()}
 
 
 def _weights(store: AggregatorStore, version: int) -> Arrays:

@@ -21,9 +21,8 @@ from reliability.kit import (
     Scenario,
     ScriptedDevice,
     check_federation,
-    make_update,
-    transfer_id,
 )
+from update_kit import make_update, transfer_id
 
 from aggregator.modelfile import ModelFile
 from edge_client.protocol import Chunk, Presence, Round, Tensor, Topics, Update

@@ -20,8 +20,8 @@ from reliability.kit import (
     Scenario,
     ScriptedDevice,
     check_federation,
-    make_update,
 )
+from update_kit import make_update
 
 from aggregator import intake
 from aggregator.__main__ import build_parser
