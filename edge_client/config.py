@@ -67,6 +67,8 @@ def read_toml(path: Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"--config {path}: not valid TOML: {e}") from None
     table = raw.get("client", raw)
+    if not isinstance(table, dict):
+        raise ConfigError(f"--config {path}: [client] must be a table")
     return {str(k).replace("-", "_"): v for k, v in table.items()}
 
 
