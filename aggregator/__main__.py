@@ -19,6 +19,7 @@ from aggregator.config import AggregatorConfig, build_config
 from aggregator.fedavg import STRATEGIES
 from aggregator.modelfile import load_model_file
 from aggregator.service import AggregatorService
+from aggregator.stages import NO_STAGES, StageHook
 from edge_client.errors import ConfigError
 from edge_client.protocol import CODECS
 from edge_client.transport import MqttTransport, TransportError
@@ -176,8 +177,11 @@ def configure_logging(verbose: bool, fmt: str) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
 
 
-def serve(config: AggregatorConfig, stop: threading.Event) -> int:
+def serve(config: AggregatorConfig, stop: threading.Event,
+          stages: StageHook = NO_STAGES) -> int:
     """Load the model, connect, and run the service until it finishes or ``stop`` is set.
+
+    ``stages`` receives the service's stage timings (``fedge bench round``).
 
     Raises:
         ConfigError: bad model file, state directory, TLS files or metrics port.
@@ -186,7 +190,7 @@ def serve(config: AggregatorConfig, stop: threading.Event) -> int:
     assert config.model is not None  # check() requires it
     model_file = load_model_file(config.model)
     transport = MqttTransport(config.broker_config())
-    service = AggregatorService(config, transport, model_file)
+    service = AggregatorService(config, transport, model_file, stages=stages)
     try:
         service.metrics.serve(config.metrics_port, config.metrics_host)
     except OSError as e:
@@ -199,14 +203,14 @@ def serve(config: AggregatorConfig, stop: threading.Event) -> int:
         service.metrics.close()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``fedge-aggregator``."""
+def main(argv: Sequence[str] | None = None, stages: StageHook = NO_STAGES) -> int:
+    """Entry point of ``fedge-aggregator`` (``stages``: see :func:`serve`)."""
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose, args.log_format)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        return serve(build_config(args), stop)
+        return serve(build_config(args), stop, stages)
     except ConfigError as e:
         print(f"fedge-aggregator: error: {e}", file=sys.stderr)
         return 2

@@ -32,6 +32,7 @@ from aggregator.metrics import ServiceMetrics
 from aggregator.modelfile import ModelFile
 from aggregator.publish import Publisher, RunMessages, manifest_signing_key
 from aggregator.recovery import restore
+from aggregator.stages import NO_STAGES, StageHook
 from aggregator.rounds import Event, Phase, UpdateArrived
 from aggregator.store import AggregatorStore
 from edge_client import protocol
@@ -50,13 +51,15 @@ class AggregatorService:
 
     def __init__(self, config: AggregatorConfig, transport: Transport, model_file: ModelFile,
                  *, store: AggregatorStore | None = None, metrics: ServiceMetrics | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 stages: StageHook = NO_STAGES) -> None:
         """Restore the state directory; nothing is published until :meth:`run`.
 
         Raises:
             ConfigError: bad hyperparameters, signing key or state directory.
         """
         self.config, self.transport, self.clock = config, transport, clock
+        self.stages = stages
         self.model_file = model_file
         self.store = store or AggregatorStore(config.state_dir)
         self.metrics = metrics or ServiceMetrics()
