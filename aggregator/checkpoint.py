@@ -1,63 +1,32 @@
-"""The global model: its weights, their wire encoding, and how they are saved and restored.
+"""Checkpoints of the global model: saved per version, loaded and checked at start-up.
 
-The global weights travel and are checkpointed as one encoded ``Weights`` message
-(fp32, lossless), so the bytes in ``checkpoints/vN.bin`` are exactly the bytes
-clients reassemble from ``weights/N/…`` and the manifest's ``weights_sha256``
-is their hash, before and after a restart.
+A checkpoint is the :class:`~aggregator.global_model.GlobalModel`'s encoded ``Weights``
+message (``checkpoints/vN.bin``, the bytes clients reassemble from ``weights/N/…``) and
+the server optimizer state after it (``checkpoints/vN.server.npz``).
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from aggregator.fedavg import ServerState
+from aggregator.global_model import GlobalModel
 from aggregator.store import AggregatorStore
 from aggregator.validation import TensorSpec
 from edge_client.errors import ConfigError, FedgeError
 from edge_client.protocol import Weights
-from edge_client.quantize import dequantize_update, quantize
+from edge_client.quantize import dequantize_update
 
 Arrays = dict[str, npt.NDArray[Any]]
 
 
-@dataclass(frozen=True)
-class GlobalModel:
-    """One version of the global weights and the server optimizer state after it.
-
-    Attributes:
-        version: the weights version (0: the model file's initial weights).
-        weights: tensor name → array, in the model's order.
-        payload: the encoded ``Weights`` message (what is published and checkpointed).
-        server_state: the strategy's optimizer state.
-    """
-
-    version: int
-    weights: Mapping[str, npt.NDArray[Any]]
-    payload: bytes
-    server_state: ServerState
-
-    @property
-    def sha256(self) -> str:
-        """SHA-256 (hex) of :attr:`payload`, as the manifest carries it."""
-        return hashlib.sha256(self.payload).hexdigest()
-
-    @classmethod
-    def build(cls, federation: str, version: int, weights: Mapping[str, npt.NDArray[Any]],
-              server_state: ServerState) -> GlobalModel:
-        """Encode ``weights`` as version ``version`` of ``federation``."""
-        tensors = tuple(quantize(name, array, "fp32") for name, array in weights.items())
-        payload = Weights(federation=federation, version=version, tensors=tensors).encode()
-        return cls(version, dict(weights), payload, server_state)
-
-    def save(self, store: AggregatorStore) -> None:
-        """Checkpoint this version (weights and server state)."""
-        store.save_checkpoint(self.version, self.payload, self.server_state.to_arrays())
+def save(store: AggregatorStore, model: GlobalModel) -> None:
+    """Checkpoint one version of the global model (weights and server state)."""
+    store.save_checkpoint(model.version, model.payload, model.server_state.to_arrays())
 
 
 def check_weights(weights: Mapping[str, npt.NDArray[Any]], spec: Sequence[TensorSpec],

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from aggregator.fedavg import STRATEGIES, Strategy
-from aggregator.inbox import IntakeLimits
-from aggregator.rounds import RoundsConfig
+from aggregator.intake import IntakeLimits
+from aggregator.schedule import RoundsConfig
 from edge_client.errors import ConfigError
 from edge_client.protocol import (
     CODECS,

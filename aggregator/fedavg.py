@@ -17,8 +17,8 @@ Aggregators (what ``acc.result()`` computes):
   ``trim_mean``). They must hold every update, so memory is O(N·P), and they ignore
   sample counts.
 
-Both can be snapshot and restored (:class:`AccumulatorSnapshot`), so the service can
-checkpoint a round in progress. Re-folding persisted updates in the same order gives
+Neither is checkpointed: after a restart the round re-folds its stored updates
+(:meth:`aggregator.round.Round.restore`). Re-folding in the same order gives
 bit-identical sums; in another order, equal to float64 rounding.
 
 Server optimizers (:meth:`Strategy.apply`), with Δ the aggregated delta and η ``server_lr``:
@@ -54,24 +54,6 @@ _STATE_PARTS = ("momentum", "m", "v")
 _CHUNK = 1 << 16  # elements folded at a time: bounds the float64 scratch buffer
 
 
-@dataclass(frozen=True)
-class AccumulatorSnapshot:
-    """Everything an accumulator holds, to checkpoint and restore it.
-
-    Attributes:
-        kind: ``"weighted-mean"`` or ``"coordinate-wise"``.
-        arrays: float64 weighted sums (weighted mean), or every delta stacked along a new
-            first axis (coordinate-wise).
-        total_weight: sum of the weights folded in (weighted mean).
-        num_updates: updates folded in.
-    """
-
-    kind: str
-    arrays: Mapping[str, npt.NDArray[Any]]
-    total_weight: float
-    num_updates: int
-
-
 class Accumulator(Protocol):
     """Folds updates of one round and yields their aggregate."""
 
@@ -85,11 +67,6 @@ class Accumulator(Protocol):
     def result(self) -> Float64s:
         """The aggregated delta (float64)."""
 
-    def snapshot(self) -> AccumulatorSnapshot:
-        """A copy of the state, to restore with :meth:`Strategy.restore`."""
-
-    def restore(self, snap: AccumulatorSnapshot) -> None:
-        """Replace the state with the one ``snap`` recorded."""
 
 
 class WeightedMean:
@@ -139,16 +116,6 @@ class WeightedMean:
         _require_updates(self._num_updates)
         return {k: s / self._total_weight for k, s in self._sums.items()}
 
-    def snapshot(self) -> AccumulatorSnapshot:
-        """A copy of the sums and counters."""
-        sums = {k: s.copy() for k, s in self._sums.items()}
-        return AccumulatorSnapshot("weighted-mean", sums, self._total_weight, self._num_updates)
-
-    def restore(self, snap: AccumulatorSnapshot) -> None:
-        """Replace the state with the one ``snap`` recorded."""
-        _check_kind(snap, "weighted-mean")
-        self._sums = {k: np.array(a, np.float64) for k, a in snap.arrays.items()}
-        self._total_weight, self._num_updates = snap.total_weight, snap.num_updates
 
 
 class CoordinateWise:
@@ -178,19 +145,6 @@ class CoordinateWise:
         """Coordinate-wise median or trimmed mean of the deltas held."""
         _require_updates(self.num_updates)
         return {name: self._reduce(self._stack(name)) for name in self._deltas[0]}
-
-    def snapshot(self) -> AccumulatorSnapshot:
-        """Every delta held, stacked per tensor."""
-        arrays = {name: self._stack(name) for name in self._deltas[0]} if self._deltas else {}
-        return AccumulatorSnapshot("coordinate-wise", arrays, float(self.num_updates),
-                                   self.num_updates)
-
-    def restore(self, snap: AccumulatorSnapshot) -> None:
-        """Replace the state with the one ``snap`` recorded."""
-        _check_kind(snap, "coordinate-wise")
-        self._deltas = [
-            {k: np.array(a[i]) for k, a in snap.arrays.items()} for i in range(snap.num_updates)
-        ]
 
     def _stack(self, name: str) -> npt.NDArray[Any]:
         return np.stack([d[name] for d in self._deltas])
@@ -294,12 +248,6 @@ class Strategy:
             return CoordinateWise(self.trim_fraction)
         return WeightedMean(self.sample_cap, uniform=self.weighting == "uniform")
 
-    def restore(self, snap: AccumulatorSnapshot) -> Accumulator:
-        """An accumulator in the state ``snap`` recorded."""
-        acc = self.accumulator()
-        acc.restore(snap)
-        return acc
-
     def apply(
         self, weights: Arrays, delta: Mapping[str, npt.NDArray[np.float64]], state: ServerState
     ) -> tuple[dict[str, npt.NDArray[Any]], ServerState]:
@@ -348,11 +296,6 @@ def _check_same_tensors(expected: Arrays, got: Arrays) -> None:
         if arr.shape != got[name].shape:
             raise ValidationError(f"tensor {name!r} has shape {got[name].shape}, "
                                   f"expected {arr.shape}")
-
-
-def _check_kind(snap: AccumulatorSnapshot, kind: str) -> None:
-    if snap.kind != kind:
-        raise ValidationError(f"a {snap.kind} snapshot cannot restore a {kind} accumulator")
 
 
 def _require_updates(n: int) -> None:

@@ -1,50 +1,70 @@
-"""From a reassembled update payload to a :class:`~aggregator.validation.ReceivedUpdate`.
+"""Update chunks in, updates out: reassembly, strict decoding, and the transfer's own checks.
 
-Pure functions: decode strictly, check what only the service can check (the topic's
-client id, the round's codec), dequantize. What goes wrong raises :class:`Refused`
-with a reason code; the codes here complement :class:`~aggregator.validation.Reason`
-(content checks) and :data:`TRANSFER` / :data:`MALFORMED` (chunks that never become
-an update). Every code is listed in docs/aggregator.md.
+:class:`Intake` reassembles the chunks of every sender (keyed by the topic's client id),
+decodes a completed update strictly, checks what only the transport can tell (the
+topic's client id, the round's codec) and dequantizes it. :meth:`Intake.take` returns
+:class:`Pending` (a chunk held in memory, or a repeat), :class:`Refused` (with whom to
+answer, when known) or :class:`Arrived` (a :class:`~aggregator.validation.ReceivedUpdate`
+for :meth:`aggregator.round.Round.admit`). It touches nothing but its reassembly buffers.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from aggregator.validation import ReceivedUpdate
-from edge_client.errors import ValidationError
-from edge_client.protocol import MalformedMessage, Update
+from aggregator.reasons import Reason, Rejection
+from aggregator.validation import ReceivedUpdate, UpdateLimits
+from edge_client.errors import ConfigError, ProtocolError
+from edge_client.protocol import MAX_CHUNK_BYTES, Chunk, MalformedMessage, Update
 from edge_client.quantize import dequantize_update
+from edge_client.transfer import ChunkRejected, Reassembler, ReassemblyLimits
 
-MALFORMED = "malformed"  # a chunk or update payload that does not decode
-TRANSFER = "transfer"  # a chunk over a reassembly cap, inconsistent, or failing its SHA-256
-CLIENT_ID = "client_id"  # the update's client_id is not the topic's client id
-CODEC = "codec"  # the update does not use the codec the round asks for
-STORE = "store"  # the update could not be persisted (disk full?): not acknowledged
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
 #: ``u-{round_id}-{nonce hex}``, optionally ``-{attempt}`` (docs/protocol.md, Chunking)
 _UPDATE_TRANSFER = re.compile(
     r"u-(0|[1-9][0-9]{0,15})-((?:[0-9a-f]{2}){8,64})(?:-[A-Za-z0-9_.-]*)?")
-MAX_REASON = 256  # Reply.reason is at most 256 characters
 MAX_ROUND_ID = 2**53  # Reply.round_id is an int <= 2^53 (docs/protocol.md)
 
 
-class Refused(ValidationError):
-    """An update the service turns away before content validation.
+@dataclass(frozen=True)
+class IntakeLimits(UpdateLimits):
+    """:class:`UpdateLimits` plus the resource caps of the chunk intake (docs/aggregator.md).
 
     Attributes:
-        reason: the reason code sent to the client and counted.
-        update: the decoded update when there is one (so a reply can carry its nonce).
+        max_message_bytes: largest MQTT payload taken on ``update/+``; a larger one is
+            refused before it is decoded.
+        max_transfer_bytes: largest update a transfer may declare; None: the bound the
+            service derives from the model (its fp32 size plus framing).
+        max_transfers: incomplete transfers held in total.
+        max_transfers_per_client: incomplete transfers held per client (topic) id.
+        max_buffered_bytes: sum of the sizes declared by the incomplete transfers.
+        transfer_timeout: seconds an incomplete transfer is kept; None: the service's.
     """
 
-    def __init__(self, reason: str, message: str, update: Update | None = None) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.update = update
+    max_message_bytes: int = MAX_CHUNK_BYTES
+    max_transfer_bytes: int | None = None
+    max_transfers: int = 64
+    max_transfers_per_client: int = 4
+    max_buffered_bytes: int = 256 * 1024 * 1024
+    transfer_timeout: float | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        caps = (self.max_message_bytes, self.max_transfer_bytes or 1, self.max_transfers,
+                self.max_transfers_per_client, self.max_buffered_bytes,
+                self.transfer_timeout or 1.0)
+        if min(caps) <= 0:
+            raise ConfigError(f"intake caps must be positive, got {caps}")
+
+    def reassembly(self, default: ReassemblyLimits) -> ReassemblyLimits:
+        """``default`` (the service's) with every cap set here applied."""
+        return replace(
+            default, max_transfer_bytes=self.max_transfer_bytes or default.max_transfer_bytes,
+            max_buffered_bytes=self.max_buffered_bytes, max_transfers=self.max_transfers,
+            max_transfers_per_sender=self.max_transfers_per_client,
+            timeout=self.transfer_timeout or default.timeout)
 
 
 @dataclass(frozen=True)
@@ -54,6 +74,11 @@ class Addressee:
     client_id: str
     round_id: int
     nonce: bytes
+
+    @classmethod
+    def of(cls, update: ReceivedUpdate) -> Addressee:
+        """The sender, round and nonce of a received update."""
+        return cls(update.client_id, update.round_id, bytes.fromhex(update.nonce))
 
 
 def addressee(sender: str, update: Update | None, transfer_id: str) -> Addressee | None:
@@ -71,44 +96,79 @@ def addressee(sender: str, update: Update | None, transfer_id: str) -> Addressee
 
 
 @dataclass(frozen=True)
-class Arrival:
-    """A decoded update together with what it came as."""
-
-    update: Update
-    received: ReceivedUpdate
-    payload: bytes
-
-    @property
-    def addressee(self) -> Addressee:
-        """The update's sender, round and nonce."""
-        return Addressee(self.update.client_id, self.update.round_id, self.update.nonce)
+class Pending:
+    """A chunk held in memory until its transfer completes (or a repeated chunk)."""
 
 
-def decode_update(payload: bytes, sender: str, codec: str) -> Arrival:
-    """Decode the reassembled ``payload`` that ``sender`` (the topic's client id) published.
+@dataclass(frozen=True)
+class Refused:
+    """Turned away before it became an update; answer ``to`` when known."""
 
-    Args:
-        payload: the whole update payload, untrusted.
-        sender: the client id in the topic the chunks came on.
-        codec: the codec the round requires.
+    to: Addressee | None
+    rejection: Rejection
 
-    Raises:
-        Refused: with reason :data:`MALFORMED`, :data:`CLIENT_ID` or :data:`CODEC`.
-    """
+
+@dataclass(frozen=True)
+class Arrived:
+    """A whole update, decoded and dequantized: for the round to admit or reject."""
+
+    update: ReceivedUpdate
+
+
+Outcome = Pending | Refused | Arrived
+
+
+class Intake:
+    """Turns update chunks into :data:`Outcome` s; see the module docstring."""
+
+    def __init__(self, codec: str, reassembly: ReassemblyLimits,
+                 limits: IntakeLimits | None = None) -> None:
+        """Take updates in ``codec``; ``limits`` (when given) replace ``reassembly``'s caps."""
+        self.codec = codec
+        self.max_message_bytes = limits.max_message_bytes if limits else MAX_CHUNK_BYTES
+        self.reassembler = Reassembler(limits.reassembly(reassembly) if limits else reassembly)
+
+    def take(self, sender: str, payload: bytes, now: float) -> Outcome:
+        """Decide about one chunk published on ``update/{sender}`` (``payload`` untrusted;
+        ``now`` is the clock of the reassembly timeout)."""
+        if len(payload) > self.max_message_bytes:  # refused before anything is decoded
+            return Refused(None, Rejection(Reason.TRANSFER, f"message of {len(payload)} bytes "
+                           f"from {sender} exceeds --max-message-bytes {self.max_message_bytes}"))
+        try:
+            chunk = Chunk.decode(payload)
+        except ProtocolError as e:
+            return Refused(None, Rejection(Reason.MALFORMED, f"not a chunk from {sender}: {e}"))
+        try:
+            whole = self.reassembler.accept(sender, chunk, now)
+        except ChunkRejected as e:
+            last = chunk.index == chunk.count - 1  # answer once per transfer, not per chunk
+            to = addressee(sender, None, chunk.transfer_id) if last else None
+            return Refused(to, Rejection(Reason.TRANSFER, str(e)))
+        if whole is None:
+            return Pending()
+        return decode_update(whole, sender, self.codec, chunk.transfer_id)
+
+
+def decode_update(payload: bytes, sender: str, codec: str, transfer_id: str = "") -> Outcome:
+    """Decode the reassembled ``payload`` that ``sender`` (the topic's client id) published,
+    in the ``codec`` the round requires: :class:`Arrived`, or :class:`Refused` with reason
+    ``malformed``, ``client_id`` or ``codec``."""
     try:
         update = Update.decode(payload)
     except MalformedMessage as e:
-        raise Refused(MALFORMED, f"update from {sender} does not decode: {e}") from None
+        return Refused(addressee(sender, None, transfer_id), Rejection(
+            Reason.MALFORMED, f"update from {sender} does not decode: {e}"))
+    to = addressee(sender, update, transfer_id)
     if update.client_id != sender:
-        raise Refused(CLIENT_ID, f"update names client {update.client_id!r} but came on the "
-                      f"topic of {sender!r}", update)
+        return Refused(to, Rejection(Reason.CLIENT_ID, f"update names client "
+                       f"{update.client_id!r} but came on the topic of {sender!r}"))
     if update.codec != codec:
-        raise Refused(CODEC, f"update uses codec {update.codec}, the round asks for {codec}",
-                      update)
-    return Arrival(update, received(update, len(payload)), payload)
+        return Refused(to, Rejection(
+            Reason.CODEC, f"update uses codec {update.codec}, the round asks for {codec}"))
+    return Arrived(received(update, payload))
 
 
-def received(update: Update, size: int) -> ReceivedUpdate:
+def received(update: Update, payload: bytes) -> ReceivedUpdate:
     """The core's view of a decoded update: dequantized float32 delta, nonce in hex."""
     with np.errstate(over="ignore"):  # int8 × a huge scale may overflow: validation says "inf"
         delta = dequantize_update(update.tensors)
@@ -117,11 +177,5 @@ def received(update: Update, size: int) -> ReceivedUpdate:
         base_version=update.base_version, model_sha256=update.model_sha256,
         nonce=update.nonce.hex(), num_samples=update.num_samples,
         delta=delta, metrics=dict(update.metrics),
-        bytes_received=size,
+        bytes_received=len(payload), payload=payload,
     )
-
-
-def reason_text(code: str, message: str) -> str:
-    """``"code: message"`` as a Reply carries it: no control characters, at most 256."""
-    text = _CONTROL.sub("?", f"{code}: {message}")
-    return text if len(text) <= MAX_REASON else text[: MAX_REASON - 3] + "..."

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from aggregator.rounds import RoundState
+from aggregator.schedule import RoundState
 from edge_client.protocol import CLEAR, Hyperparameters, Manifest, Reply, Round, Topics
 from edge_client.signing import SigningKey, load_signing_key
 from edge_client.transfer import chunk_overhead, split
@@ -85,7 +85,8 @@ class Publisher:
     """Publishes the aggregator's messages through a Transport port, counting bytes."""
 
     def __init__(self, transport: Transport, topics: Topics, *, max_payload: int,
-                 timeout: float = 30.0) -> None:
+                 timeout: float = 30.0, on_sent: Callable[[int], None] = lambda size: None
+                 ) -> None:
         """Publish through ``transport`` under ``topics``.
 
         Args:
@@ -93,12 +94,13 @@ class Publisher:
             topics: the federation's topic tree.
             max_payload: largest MQTT payload (chunk header included).
             timeout: seconds to wait for each PUBACK before only queueing the rest.
+            on_sent: told the size of every payload handed to the transport.
         """
         self.transport = transport
         self.topics = topics
         self.max_payload = max_payload
         self.timeout = timeout
-        self.bytes_sent = 0
+        self.on_sent = on_sent
 
     def model_file(self, data: bytes, sha256: str) -> None:
         """Retained chunks ``model/{sha256}/{i}`` of the .tflite file."""
@@ -138,4 +140,4 @@ class Publisher:
                     log.error("publish failed (%s); queueing the rest of this batch for "
                               "after the reconnect", e)
                 timeout = None
-            self.bytes_sent += len(payload)
+            self.on_sent(len(payload))

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from aggregator.history import HISTORY_FILE, read_history
 from edge_client.errors import ConfigError, ValidationError
 from edge_client.protocol import InvalidTopic, check_id
 
@@ -182,7 +183,7 @@ class AggregatorStore:
     # -- history ------------------------------------------------------------
     def append_history(self, record: dict[str, Any]) -> None:
         """Appends one round's line to ``history.jsonl`` and fsyncs it."""
-        path = self.root / "history.jsonl"
+        path = self.root / HISTORY_FILE
         torn = path.exists() and path.stat().st_size > 0 and not _ends_with_newline(path)
         with open(path, "a", encoding="utf-8") as f:
             f.write(("\n" if torn else "") + json.dumps(record, sort_keys=True) + "\n")
@@ -192,17 +193,3 @@ class AggregatorStore:
     def history(self) -> list[dict[str, Any]]:
         """Every finished round's record, oldest first."""
         return read_history(self.root)
-
-
-def read_history(state_dir: Path) -> list[dict[str, Any]]:
-    """The ``history.jsonl`` records of a state dir, oldest first (read-only; [] if none yet)."""
-    p = Path(state_dir) / "history.jsonl"
-    if not p.exists():
-        return []
-    records = []
-    for line in p.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            continue  # a line torn by a crash mid-append
-    return records

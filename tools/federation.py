@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aggregator.store import read_history
+from aggregator.history import read_history
 from edge_client.errors import FedgeError
 from tools.broker import EmbeddedBroker, MosquittoBroker, mosquitto_available
 from tools.fleet import Child, Fleet

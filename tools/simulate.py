@@ -24,7 +24,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from aggregator.store import read_history
+from aggregator.history import read_history
 from edge_client.errors import ConfigError
 from tools.federation import FederationError, start_broker
 from tools.fleet import Child, Fleet

@@ -34,8 +34,9 @@ import numpy.typing as npt
 from client_kit import linear_data
 from update_kit import fedavg, transfer_id
 
+from aggregator.history import read_history
 from aggregator.modelfile import ModelFile
-from aggregator.store import AggregatorStore, read_history
+from aggregator.store import AggregatorStore
 from edge_client.protocol import Presence, Reply, Round, Topics, Update, Weights, is_clear
 from edge_client.quantize import dequantize_update
 from edge_client.transfer import split

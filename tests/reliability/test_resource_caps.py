@@ -26,9 +26,8 @@ from update_kit import make_update
 from aggregator import intake
 from aggregator.__main__ import build_parser
 from aggregator.config import build_config
-from aggregator.inbox import IntakeLimits, UpdateInbox
+from aggregator.intake import Intake, IntakeLimits
 from aggregator.modelfile import ModelFile
-from aggregator.store import AggregatorStore
 from edge_client.errors import ConfigError
 from edge_client.protocol import Chunk, Reply
 from edge_client.transfer import ReassemblyLimits, split
@@ -49,22 +48,21 @@ def test_caps_come_from_flags_and_reach_the_reassembler(model_path: Path, tmp_pa
                        "--max-buffered-bytes", "100000", "--transfer-timeout", "2.5",
                        model=model_path)
     service_default = ReassemblyLimits(max_transfer_bytes=67604, timeout=30.0)
-    inbox = UpdateInbox(AggregatorStore(tmp_path), (), limits, "int8", service_default)
-    caps = inbox.reassembler.limits
+    taken = Intake("int8", service_default, limits)
+    caps = taken.reassembler.limits
     assert (caps.max_transfer_bytes, caps.max_transfers, caps.max_transfers_per_sender,
             caps.max_buffered_bytes, caps.timeout) == (70000, 3, 2, 100000, 2.5)
-    assert inbox.max_message_bytes == 16384
+    assert taken.max_message_bytes == 16384
 
 
 def test_defaults_keep_the_model_bound_and_the_service_timeout(model_path: Path,
                                                                tmp_path: Path) -> None:
     service_default = ReassemblyLimits(max_transfer_bytes=67604, timeout=30.0)
-    inbox = UpdateInbox(AggregatorStore(tmp_path), (), config_of(model=model_path), "int8",
-                        service_default)
-    caps = inbox.reassembler.limits
+    taken = Intake("int8", service_default, config_of(model=model_path))
+    caps = taken.reassembler.limits
     assert (caps.max_transfer_bytes, caps.max_transfers, caps.max_transfers_per_sender,
             caps.max_buffered_bytes, caps.timeout) == (67604, 4096, 4, 256 * MiB, 30.0)
-    assert inbox.max_message_bytes == 8 * MiB
+    assert taken.max_message_bytes == 8 * MiB
 
 
 @pytest.mark.parametrize(("flags", "named"), [

@@ -15,7 +15,7 @@ from reliability.kit import Scenario
 
 from aggregator.config import AggregatorConfig
 from aggregator.modelfile import ModelFile
-from aggregator.rounds import RoundState
+from aggregator.schedule import RoundState
 from aggregator.service import AggregatorService
 from aggregator.store import AggregatorStore
 from edge_client.membus import MemoryBroker

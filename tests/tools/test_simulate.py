@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from aggregator.store import read_history
+from aggregator.history import read_history
 from edge_client.membus import MemoryBroker, MemoryTransport
 from edge_client.protocol import Chunk, Hyperparameters, Manifest, Presence, Reply, Round, Topics
 from edge_client.transfer import Reassembler

@@ -1,11 +1,11 @@
-"""The round state machine: a pure function of events and the injected clock.
+"""When rounds open and close: the round state machine, a pure function of events and time.
 
-``step(config, state, event, now) -> (state, actions)``. The service feeds it
-:class:`Presence`, :class:`UpdateArrived` (after :func:`aggregator.validation.validate`
-accepted the update) and :class:`Tick` events, carries out the returned actions in order
-(folding an update when its :class:`Reply` accepts it, before any :class:`Aggregate`
-that follows), then persists ``state.to_dict()``; :meth:`RoundState.from_dict` restores
-it after a crash and the run continues exactly as it would have.
+``step(config, state, event, now) -> (state, actions)``. :class:`aggregator.round.Round`
+feeds it :class:`Presence`, :class:`Admitted` (an update that passed every check,
+including :func:`admission`, which only this module decides) and :class:`Tick` events;
+the service carries out the returned actions in order, then persists
+``state.to_dict()``; :meth:`RoundState.from_dict` restores it after a crash and the run
+continues exactly as it would have.
 
 A round:
 
@@ -19,7 +19,8 @@ A round:
 3. **Close.** With at least ``min_clients`` accepted: :class:`Aggregate` (the global
    weights version goes up by one). Otherwise the policy is: **extend the deadline once,
    by ``round_timeout``**; if the quorum is still not met then, :class:`SkipRound`: global
-   weights unchanged, and the next round is announced on the same version.
+   weights unchanged. The next round is announced by the *next* step, so its deadline
+   counts from after the service has published the closed round's results.
 4. After round ``total_rounds`` closes (aggregated or skipped: a skipped round still uses
    its id, so a run always ends), :class:`Finish`.
 
@@ -35,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from aggregator.validation import Reason, ReceivedUpdate, RoundContext, admission_reason
+from aggregator.reasons import Reason, Rejection
 from edge_client.errors import ConfigError, ValidationError
 from edge_client.protocol import MAX_SELECTED
 
@@ -157,17 +158,11 @@ class Presence:
 
 
 @dataclass(frozen=True)
-class UpdateArrived:
-    """An update passed content validation and asks to count toward a round."""
+class Admitted:
+    """An update from ``client_id`` passed every check (:func:`admission` included) and
+    was stored: it counts toward the open round."""
 
     client_id: str
-    round_id: int
-    base_version: int
-
-    @classmethod
-    def of(cls, update: ReceivedUpdate) -> UpdateArrived:
-        """The event for a received update."""
-        return cls(update.client_id, update.round_id, update.base_version)
 
 
 @dataclass(frozen=True)
@@ -175,7 +170,7 @@ class Tick:
     """Time passed; deadlines are checked against ``now``."""
 
 
-Event = Presence | UpdateArrived | Tick
+Event = Presence | Admitted | Tick
 
 
 @dataclass(frozen=True)
@@ -186,16 +181,6 @@ class Announce:
     base_version: int
     selected: tuple[str, ...]
     deadline: float
-
-
-@dataclass(frozen=True)
-class Reply:
-    """Tell a client whether its update counts; fold it into the round when accepted."""
-
-    client_id: str
-    round_id: int
-    accepted: bool
-    reason: Reason | None = None
 
 
 @dataclass(frozen=True)
@@ -234,7 +219,7 @@ class Finish:
     skipped: int
 
 
-Action = Announce | Reply | ExtendDeadline | Aggregate | SkipRound | Finish
+Action = Announce | ExtendDeadline | Aggregate | SkipRound | Finish
 Step = tuple[RoundState, tuple[Action, ...]]
 
 
@@ -243,28 +228,67 @@ def initial_state(weights_version: int = 0) -> RoundState:
     return RoundState(weights_version=weights_version)
 
 
-def context(config: RoundsConfig, state: RoundState) -> RoundContext:
-    """What :func:`aggregator.validation.validate` checks an update against."""
-    return RoundContext(
-        federation=config.federation, model_sha256=config.model_sha256,
-        round_id=state.round_id, collecting=state.phase is Phase.COLLECTING,
-        base_version=state.weights_version, selected=state.selected, accepted=state.accepted,
-    )
+def admission(state: RoundState, client_id: str, round_id: int,
+              base_version: int) -> Rejection | None:
+    """Whether the round admits an update from ``client_id`` for ``round_id`` trained on
+    ``base_version``; None when it does."""
+    reason = _admission_reason(state, client_id, round_id, base_version)
+    if reason is None:
+        return None
+    open_or_closed = "open" if state.phase is Phase.COLLECTING else "closed"
+    return Rejection(reason, f"{_ADMISSION_TEXT[reason]}: client {client_id!r} sent round "
+                     f"{round_id} on base_version {base_version}; round {state.round_id} is "
+                     f"{open_or_closed} on base_version {state.weights_version}")
+
+
+def _admission_reason(state: RoundState, client_id: str, round_id: int,
+                      base_version: int) -> Reason | None:
+    collecting = state.phase is Phase.COLLECTING
+    if round_id > state.round_id:
+        return Reason.WRONG_ROUND
+    last_closed = state.round_id - 1 if collecting else state.round_id
+    if round_id < state.round_id or not collecting:
+        return Reason.LATE if round_id == last_closed else Reason.STALE
+    if base_version < state.weights_version:
+        return Reason.STALE
+    if base_version > state.weights_version:
+        return Reason.BASE_VERSION
+    if client_id not in state.selected:
+        return Reason.NOT_SELECTED
+    if client_id in state.accepted:
+        return Reason.DUPLICATE
+    return None
+
+
+_ADMISSION_TEXT = {
+    Reason.WRONG_ROUND: "round not announced",
+    Reason.LATE: "round already closed",
+    Reason.STALE: "older round or older global model",
+    Reason.BASE_VERSION: "unknown global model version",
+    Reason.NOT_SELECTED: "client not selected for this round",
+    Reason.DUPLICATE: "client already has an accepted update in this round",
+}
 
 
 def step(config: RoundsConfig, state: RoundState, event: Event, now: float) -> Step:
-    """Apply one event at time ``now``; return the new state and the actions to carry out."""
-    actions: tuple[Action, ...] = ()
+    """Apply one event at time ``now``; return the new state and the actions to carry out.
+
+    Raises:
+        ValidationError: an :class:`Admitted` event the round cannot count (a caller that
+            skipped :func:`admission`).
+    """
     if isinstance(event, Presence):
         client = frozenset({event.client_id})
         online = state.online | client if event.online else state.online - client
         state = replace(state, online=online)
-    elif isinstance(event, UpdateArrived):
-        state, actions = _receive(config, state, event)
+    elif isinstance(event, Admitted):
+        if state.phase is not Phase.COLLECTING or event.client_id not in state.selected:
+            raise ValidationError(f"round {state.round_id} cannot count an update from "
+                                  f"{event.client_id!r}: check admission() first")
+        state = replace(state, accepted=state.accepted | {event.client_id})
     if state.phase is Phase.FINISHED:
-        return state, actions
-    state, more = _advance(config, state, now)
-    return state, actions + more
+        return state, ()
+    return _advance(config, state, now)
 
 
 def select_clients(
@@ -286,15 +310,6 @@ def round_size(config: RoundsConfig, online: int) -> int:
     else:
         wanted = online
     return min(max(wanted, config.min_clients), online, MAX_SELECTED)
-
-
-def _receive(config: RoundsConfig, state: RoundState, event: UpdateArrived) -> Step:
-    reason = admission_reason(
-        context(config, state), event.client_id, event.round_id, event.base_version)
-    if reason is not None:
-        return state, (Reply(event.client_id, event.round_id, False, reason),)
-    accepted = replace(state, accepted=state.accepted | {event.client_id})
-    return accepted, (Reply(event.client_id, event.round_id, True),)
 
 
 def _advance(config: RoundsConfig, state: RoundState, now: float) -> Step:
@@ -328,19 +343,7 @@ def _close(config: RoundsConfig, state: RoundState, now: float) -> Step:
     if state.round_id >= config.total_rounds:
         done = replace(state, phase=Phase.FINISHED)
         return done, (closed, Finish(state.round_id, state.aggregated, state.skipped))
-    state, announced = _announce(config, state, now)
-    return state, (closed, *announced)
-
-
-def restamp(config: RoundsConfig, state: RoundState, now: float) -> RoundState:
-    """Restarts the deadline of a round announced but not yet heard from, from ``now``.
-
-    The service calls it when it announces the next round after publishing the weights
-    of the round that just closed, so that a slow publish never eats into the next round.
-    """
-    if state.phase is not Phase.COLLECTING or state.accepted or state.extended:
-        return state
-    return replace(state, deadline=now + config.round_timeout)
+    return state, (closed,)
 
 
 def _announce(config: RoundsConfig, state: RoundState, now: float) -> Step:

@@ -1,63 +1,64 @@
-"""The round state machine, driven by events and a fake clock."""
+"""The round state machine (aggregator/schedule.py), driven through the real Round by events
+and a fake clock."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from round_kit import Driver as RoundDriver
+from round_kit import update
 
-from aggregator.rounds import (
-    Action,
+from aggregator.reasons import Reason
+from aggregator.round import Decision
+from aggregator.schedule import (
+    Admitted,
     Aggregate,
     Announce,
-    Event,
     ExtendDeadline,
     Finish,
     Phase,
     Presence,
-    Reply,
     RoundsConfig,
     RoundState,
     SkipRound,
     Tick,
-    UpdateArrived,
     initial_state,
     round_size,
     select_clients,
     step,
 )
-from aggregator.validation import Reason
 from edge_client.errors import ConfigError, ValidationError
 
+H = "ab" * 32  # a model hash
 CLIENTS = frozenset(f"dev-{i:02d}" for i in range(8))
-CONFIG = RoundsConfig(federation="f", model_sha256="h", total_rounds=3, min_clients=2,
+CONFIG = RoundsConfig(federation="f", model_sha256=H, total_rounds=3, min_clients=2,
                       clients_per_round=3, round_timeout=10.0, seed=7)
 
 
-class Driver:
-    """Feeds events at given times, keeping the state and every action."""
+class Driver(RoundDriver):
+    """The round kit's driver with this module's defaults; ``answer`` makes a new update
+    (a new nonce) each time, so a second one from a client is a duplicate."""
 
     def __init__(self, config: RoundsConfig = CONFIG, online: frozenset[str] = CLIENTS) -> None:
-        self.config = config
-        self.state = RoundState(online=online)
-        self.actions: list[Action] = []
+        super().__init__(config, online)
+        self.decisions: list[Decision] = []
+        self._sent = 0
 
-    def send(self, event: Event, now: float) -> tuple[Action, ...]:
-        self.state, actions = step(self.config, self.state, event, now)
-        self.actions += actions
-        return actions
+    def answer(self, client: str, now: float, **kw: int) -> Decision:
+        self._sent += 1
+        got = update(self.config, client, kw.get("round_id", self.state.round_id),
+                     kw.get("base_version", self.state.weights_version), salt=str(self._sent))
+        decision = self.admit(got, now)
+        self.decisions.append(decision)
+        return decision
 
-    def answer(self, client: str, now: float, **kw: int) -> Reply:
-        event = UpdateArrived(client, kw.get("round_id", self.state.round_id),
-                              kw.get("base_version", self.state.weights_version))
-        replies = [a for a in self.send(event, now) if isinstance(a, Reply)]
-        return replies[0]
 
-    def selected(self) -> list[str]:
-        return sorted(self.state.selected)
+def outcome(decision: Decision) -> tuple[bool, Reason | None]:
+    """(accepted, reason) of a decision, as the client's Reply says it."""
+    return decision.accepted, decision.rejection and decision.rejection.reason
 
 
 def of_type(actions: Any, kind: type) -> list[Any]:
@@ -71,7 +72,7 @@ def test_happy_path_runs_every_round_then_finishes() -> None:
     for r in range(1, 4):
         clients = d.selected()
         for t, client in enumerate(clients):
-            assert d.answer(client, now=r + t * 0.1) == Reply(client, r, True, None)
+            assert outcome(d.answer(client, now=r + t * 0.1)) == (True, None)
     assert of_type(d.actions, Aggregate) == [
         Aggregate(r, a.selected, r) for r, a in enumerate(of_type(d.actions, Announce), 1)]
     assert [a.base_version for a in of_type(d.actions, Announce)] == [0, 1, 2]
@@ -90,8 +91,8 @@ def test_a_straggler_does_not_stall_the_round_beyond_its_deadline() -> None:
     closed, announce = d.send(Tick(), now=10.0)
     assert closed == Aggregate(1, tuple(fast), 1)
     assert isinstance(announce, Announce) and announce.round_id == 2
-    assert d.answer(straggler, now=11.0, round_id=1, base_version=0) == Reply(
-        straggler, 1, False, Reason.LATE)
+    assert outcome(d.answer(straggler, now=11.0, round_id=1, base_version=0)) == (
+        False, Reason.LATE)
 
 
 def test_quorum_not_met_extends_once_then_skips_keeping_the_weights() -> None:
@@ -146,7 +147,7 @@ def test_waits_for_quorum_online_before_announcing() -> None:
 
 
 def test_min_available_holds_the_first_round_until_enough_clients_are_online() -> None:
-    d = Driver(RoundsConfig("f", "h", total_rounds=1, min_clients=2, clients_per_round=3,
+    d = Driver(RoundsConfig("f", H, total_rounds=1, min_clients=2, clients_per_round=3,
                             min_available=4), online=frozenset())
     for i, client in enumerate(["a", "b", "c"]):
         assert d.send(Presence(client, True), now=float(i)) == ()
@@ -166,28 +167,27 @@ def test_min_available_holds_the_first_round_until_enough_clients_are_online() -
 def test_updates_for_the_wrong_round_or_version_are_refused(
     update: dict[str, int], reason: Reason
 ) -> None:
-    d = Driver(RoundsConfig("f", "h", total_rounds=5, min_clients=2, clients_per_round=2,
+    d = Driver(RoundsConfig("f", H, total_rounds=5, min_clients=2, clients_per_round=2,
                             round_timeout=10.0))
     d.send(Tick(), now=0.0)
     for client in d.selected():
         d.answer(client, now=1.0)
     assert (d.state.round_id, d.state.weights_version) == (2, 1)
     before = d.state
-    assert d.answer(d.selected()[0], now=2.0, **update) == Reply(
-        d.selected()[0], update.get("round_id", 2), False, reason)
+    assert outcome(d.answer(d.selected()[0], now=2.0, **update)) == (False, reason)
     assert d.state == before
 
 
 def test_an_update_two_rounds_old_is_stale_and_one_after_finish_is_late() -> None:
-    d = Driver(RoundsConfig("f", "h", total_rounds=3, min_clients=2, round_timeout=10.0),
+    d = Driver(RoundsConfig("f", H, total_rounds=3, min_clients=2, round_timeout=10.0),
                online=frozenset({"a", "b"}))
     d.send(Tick(), now=0.0)
     for r in range(3):
         for client in ("a", "b"):
             d.answer(client, now=r + 1.0)
     assert d.state.phase is Phase.FINISHED
-    assert d.answer("a", now=9.0, round_id=3, base_version=2).reason is Reason.LATE
-    assert d.answer("a", now=9.0, round_id=1, base_version=0).reason is Reason.STALE
+    assert outcome(d.answer("a", now=9.0, round_id=3, base_version=2))[1] is Reason.LATE
+    assert outcome(d.answer("a", now=9.0, round_id=1, base_version=0))[1] is Reason.STALE
 
 
 def test_duplicate_and_unselected_updates_are_refused() -> None:
@@ -195,8 +195,8 @@ def test_duplicate_and_unselected_updates_are_refused() -> None:
     d.send(Tick(), now=0.0)
     client, outsider = d.selected()[0], sorted(CLIENTS - d.state.selected)[0]
     d.answer(client, now=1.0)
-    assert d.answer(client, now=2.0).reason is Reason.DUPLICATE
-    assert d.answer(outsider, now=2.0).reason is Reason.NOT_SELECTED
+    assert outcome(d.answer(client, now=2.0))[1] is Reason.DUPLICATE
+    assert outcome(d.answer(outsider, now=2.0))[1] is Reason.NOT_SELECTED
     assert d.state.accepted == {client}
 
 
@@ -205,7 +205,7 @@ def test_duplicate_and_unselected_updates_are_refused() -> None:
 def test_selection_depends_only_on_seed_round_and_online_set(
     order: list[str], round_id: int, seed: int
 ) -> None:
-    config = RoundsConfig("f", "h", total_rounds=3, min_clients=2, clients_per_round=3,
+    config = RoundsConfig("f", H, total_rounds=3, min_clients=2, clients_per_round=3,
                           seed=seed, min_available=len(CLIENTS))
     d1, d2 = Driver(config, online=frozenset()), Driver(config, online=frozenset())
     for client in order:
@@ -231,23 +231,33 @@ def test_selection_changes_from_round_to_round() -> None:
 def test_round_size_follows_config_and_never_drops_below_quorum(
     kwargs: dict[str, Any], online: int, size: int
 ) -> None:
-    config = RoundsConfig("f", "h", total_rounds=1, min_clients=2, **kwargs)
+    config = RoundsConfig("f", H, total_rounds=1, min_clients=2, **kwargs)
     assert round_size(config, online) == size
 
 
-def script() -> list[tuple[Event, float]]:
+Arrives = tuple[str, int, int]  # an update from (client, round id, base version)
+
+
+def play(d: Driver, item: Tick | Presence | Arrives, now: float) -> None:
+    if isinstance(item, tuple):
+        d.answer(item[0], now, round_id=item[1], base_version=item[2])
+    else:
+        d.send(item, now)
+
+
+def script() -> list[tuple[Tick | Presence | Arrives, float]]:
     """Two rounds with a duplicate, an outsider, churn, an extension, late and stale updates.
 
     With seed 7, round 1 selects dev-05/06/07 and round 2 (dev-09 in, dev-03 out)
     dev-01/07/09.
     """
     return [
-        (Tick(), 0.0), (UpdateArrived("dev-05", 1, 0), 1.0), (Presence("dev-09", True), 2.0),
-        (UpdateArrived("dev-03", 1, 0), 3.0), (UpdateArrived("dev-05", 1, 0), 4.0),
-        (Tick(), 10.0), (UpdateArrived("dev-06", 1, 0), 12.0), (Presence("dev-03", False), 13.0),
-        (Tick(), 20.0), (UpdateArrived("dev-07", 1, 0), 21.0),
-        (UpdateArrived("dev-01", 2, 1), 22.0), (UpdateArrived("dev-09", 2, 0), 23.0),
-        (UpdateArrived("dev-09", 2, 1), 24.0), (UpdateArrived("dev-07", 2, 1), 25.0),
+        (Tick(), 0.0), (("dev-05", 1, 0), 1.0), (Presence("dev-09", True), 2.0),
+        (("dev-03", 1, 0), 3.0), (("dev-05", 1, 0), 4.0),
+        (Tick(), 10.0), (("dev-06", 1, 0), 12.0), (Presence("dev-03", False), 13.0),
+        (Tick(), 20.0), (("dev-07", 1, 0), 21.0),
+        (("dev-01", 2, 1), 22.0), (("dev-09", 2, 0), 23.0),
+        (("dev-09", 2, 1), 24.0), (("dev-07", 2, 1), 25.0),
         (Tick(), 40.0),
     ]
 
@@ -257,15 +267,16 @@ def test_restored_state_continues_exactly_like_the_uninterrupted_run(crash_at: i
     events = script()
     whole = Driver()
     for event, now in events:
-        whole.send(event, now)
+        play(whole, event, now)
     resumed = Driver()
     for event, now in events[:crash_at]:
-        resumed.send(event, now)
-    resumed.state = RoundState.from_dict(json.loads(json.dumps(resumed.state.to_dict())))
+        play(resumed, event, now)
+    resumed.restart()
     for event, now in events[crash_at:]:
-        resumed.send(event, now)
+        play(resumed, event, now)
     assert resumed.actions == whole.actions and resumed.state == whole.state
-    assert {r.reason for r in of_type(whole.actions, Reply)} == {
+    assert resumed.decisions == whole.decisions
+    assert {outcome(r)[1] for r in whole.decisions} == {
         None, Reason.NOT_SELECTED, Reason.DUPLICATE, Reason.LATE, Reason.STALE}
     assert [a.round_id for a in of_type(whole.actions, Aggregate)] == [1, 2]
     assert [a.round_id for a in of_type(whole.actions, ExtendDeadline)] == [1, 3]
@@ -292,7 +303,7 @@ def test_nonsense_round_config_is_a_config_error(kwargs: dict[str, Any]) -> None
 def test_a_round_never_lists_more_clients_than_the_protocol_allows() -> None:
     from edge_client.protocol import MAX_SELECTED
 
-    cfg = RoundsConfig(federation="f", model_sha256="h", total_rounds=1, min_clients=2)
+    cfg = RoundsConfig(federation="f", model_sha256=H, total_rounds=1, min_clients=2)
     assert round_size(cfg, MAX_SELECTED + 500) == MAX_SELECTED
     online = frozenset(f"d{i}" for i in range(MAX_SELECTED + 1))
     d = Driver(cfg, online)
@@ -300,12 +311,20 @@ def test_a_round_never_lists_more_clients_than_the_protocol_allows() -> None:
     assert isinstance(announce, Announce) and len(announce.selected) == MAX_SELECTED
 
 
-def test_restamp_restarts_the_deadline_of_a_round_nobody_answered_yet() -> None:
-    from aggregator.rounds import restamp
-
+def test_the_next_round_opens_after_the_close_so_a_slow_publish_never_eats_its_deadline() -> None:
     d = Driver()
     d.send(Tick(), now=0.0)
-    later = restamp(CONFIG, d.state, now=4.0)
-    assert later.deadline == 4.0 + CONFIG.round_timeout
-    d.answer(d.selected()[0], now=5.0)
-    assert restamp(CONFIG, d.state, now=6.0) == d.state  # once heard from, the clock stands
+    *early, last = d.selected()
+    for client in early:
+        d.answer(client, now=1.0)
+    closing = d.round.admit(update(CONFIG, last, 1, 0), now=2.0)
+    assert [type(a) for a in closing.actions] == [Aggregate]  # not announced yet
+    (announce,) = d.round.tick(now=9.0)  # the service ticks once it has published
+    assert isinstance(announce, Announce) and announce.deadline == 9.0 + CONFIG.round_timeout
+
+
+def test_the_machine_refuses_to_count_an_update_admission_would_refuse() -> None:
+    state, _ = step(CONFIG, RoundState(online=CLIENTS), Tick(), now=0.0)
+    outsider = sorted(CLIENTS - state.selected)[0]
+    with pytest.raises(ValidationError, match="admission"):
+        step(CONFIG, state, Admitted(outsider), now=1.0)

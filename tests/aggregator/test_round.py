@@ -1,4 +1,5 @@
-"""Every poisoned update is rejected with its reason and changes nothing."""
+"""The round object: every poisoned update is rejected with its reason and changes nothing;
+what is accepted is stored before it counts, once."""
 
 from __future__ import annotations
 
@@ -8,57 +9,26 @@ from typing import Any
 
 import numpy as np
 import pytest
+from round_kit import Driver, update
 
-from aggregator import rounds
-from aggregator.fedavg import Accumulator, Strategy
-from aggregator.rounds import RoundsConfig, RoundState, UpdateArrived
-from aggregator.validation import (
-    Reason,
-    ReceivedUpdate,
-    RejectionCounts,
-    TensorSpec,
-    UpdateLimits,
-    Verdict,
-    delta_norm,
-    validate,
-)
+from aggregator.reasons import Reason
+from aggregator.schedule import RoundsConfig, Tick
+from aggregator.validation import ReceivedUpdate, UpdateLimits, delta_norm
 from edge_client.errors import ConfigError
 
 CONFIG = RoundsConfig(federation="ward-7", model_sha256="ab" * 32, total_rounds=5,
                       min_clients=2, clients_per_round=3, round_timeout=30.0)
-GLOBAL = {"dense/kernel": np.zeros((4, 3), np.float32), "dense/bias": np.zeros(3, np.float32)}
-SPEC = TensorSpec.of(GLOBAL)
-LIMITS = UpdateLimits(max_norm=10.0, max_num_samples=5_000)
 
 
-class Round:
-    """The service's admit path, minus I/O: validate, then the state machine, then fold."""
-
-    def __init__(self) -> None:
-        online = RoundState(online=frozenset({"alice", "bob", "carol", "dave"}))
-        self.state, actions = rounds.step(CONFIG, online, rounds.Tick(), now=0.0)
-        assert isinstance(actions[0], rounds.Announce)
-        self.acc: Accumulator = Strategy().accumulator()
-        self.rejections = RejectionCounts()
-
-    def admit(self, update: ReceivedUpdate) -> Verdict:
-        verdict = validate(update, rounds.context(CONFIG, self.state), SPEC, LIMITS)
-        self.rejections = self.rejections.add(verdict)
-        if verdict.accepted:
-            self.state, _ = rounds.step(CONFIG, self.state, UpdateArrived.of(update), now=1.0)
-            self.acc.add(update.delta, update.num_samples)
-        return verdict
+def announced() -> Driver:
+    """A real round, announced to three of four online clients."""
+    d = Driver(CONFIG, frozenset({"alice", "bob", "carol", "dave"}))
+    d.send(Tick(), 0.0)
+    return d
 
 
 def good_update(client: str, **changes: Any) -> ReceivedUpdate:
-    update = ReceivedUpdate(
-        federation="ward-7", round_id=1, client_id=client, base_version=0,
-        model_sha256="ab" * 32, nonce="n1", num_samples=120,
-        delta={"dense/kernel": np.full((4, 3), 0.1, np.float32),
-               "dense/bias": np.full(3, -0.2, np.float32)},
-        metrics={"loss": 0.4}, bytes_received=128,
-    )
-    return replace(update, **changes)
+    return update(CONFIG, client, 1, 0, **changes)
 
 
 def with_tensor(name: str, value: np.ndarray[Any, Any]) -> Callable[[ReceivedUpdate], Any]:
@@ -102,48 +72,52 @@ POISONS: dict[str, tuple[Callable[[ReceivedUpdate], ReceivedUpdate], Reason, str
 @pytest.mark.parametrize("case", sorted(POISONS))
 def test_poisoned_update_is_rejected_with_its_reason_and_changes_nothing(case: str) -> None:
     poison, reason, named = POISONS[case]
-    rnd = Round()
+    rnd = announced()
     client = sorted(rnd.state.selected)[0]
     before = rnd.state
-    verdict = rnd.admit(poison(good_update(client)))
-    assert (verdict.accepted, verdict.reason) == (False, reason)
-    assert named in verdict.message
-    assert rnd.state == before and rnd.acc.num_updates == 0
-    assert rnd.rejections.as_dict() == {reason.value: 1}
-    assert rnd.admit(good_update(client)).accepted, "the client can still send a good update"
+    verdict = rnd.admit(poison(good_update(client)), 1.0)
+    assert verdict.rejection is not None
+    assert (verdict.accepted, verdict.rejection.reason) == (False, reason)
+    assert named in verdict.rejection.message
+    assert rnd.state == before and rnd.round.participants == () and not rnd.journal.saved
+    assert dict(rnd.round.traffic.rejections) == {reason.value: 1}
+    assert rnd.admit(good_update(client), 1.0).accepted, "the client can still send a good one"
 
 
 def test_duplicate_from_the_same_client_is_rejected_and_not_folded_twice() -> None:
-    rnd = Round()
+    rnd = announced()
     client = sorted(rnd.state.selected)[0]
-    assert rnd.admit(good_update(client)).accepted
-    verdict = rnd.admit(good_update(client, nonce="n2"))
-    assert verdict.reason is Reason.DUPLICATE and client in verdict.message
-    assert rnd.acc.num_updates == 1
+    assert rnd.admit(good_update(client), 1.0).accepted
+    verdict = rnd.admit(update(CONFIG, client, 1, 0, salt="another"), 1.0)
+    assert verdict.rejection is not None
+    assert verdict.rejection.reason is Reason.DUPLICATE and client in verdict.rejection.message
+    assert rnd.round.participants == (client,)
 
 
 def test_client_not_selected_for_the_round_is_rejected() -> None:
-    rnd = Round()
+    rnd = announced()
     outsider = ({"alice", "bob", "carol", "dave"} - rnd.state.selected).pop()
-    verdict = rnd.admit(good_update(outsider))
-    assert verdict.reason is Reason.NOT_SELECTED and outsider in verdict.message
-    assert rnd.acc.num_updates == 0
+    verdict = rnd.admit(good_update(outsider), 1.0)
+    assert verdict.rejection is not None
+    assert verdict.rejection.reason is Reason.NOT_SELECTED
+    assert outsider in verdict.rejection.message
+    assert rnd.round.participants == ()
 
 
 def test_good_updates_from_all_selected_clients_are_accepted() -> None:
-    rnd = Round()
-    verdicts = [rnd.admit(good_update(c)) for c in sorted(rnd.state.selected)]
-    assert all(v.accepted and v.reason is None for v in verdicts)
-    assert rnd.acc.num_updates == 3 and rnd.rejections.as_dict() == {}
+    rnd = announced()
+    verdicts = [rnd.admit(good_update(c), 1.0) for c in sorted(rnd.state.selected)]
+    assert all(v.accepted and v.rejection is None for v in verdicts)
+    assert len(rnd.journal.saved) == 3 and dict(rnd.round.traffic.rejections) == {}
 
 
 def test_rejections_are_counted_by_reason() -> None:
-    rnd = Round()
+    rnd = announced()
     client = sorted(rnd.state.selected)[0]
-    for update in [good_update(client, num_samples=0), good_update(client, num_samples=-1),
+    for got in [good_update(client, num_samples=0), good_update(client, num_samples=-1),
                    good_update(client, federation="x"), good_update(client)]:
-        rnd.admit(update)
-    assert rnd.rejections.as_dict() == {"num_samples": 2, "federation": 1}
+        rnd.admit(got, 1.0)
+    assert dict(rnd.round.traffic.rejections) == {"num_samples": 2, "federation": 1}
 
 
 def test_norm_counts_every_tensor_together() -> None:
@@ -157,3 +131,34 @@ def test_norm_counts_every_tensor_together() -> None:
 def test_nonsense_limits_are_config_errors(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ConfigError):
         UpdateLimits(**kwargs)
+
+
+def test_an_update_is_stored_before_it_counts_and_a_failed_store_counts_nothing() -> None:
+    rnd = announced()
+    client = sorted(rnd.state.selected)[0]
+    rnd.journal.fail = True
+    verdict = rnd.admit(good_update(client), 1.0)
+    assert verdict.rejection is not None and verdict.rejection.reason is Reason.STORE
+    assert not verdict.stored and rnd.round.participants == () and not rnd.state.accepted
+    rnd.journal.fail = False
+    assert rnd.admit(good_update(client), 2.0).accepted, "the broker's redelivery counts"
+    assert rnd.round.participants == (client,) and rnd.state.accepted == {client}
+
+
+def test_a_re_sent_update_is_accepted_again_but_counted_once() -> None:
+    rnd = announced()
+    client = sorted(rnd.state.selected)[0]
+    first = good_update(client)
+    assert rnd.admit(first, 1.0).accepted
+    again = rnd.admit(first, 2.0)
+    assert again.accepted and again.resent and rnd.round.samples == first.num_samples
+
+
+def test_the_aggregate_is_the_sample_weighted_mean_of_what_was_counted() -> None:
+    rnd = announced()
+    a, b, _ = sorted(rnd.state.selected)
+    rnd.admit(update(CONFIG, a, 1, 0, samples=100, value=0.1), 1.0)
+    rnd.admit(update(CONFIG, b, 1, 0, samples=300, value=0.5), 1.0)
+    expected = (100 * 0.1 + 300 * 0.5) / 400
+    np.testing.assert_allclose(rnd.round.delta()["dense/kernel"], expected, rtol=1e-6)
+    assert rnd.round.samples == 400 and rnd.round.metrics() == {"loss": pytest.approx(0.4)}

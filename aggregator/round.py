@@ -1,0 +1,223 @@
+"""The round: every decision about updates, computed once, in one pure object.
+
+A :class:`Round` owns the round state machine's state (:mod:`aggregator.schedule`), the
+running sum of the open round's accepted updates (:mod:`aggregator.fedavg`), their
+nonces, sample counts and metrics, and the round's traffic counts (its history line).
+The service hands it what arrives and carries out what it returns:
+
+* :meth:`Round.admit` ``(update, now) -> Decision``: a re-sent update (same client,
+  round and nonce as an accepted one) is accepted again without counting twice; any
+  other update is checked once, cheapest first (identity, admission to the round,
+  sample count, tensors), **stored through the journal port** and only then counted
+  (folded into the sum, its client marked accepted). A journal failure counts nothing.
+* :meth:`Round.seen` (presence) and :meth:`Round.tick` (time passes) return the
+  schedule's actions: announce, extend, aggregate, skip, finish.
+
+It does no I/O but through the journal (``AggregatorStore`` in the service, a dict in
+unit tests) and takes the clock as an argument. Folding the same updates in the same
+order gives bit-identical sums, which is how a restart reproduces an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from aggregator import schedule
+from aggregator.fedavg import Accumulator, Strategy
+from aggregator.history import OpenRound
+from aggregator.reasons import Reason, Rejection
+from aggregator.schedule import Action, Admitted, Announce, Event, Phase, RoundsConfig, RoundState
+from aggregator.validation import (
+    ReceivedUpdate,
+    TensorSpec,
+    UpdateLimits,
+    check_content,
+    check_identity,
+)
+from edge_client.errors import FedgeError
+from edge_client.protocol import Update
+
+
+class Journal(Protocol):
+    """Where accepted updates are kept before they count (the state directory)."""
+
+    def save_accepted(self, round_id: int, client_id: str, payload: bytes) -> None:
+        """Persist an accepted update's wire bytes; raises OSError or FedgeError."""
+        ...
+
+    def accepted_payload(self, round_id: int, client_id: str) -> bytes | None:
+        """The stored accepted update of ``client_id`` in ``round_id``, or None."""
+        ...
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What :meth:`Round.admit` decided about one update.
+
+    Attributes:
+        accepted: whether the update counts (or, when ``resent``, already counted).
+        rejection: why not, when not accepted.
+        resent: the same update was accepted before; answer "accepted" again.
+        stored: False when the journal failed: the update must not be acknowledged, so
+            the broker keeps it and redelivers it.
+        actions: what the schedule does now (e.g. aggregate: every selected client is in).
+    """
+
+    accepted: bool
+    rejection: Rejection | None = None
+    resent: bool = False
+    stored: bool = True
+    actions: tuple[Action, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Counted:
+    nonce: str
+    num_samples: int
+    metrics: Mapping[str, float]
+
+
+class Round:
+    """The federation's round in progress; see the module docstring."""
+
+    def __init__(self, config: RoundsConfig, strategy: Strategy, spec: tuple[TensorSpec, ...],
+                 limits: UpdateLimits, journal: Journal, state: RoundState | None = None, *,
+                 now: float = 0.0) -> None:
+        """A round in ``state`` (a fresh run when None), its sum empty; ``now`` is when its
+        traffic counts start when it is restored mid-way."""
+        self.config, self.strategy, self.spec, self.limits = config, strategy, spec, limits
+        self.journal = journal
+        self.state = state or schedule.initial_state()
+        self._sum: Accumulator = strategy.accumulator()
+        self._counted: dict[str, _Counted] = {}
+        self.traffic = OpenRound(self.state.round_id, tuple(sorted(self.state.selected)),
+                                 self._started_at(now))
+
+    # -- events ---------------------------------------------------------------
+    def admit(self, update: ReceivedUpdate, now: float) -> Decision:
+        """Decide about one update (see the module docstring)."""
+        if self._resent(update):
+            return Decision(True, resent=True)
+        rejection = (
+            check_identity(update, self.config.federation, self.config.model_sha256)
+            or schedule.admission(self.state, update.client_id, update.round_id,
+                                  update.base_version)
+            or check_content(update, self.spec, self.limits))
+        if rejection is not None:
+            self.count_rejection(rejection.reason)
+            return Decision(False, rejection)
+        try:
+            self.journal.save_accepted(update.round_id, update.client_id, update.payload)
+        except (OSError, FedgeError) as e:
+            self.count_rejection(Reason.STORE)
+            return Decision(False, Rejection(Reason.STORE, str(e)), stored=False)
+        return Decision(True, actions=self._count(update, now))
+
+    def seen(self, client_id: str, online: bool, now: float) -> tuple[Action, ...]:
+        """A client's presence changed."""
+        return self._step(schedule.Presence(client_id, online), now)
+
+    def tick(self, now: float) -> tuple[Action, ...]:
+        """Time passed: deadlines are checked against ``now``; a waiting round may open."""
+        return self._step(schedule.Tick(), now)
+
+    def restore(self, stored: Iterable[ReceivedUpdate], now: float) -> tuple[Action, ...]:
+        """Re-count the open round's stored updates, in acceptance order, after a restart.
+
+        An update stored but not yet listed in the state (a crash between the two
+        writes) counts now; the actions that causes are returned to carry out.
+        """
+        actions: tuple[Action, ...] = ()
+        for update in stored:
+            if update.client_id in self.state.accepted:
+                self._fold(update)
+            else:
+                actions += self._count(update, now)
+        return actions
+
+    # -- what the round holds ---------------------------------------------------
+    @property
+    def finished(self) -> bool:
+        """Whether the last round has closed."""
+        return self.state.phase is Phase.FINISHED
+
+    @property
+    def participants(self) -> tuple[str, ...]:
+        """Clients counted in the round, sorted."""
+        return tuple(sorted(self._counted))
+
+    @property
+    def samples(self) -> int:
+        """Training examples behind the counted updates (as claimed, before any cap)."""
+        return sum(c.num_samples for c in self._counted.values())
+
+    def metrics(self) -> dict[str, float]:
+        """Each client metric averaged over the updates reporting it, weighted by samples."""
+        sums: dict[str, float] = {}
+        weights: dict[str, float] = {}
+        for c in self._counted.values():
+            for name, value in c.metrics.items():
+                sums[name] = sums.get(name, 0.0) + value * c.num_samples
+                weights[name] = weights.get(name, 0.0) + c.num_samples
+        return {name: sums[name] / weights[name] for name in sorted(sums)}
+
+    def delta(self) -> Mapping[str, npt.NDArray[np.float64]]:
+        """The aggregated delta of the counted updates; ValidationError when there is none."""
+        return self._sum.result()
+
+    def count_bytes(self, size: int) -> None:
+        """A message of ``size`` bytes arrived during the round."""
+        self.traffic.bytes_in += size
+
+    def count_sent(self, size: int) -> None:
+        """A message of ``size`` bytes was published during the round."""
+        self.traffic.bytes_out += size
+
+    def count_rejection(self, reason: Reason) -> None:
+        """One more rejection of ``reason`` in the round's history line."""
+        self.traffic.rejections[reason.value] += 1
+
+    def record(self, outcome: str, version: int, now: float) -> dict[str, Any]:
+        """The history line of the round closing with ``outcome`` (see :class:`OpenRound`)."""
+        summary = {"participants": list(self.participants), "samples": self.samples,
+                   "metrics": self.metrics()}
+        return self.traffic.record(summary, outcome, version, now)
+
+    # -- inside -------------------------------------------------------------------
+    def _count(self, update: ReceivedUpdate, now: float) -> tuple[Action, ...]:
+        actions = self._step(Admitted(update.client_id), now)
+        self._fold(update)
+        return actions
+
+    def _fold(self, update: ReceivedUpdate) -> None:
+        self._sum.add(update.delta, update.num_samples)
+        self._counted[update.client_id] = _Counted(update.nonce, update.num_samples,
+                                                   dict(update.metrics))
+
+    def _step(self, event: Event, now: float) -> tuple[Action, ...]:
+        self.state, actions = schedule.step(self.config, self.state, event, now)
+        for action in actions:
+            if isinstance(action, Announce):  # a new round: empty sum, fresh counts
+                self._sum = self.strategy.accumulator()
+                self._counted = {}
+                self.traffic = OpenRound(action.round_id, action.selected, now)
+        return actions
+
+    def _resent(self, update: ReceivedUpdate) -> bool:
+        if update.round_id == self.traffic.round_id and update.client_id in self._counted:
+            return self._counted[update.client_id].nonce == update.nonce
+        if not 1 <= update.round_id <= self.state.round_id:
+            return False
+        stored = self.journal.accepted_payload(update.round_id, update.client_id)
+        return stored is not None and Update.decode(stored).nonce.hex() == update.nonce
+
+    def _started_at(self, now: float) -> float:
+        s = self.state
+        if s.deadline is None:
+            return now
+        return s.deadline - self.config.round_timeout * (2 if s.extended else 1)
