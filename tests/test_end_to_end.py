@@ -51,6 +51,7 @@ def test_five_clients_three_rounds_and_a_straggler_never_stalls_a_round(
                 "--state-dir", str(tmp_path / f"s{i}"), "--max-rounds", "3", "--seed", str(i)])
         code = agg.proc.wait(timeout=120)
         assert code == 0, agg.tail(40)
+        agg_log = agg.log_path.read_text(errors="replace")
         clients = [c for c in fleet.children if c.name.startswith("client")]
         for c in clients:
             assert c.proc.wait(timeout=30) == 0, c.tail(30)
@@ -62,8 +63,9 @@ def test_five_clients_three_rounds_and_a_straggler_never_stalls_a_round(
         assert "ghost" in r["selected"] and "ghost" not in r["participants"]
         assert sorted(r["participants"]) == [f"clinic-{i}" for i in range(5)]
         assert r["samples"] == sum(int((60 + 20 * i) * 0.8) for i in range(5))
-        # the round closed at its deadline, not later, although the ghost never answered
-        assert r["duration_s"] < TIMEOUT + 2.0, r
+    # every round closed at its first deadline although the ghost never answered: the
+    # quorum was there, so no deadline was extended and no round was skipped
+    assert "deadline extended" not in agg_log and "skipped:" not in agg_log, agg_log
     final = dequantize_update(Weights.decode(
         (state / "checkpoints" / f"v{3:08d}.bin").read_bytes()).tensors)
     initial = dequantize_update(Weights.decode(
