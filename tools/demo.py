@@ -33,7 +33,7 @@ from tools.demo_data import (
 )
 from tools.demo_report import build_result, print_table
 from tools.evaluate import Scaling, evaluate, weights_of_checkpoint
-from tools.federation import FederationPlan, run_federation
+from tools.runtime.federation import FederationPlan, run_federation
 
 log = logging.getLogger(__name__)
 Array = npt.NDArray[Any]

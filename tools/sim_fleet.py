@@ -1,7 +1,7 @@
 """The coordinator's side of simulated devices: worker processes and their event logs.
 
 :class:`DevicePool` splits the devices over a few ``tools.sim_worker`` processes
-(started through :class:`~tools.fleet.Fleet`, so none outlives the caller), waits until
+(started through :class:`~tools.runtime.fleet.Fleet`, so none outlives the caller), waits until
 each reports ``ready``, and reads the JSON-line events the devices write.
 """
 
@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from tools.federation import FederationError
-from tools.fleet import Child, Fleet
+from tools.runtime.federation import FederationError
+from tools.runtime.fleet import Child, Fleet
 from tools.sim_worker import WorkerSpec
 
 MIN_SAMPLES, MAX_SAMPLES = 20, 200

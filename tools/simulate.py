@@ -26,8 +26,8 @@ from typing import Any
 
 from aggregator.store import read_history
 from edge_client.errors import ConfigError
-from tools.federation import FederationError, start_broker
-from tools.fleet import Child, Fleet
+from tools.runtime.federation import FederationError, start_broker
+from tools.runtime.fleet import Child, Fleet
 from tools.sim_faults import Faults
 from tools.sim_fleet import DevicePool, default_processes, fleet_devices
 from tools.sim_report import HEADER, format_row, rows_of, summary

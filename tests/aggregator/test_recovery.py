@@ -25,7 +25,7 @@ from edge_client.model import ModelMetadata
 from edge_client.protocol import Presence, Reply, Round, Update, Weights
 from edge_client.quantize import dequantize_update, quantize_update
 from edge_client.transfer import split
-from tools.broker import free_port
+from tools.runtime.broker import free_port
 
 CLIENTS = ("a", "b", "c")
 WEIGHTS = {"dense/kernel": np.linspace(-1, 1, 12, dtype=np.float32).reshape(4, 3),

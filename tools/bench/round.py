@@ -41,8 +41,8 @@ from typing import Any
 
 from edge_client.protocol import Hyperparameters, Round, Topics
 from edge_client.transfer import DEFAULT_MAX_PAYLOAD
-from tools.broker import MosquittoBroker
-from tools.fleet import Fleet
+from tools.runtime.broker import MosquittoBroker
+from tools.runtime.fleet import Fleet
 from tools.sim_device import DeviceSpec, UpdateSource, update_chunks
 from tools.sim_faults import Faults
 from tools.sim_fleet import DevicePool, fleet_devices
