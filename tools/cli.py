@@ -26,7 +26,7 @@ COMMANDS: dict[str, str] = {
     "bench": "tools.bench.cli",
     "reliability-report": "tools.reliability",
     "provision": "tools.provision",
-    "simulate": "tools.simulate",
+    "simulate": "tools.simulate.command",
 }
 
 

@@ -1,7 +1,7 @@
 """Bench: one round of N clients through the real aggregator, next to the transport floor.
 
 For each N, in one run on a fresh Mosquitto (loopback): N simulated devices
-(``tools.sim_worker``, a few processes, one MQTT connection per device) hold
+(``tools.simulate.worker``, a few processes, one MQTT connection per device) hold
 precomputed int8 updates of a 99,034-parameter ``mlp`` (3,072 inputs: a 32×32×3 image
 flattened), one ≈ 100 KB chunk per update at the 128 KiB cap. One subscriber
 (``tools.sim_monitor``) takes every time, on receipt, with one clock:
@@ -43,12 +43,12 @@ from edge_client.protocol import Hyperparameters, Round, Topics
 from edge_client.transfer import DEFAULT_MAX_PAYLOAD
 from tools.runtime.broker import MosquittoBroker
 from tools.runtime.fleet import Fleet
-from tools.sim_device import DeviceSpec, UpdateSource, update_chunks
-from tools.sim_faults import Faults
-from tools.sim_fleet import DevicePool, fleet_devices
 from tools.sim_monitor import FLOOR_SHA, FloorRun, Monitor, RoundRun
 from tools.sim_stages import NO_DELAY_ENV
-from tools.sim_worker import WorkerSpec
+from tools.simulate.device import DeviceSpec, UpdateSource, update_chunks
+from tools.simulate.faults import Faults
+from tools.simulate.pool import DevicePool, fleet_devices
+from tools.simulate.spec import WorkerSpec
 
 MODEL = ("mlp", (3072,), 10)
 FULL, QUICK = (10, 100, 500), (10,)
