@@ -25,7 +25,7 @@ COMMANDS: dict[str, str] = {
     "export": "tools.export",
     "bench": "tools.bench.cli",
     "reliability-report": "tools.reliability",
-    "provision": "tools.provision",
+    "provision": "tools.provision.command",
     "simulate": "tools.simulate.command",
 }
 
