@@ -21,7 +21,7 @@ log = logging.getLogger("fedge")
 
 # sub-command name -> module with add_parser(subparsers)
 COMMANDS: dict[str, str] = {
-    "demo": "tools.demo",
+    "demo": "tools.demo.command",
     "export": "tools.export",
     "bench": "tools.bench.cli",
     "reliability-report": "tools.reliability",
