@@ -23,7 +23,7 @@ log = logging.getLogger("fedge")
 COMMANDS: dict[str, str] = {
     "demo": "tools.demo.command",
     "export": "tools.export",
-    "bench": "tools.bench.cli",
+    "bench": "tools.bench.command",
     "reliability-report": "tools.reliability",
     "provision": "tools.provision.command",
     "simulate": "tools.simulate.command",
