@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 from client_kit import logreg_file, make_aggregator
 
-from tools.broker import MosquittoBroker, mosquitto_available
+from tools.runtime.broker import MosquittoBroker, mosquitto_available
 
 __all__ = ["broker", "durable_broker", "logreg_file", "make_aggregator", "namespace"]
 

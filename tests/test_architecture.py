@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import importlib
 import subprocess
 import sys
 from pathlib import Path
@@ -108,3 +109,32 @@ def test_edge_client_and_aggregator_import_without_tensorflow() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
+
+
+def test_no_utils_module_and_no_two_names_that_differ_by_an_underscore() -> None:
+    bad = []
+    for pkg in PACKAGES:
+        for folder in sorted({p.parent for p in (ROOT / pkg).rglob("*.py")}):
+            names = sorted({p.stem for p in folder.glob("*.py")}
+                           | {p.name for p in folder.iterdir() if (p / "__init__.py").exists()})
+            bad += [f"{folder.relative_to(ROOT)}/{n}" for n in names
+                    if n in ("utils", "util", "helpers", "misc")]
+            squashed: dict[str, str] = {}
+            for name in names:
+                other = squashed.setdefault(name.replace("_", ""), name)
+                if other != name:
+                    bad.append(f"{folder.relative_to(ROOT)}: {other} and {name}")
+    assert not bad, bad
+
+
+def test_every_tools_package_states_its_public_names() -> None:
+    bad = []
+    for init in sorted((ROOT / "tools").rglob("__init__.py")):
+        package = importlib.import_module(".".join(init.parent.relative_to(ROOT).parts))
+        names = getattr(package, "__all__", None)
+        if not isinstance(names, list) or not names:
+            bad.append(f"{init.relative_to(ROOT)}: no __all__")
+            continue
+        bad += [f"{init.relative_to(ROOT)}: {n} in __all__ is not defined"
+                for n in names if not hasattr(package, n)]
+    assert not bad, bad

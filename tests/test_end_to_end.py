@@ -13,8 +13,8 @@ from client_kit import linear_data
 from edge_client.protocol import Presence, Topics, Weights
 from edge_client.quantize import dequantize_update
 from edge_client.transport import BrokerConfig, MqttTransport
-from tools.broker import MosquittoBroker
-from tools.fleet import Fleet
+from tools.runtime.broker import MosquittoBroker
+from tools.runtime.fleet import Fleet
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.broker

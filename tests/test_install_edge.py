@@ -18,7 +18,7 @@ from client_kit import linear_data
 from edge_client.model import TrainableModel
 from edge_client.protocol import Topics
 from edge_client.transport import BrokerConfig, MqttTransport
-from tools.broker import MosquittoBroker
+from tools.runtime.broker import MosquittoBroker
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slow, pytest.mark.broker]

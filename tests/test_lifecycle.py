@@ -22,8 +22,8 @@ from client_kit import linear_data
 from edge_client.protocol import Manifest, Presence, Topics, Weights
 from edge_client.quantize import dequantize_update
 from edge_client.transport import BrokerConfig, MqttTransport
-from tools.broker import MosquittoBroker
-from tools.fleet import Child, Fleet
+from tools.runtime.broker import MosquittoBroker
+from tools.runtime.fleet import Child, Fleet
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 CLIENTS = ("site-a", "site-b", "site-c")

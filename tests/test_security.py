@@ -55,7 +55,7 @@ from edge_client.training import LocalSplit
 from edge_client.transfer import split
 from edge_client.transport import BrokerConfig, MqttTransport
 from tools import provision
-from tools.broker import MosquittoBroker, free_port, mosquitto_available
+from tools.runtime.broker import MosquittoBroker, free_port, mosquitto_available
 
 pytestmark = pytest.mark.broker
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,8 +1,9 @@
 """The ``fedge`` command: one entry point for the tools.
 
-Each sub-command lives in its own module exposing ``add_parser(subparsers)``
-(which registers the sub-command and sets ``func``) so this file only wires
-them together.
+Each sub-command has a module exposing ``add_parser(subparsers)`` (which registers the
+sub-command and sets ``func``): its package's ``command`` module, or a module of its own
+for the single-module ``export`` and ``reliability-report``. This file only wires them
+together; ``python -m tools`` (``tools/__main__.py``) runs it.
 """
 
 from __future__ import annotations
@@ -21,12 +22,12 @@ log = logging.getLogger("fedge")
 
 # sub-command name -> module with add_parser(subparsers)
 COMMANDS: dict[str, str] = {
-    "demo": "tools.demo",
+    "demo": "tools.demo.command",
     "export": "tools.export",
-    "bench": "tools.bench.cli",
+    "bench": "tools.bench.command",
     "reliability-report": "tools.reliability",
-    "provision": "tools.provision",
-    "simulate": "tools.simulate",
+    "provision": "tools.provision.command",
+    "simulate": "tools.simulate.command",
 }
 
 
@@ -63,7 +64,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"fedge {args.command}: interrupted", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from service_kit import Federation
 
-from tools.broker import free_port
+from tools.runtime.broker import free_port
 
 
 def test_metrics_are_served_over_http(tmp_path: Path) -> None:

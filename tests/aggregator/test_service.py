@@ -40,7 +40,7 @@ from edge_client.protocol import (
 from edge_client.quantize import dequantize_update
 from edge_client.transfer import Reassembler, split
 from edge_client.transport import BrokerConfig, Message, MqttTransport
-from tools.broker import MosquittoBroker
+from tools.runtime.broker import MosquittoBroker
 
 pytestmark = pytest.mark.broker
 

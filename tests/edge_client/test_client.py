@@ -20,7 +20,7 @@ from edge_client.protocol import Topics
 from edge_client.state import StateDir
 from edge_client.training import LocalSplit, train_round
 from edge_client.transport import BrokerConfig, MqttTransport
-from tools.broker import MosquittoBroker
+from tools.runtime.broker import MosquittoBroker
 
 ROOT = Path(__file__).resolve().parents[2]
 

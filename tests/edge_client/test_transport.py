@@ -6,7 +6,7 @@ import pytest
 
 from edge_client.errors import ConfigError
 from edge_client.transport import BrokerConfig, MqttTransport, TransportError, Will
-from tools.broker import MosquittoBroker
+from tools.runtime.broker import MosquittoBroker
 
 pytestmark = pytest.mark.broker
 

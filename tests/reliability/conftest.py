@@ -26,8 +26,8 @@ from reliability.kit import AggregatorFactory, AggregatorProcess, Scenario, Scri
 
 from aggregator.modelfile import ModelFile, load_model_file
 from edge_client.protocol import Topics
-from tools.broker import MosquittoBroker
-from tools.fleet import Fleet
+from tools.runtime.broker import MosquittoBroker
+from tools.runtime.fleet import Fleet
 
 RESULTS_ENV = "FEDGE_RELIABILITY_RESULTS"
 DEFAULT_RESULTS = Path(__file__).resolve().parent / ".results.json"

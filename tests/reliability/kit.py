@@ -1,8 +1,8 @@
 """Tools of the fault suite: the aggregator as a real process, devices, and the invariants.
 
-* :class:`AggregatorProcess` runs ``python -m aggregator`` (through :class:`tools.fleet.Fleet`)
-  and reads what it writes: ``round.json``, ``history.jsonl``, checkpoints, its Prometheus
-  metrics and its RSS.
+* :class:`AggregatorProcess` runs ``python -m aggregator`` (through
+  :class:`tools.runtime.fleet.Fleet`) and reads what it writes: ``round.json``,
+  ``history.jsonl``, checkpoints, its Prometheus metrics and its RSS.
 * :func:`start_clients` runs real ``python -m edge_client`` devices on generated data.
 * :class:`ScriptedDevice` speaks the wire protocol directly, for input no real client sends.
 * :func:`check_federation` asserts what every fault must leave intact: the rounds completed,
@@ -41,8 +41,8 @@ from edge_client.protocol import Presence, Reply, Round, Topics, Update, Weights
 from edge_client.quantize import dequantize_update
 from edge_client.transfer import split
 from edge_client.transport import BrokerConfig, MqttTransport, Will
-from tools.broker import MosquittoBroker, free_port
-from tools.fleet import Child, Fleet
+from tools.runtime.broker import MosquittoBroker, free_port
+from tools.runtime.fleet import Child, Fleet
 
 T = TypeVar("T")
 Arrays = dict[str, npt.NDArray[Any]]
@@ -355,7 +355,7 @@ def check_federation(state_dir: Path, model: ModelFile, rounds: int, *,
 
 
 def broker_pid(broker: MosquittoBroker) -> int:
-    """The process id of a running test broker (tools.broker keeps it private)."""
+    """The process id of a running test broker (tools.runtime.broker keeps it private)."""
     proc = broker._proc
     assert proc is not None, "the broker is not running"
     return proc.pid

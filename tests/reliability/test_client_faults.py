@@ -25,8 +25,8 @@ from reliability.kit import (
 )
 
 from aggregator.modelfile import ModelFile
-from tools.broker import MosquittoBroker
-from tools.fleet import Fleet
+from tools.runtime.broker import MosquittoBroker
+from tools.runtime.fleet import Fleet
 
 pytestmark = pytest.mark.broker
 HERE = Path(__file__).resolve().parent

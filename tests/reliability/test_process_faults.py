@@ -28,8 +28,8 @@ from reliability.kit import (
 )
 
 from aggregator.modelfile import ModelFile
-from tools.broker import MosquittoBroker
-from tools.fleet import Child, Fleet
+from tools.runtime.broker import MosquittoBroker
+from tools.runtime.fleet import Child, Fleet
 
 pytestmark = pytest.mark.broker
 TRAINING = {"epochs": 1, "lr": 0.1, "codec": "int8"}

@@ -1,8 +1,4 @@
-"""``fedge export`` (tools/export.py): files written, and clear errors for bad flags.
-
-It lives beside the model tests because it exercises the same exports; it could
-move to tests/tools/.
-"""
+"""``fedge export`` (tools/export.py): files written, and clear errors for bad flags."""
 
 from __future__ import annotations
 

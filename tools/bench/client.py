@@ -34,8 +34,8 @@ from typing import Any
 import numpy as np
 from packaging.requirements import Requirement
 
-from tools.broker import MosquittoBroker
-from tools.fleet import Fleet
+from tools.runtime.broker import MosquittoBroker
+from tools.runtime.fleet import Fleet
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ("cnn1d", (6, 100), 4)

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from tools.demo import federate, parse_args
+from tools.demo import DemoConfig, federate
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +70,15 @@ def demo_run(study: Study, method: Method, seed: int, rounds: int, out: Path
              ) -> dict[str, Any]:
     """One ``fedge demo`` run in a fresh ``out`` folder; returns the demo's result dict."""
     shutil.rmtree(out, ignore_errors=True)
-    args = parse_args([
-        "--dataset", study.dataset, "--clients", str(study.clients),
-        "--partition", study.partition, "--rounds", str(rounds), "--codec", method.codec,
-        "--mu", str(method.mu), "--seed", str(seed), "--out", str(out), "--no-progress"])
-    return federate(args)
+    return federate(demo_config(study, method, seed, rounds, out))
+
+
+def demo_config(study: Study, method: Method, seed: int, rounds: int, out: Path
+                ) -> DemoConfig:
+    """The demo's settings for one run: the study's split, the method's codec and μ."""
+    return DemoConfig(dataset=study.dataset, clients=study.clients, partition=study.partition,
+                      rounds=rounds, codec=method.codec, mu=method.mu, seed=seed, out=out,
+                      progress=False)
 
 
 def _measure_study(study: Study, seeds: Sequence[int], rounds: int, out: Path
@@ -195,7 +199,7 @@ def _method(result: dict[str, Any]) -> str:
         f"mean ± sample standard deviation over {_plural(len(seeds), 'seed')} "
         f"({', '.join(map(str, seeds))}); a seed sets the train/test split (where the "
         "dataset has one), the partition, the initial weights and the training order. The "
-        "settings are `fedge demo`'s defaults (`tools/demo_data.py`); those of the three "
+        "settings are `fedge demo`'s defaults (`tools/demo/data.py`); those of the three "
         "real datasets were compared on seeds 3-7, not on these. `vs pooled` is the mean "
         "difference in percentage points; `test loss` the mean cross-entropy on the test set "
         "(runs with equal accuracies still differ there); `up KB` the clients' update bytes "

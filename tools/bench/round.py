@@ -1,10 +1,10 @@
 """Bench: one round of N clients through the real aggregator, next to the transport floor.
 
 For each N, in one run on a fresh Mosquitto (loopback): N simulated devices
-(``tools.sim_worker``, a few processes, one MQTT connection per device) hold
+(``tools.simulate.worker``, a few processes, one MQTT connection per device) hold
 precomputed int8 updates of a 99,034-parameter ``mlp`` (3,072 inputs: a 32×32×3 image
 flattened), one ≈ 100 KB chunk per update at the 128 KiB cap. One subscriber
-(``tools.sim_monitor``) takes every time, on receipt, with one clock:
+(``tools.bench.monitor``) takes every time, on receipt, with one clock:
 
 - **floor**: it publishes a ``Round`` on a second federation; every device answers with
   its update's chunks, encoded beforehand (same sizes, same chunking, QoS 1, through the
@@ -17,45 +17,45 @@ flattened), one ≈ 100 KB chunk per update at the 128 KiB cap. One subscriber
   aggregator reassembles, decodes, validates, stores (fsync), folds, replies (waiting for
   each PUBACK), aggregates, checkpoints and publishes the new weights. R rounds.
 
-Each N runs with its own broker, devices and floor. (The ``tcp_nodelay`` variant, which
-switched Nagle's algorithm off from outside, found the 43 ms delayed-ACK wait per reply
-that dominated the first measurement; the transport now ships with ``TCP_NODELAY``, so
-the variant is no longer run by default.)
+Each N runs with its own broker, devices and floor. (An experiment that switched Nagle's
+algorithm off from outside found the 43 ms delayed-ACK wait per reply that dominated the
+first measurement; the transport now ships with ``TCP_NODELAY``, so every row is the
+aggregator as shipped.)
 
 The medians are compared. Where the rest goes: the aggregator's worker-thread time in the
-median round by stage, from timers wrapped around its functions from outside
-(``tools.sim_stages``; exclusive wall time, so the stages add up to the round), and the
-devices' own encode time, which here shares the machine's cores with everything else.
+median round by stage, as the service reports it through its stage hook
+(:mod:`tools.bench.stages`; exclusive wall time, so the stages add up to the round), and
+the devices' own encode time, which here shares the machine's cores with everything else.
+A round the service reported no window for has no stage times (``window_seconds`` null).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import statistics
 import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from aggregator.stages import Stage
 from edge_client.protocol import Hyperparameters, Round, Topics
 from edge_client.transfer import DEFAULT_MAX_PAYLOAD
-from tools.broker import MosquittoBroker
-from tools.fleet import Fleet
-from tools.sim_device import DeviceSpec, UpdateSource, update_chunks
-from tools.sim_faults import Faults
-from tools.sim_fleet import DevicePool, fleet_devices
-from tools.sim_monitor import FLOOR_SHA, FloorRun, Monitor, RoundRun
-from tools.sim_stages import NO_DELAY_ENV
-from tools.sim_worker import WorkerSpec
+from tools.bench.monitor import FLOOR_SHA, FloorRun, Monitor, RoundRun
+from tools.bench.stages import OTHER
+from tools.runtime.broker import MosquittoBroker
+from tools.runtime.fleet import Fleet
+from tools.simulate.device import DeviceSpec, UpdateSource, update_chunks
+from tools.simulate.faults import Faults
+from tools.simulate.pool import DevicePool, fleet_devices
+from tools.simulate.spec import WorkerSpec
 
 MODEL = ("mlp", (3072,), 10)
 FULL, QUICK = (10, 100, 500), (10,)
 REPEATS_FULL, REPEATS_QUICK = 3, 2
 GOAL_N, GOAL_RATIO = 100, 1.5
-#: the aggregator as shipped, and with TCP_NODELAY set on its MQTT socket from outside
-VARIANTS: tuple[str, ...] = ("shipped",)
+VARIANT = "shipped"  # every row is the aggregator as shipped (see the module docstring)
 SEED = 20240601
 NO_RESEND = 3600.0  # devices wait for their reply: a re-send would be measured as work
 
@@ -66,11 +66,11 @@ def run(quick: bool) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="fedge-bench-round-") as tmp:
         work = Path(tmp)
         model, shapes = _export(work)
-        rows = [measure(n, repeats, model, shapes, work / f"n{n}-{variant}", variant)
-                for n in (QUICK if quick else FULL) for variant in VARIANTS]
+        rows = [measure(n, repeats, model, shapes, work / f"n{n}")
+                for n in (QUICK if quick else FULL)]
         fs = _filesystem(work)
     params = sum(math.prod(s) for s in shapes.values())
-    goal = next((r for r in rows if r["n"] == GOAL_N and r["variant"] == "shipped"), None)
+    goal = next((r for r in rows if r["n"] == GOAL_N), None)
     return {"model": f"{MODEL[0]} {MODEL[1][0]} inputs, {MODEL[2]} classes", "params": params,
             "codec": "int8", "max_payload": DEFAULT_MAX_PAYLOAD, "repeats": repeats,
             "state_filesystem": fs, "rows": rows,
@@ -89,7 +89,7 @@ def _export(work: Path) -> tuple[Path, dict[str, tuple[int, ...]]]:
 
 
 def measure(n: int, repeats: int, model: Path, shapes: dict[str, tuple[int, ...]],
-            work: Path, variant: str = "shipped") -> dict[str, Any]:
+            work: Path) -> dict[str, Any]:
     """Floor and real rounds for ``n`` devices on one fresh broker.
 
     Args:
@@ -98,16 +98,14 @@ def measure(n: int, repeats: int, model: Path, shapes: dict[str, tuple[int, ...]
         model: the trainable model file.
         shapes: its weight shapes.
         work: a fresh directory for logs, events and the aggregator's state.
-        variant: ``shipped``, or ``tcp_nodelay``: the aggregator's socket without Nagle.
     """
-    env = dict(os.environ, **({NO_DELAY_ENV: "1"} if variant == "tcp_nodelay" else {}))
     topics, floor = Topics(f"bench{n}"), Topics(f"floor{n}")
     devices = fleet_devices(n, SEED)
     ids = [d[0] for d in devices]
     per_device = _floor_chunks(devices[0], shapes, floor)
     with ExitStack() as stack:
         broker = stack.enter_context(MosquittoBroker())
-        fleet = stack.enter_context(Fleet(work / "logs", env=env))
+        fleet = stack.enter_context(Fleet(work / "logs"))
         pool = DevicePool(fleet, work / "devices")
         stack.callback(pool.stop)
         pool.start(WorkerSpec(broker=broker.url, federation=topics.federation, devices=devices,
@@ -119,14 +117,14 @@ def measure(n: int, repeats: int, model: Path, shapes: dict[str, tuple[int, ...]
         pool.wait_ready(timeout=60 + n * 0.2)
         monitor.floor(0, ids, n * per_device)  # warm-up: devices encode their floor chunks
         floors = [monitor.floor(k, ids, n * per_device) for k in range(1, repeats + 1)]
-        agg = fleet.start("aggregator", "tools.sim_stages", [
+        agg = fleet.start("aggregator", "tools.bench.stages", [
             str(work / "stages.json"), "--",
             *_aggregator_args(n, repeats, model, broker.url, topics, work)])
         rounds = monitor.rounds(repeats, lambda: agg.proc.poll() is None, timeout=600)
         agg.proc.wait(timeout=60)
         pool.stop()
     stages = json.loads((work / "stages.json").read_text())
-    return {"n": n, "variant": variant, "processes": len(pool.workers),
+    return {"n": n, "variant": VARIANT, "processes": len(pool.workers),
             "chunks_per_update": per_device, **_summary(floors, rounds, stages, pool.events)}
 
 
@@ -134,7 +132,9 @@ def _summary(floors: list[FloorRun], rounds: list[RoundRun], stages: dict[str, A
              events: list[dict[str, Any]]) -> dict[str, Any]:
     """Medians and ratio; stage times and the devices' side of the median round."""
     median = sorted(rounds, key=lambda r: r.seconds)[len(rounds) // 2]
-    window = next(w for w in stages["windows"] if w["round"] == median.round_id)
+    window: dict[str, Any] = next(
+        (w for w in stages["windows"] if w["round"] == median.round_id),
+        {"seconds": None, "stages": {}, "calls": {}})  # the service reported no window
     sent = [e for e in events if e["event"] == "sent" and e["round"] == median.round_id]
     floor_s, round_s = [f.seconds for f in floors], [r.seconds for r in rounds]
     return {
@@ -144,7 +144,7 @@ def _summary(floors: list[FloorRun], rounds: list[RoundRun], stages: dict[str, A
         "floor_bytes": floors[0].bytes, "round_update_bytes": sum(e["bytes"] for e in sent),
         "median_round": median.round_id, "window_seconds": window["seconds"],
         "stages": {k: round(v, 6) for k, v in window["stages"].items()},
-        "calls": window["calls"], "missing_stages": stages["missing"],
+        "calls": window["calls"],
         "devices_encode_seconds": sum(e["encode_s"] for e in sent),
         "last_update_sent_after": max(e["at"] for e in sent) - median.announced_at,
     }
@@ -183,8 +183,8 @@ def _filesystem(path: Path) -> str:
     return kind
 
 
-VARIANT_LABELS = {"shipped": "as shipped", "tcp_nodelay": "TCP_NODELAY"}
-REPLY = "reply publish (waits PUBACK)"
+VARIANT_LABELS = {VARIANT: "as shipped"}
+REPLY = Stage.REPLY.value
 
 
 def render(result: dict[str, Any]) -> str:
@@ -220,35 +220,35 @@ def render(result: dict[str, Any]) -> str:
 
 
 def _stage_table(rows: list[dict[str, Any]]) -> list[str]:
-    labels = sorted({k for r in rows for k in r["stages"]},
-                    key=lambda k: -max(r["stages"].get(k, 0.0) for r in rows))
-    head = " | ".join(f"N={r['n']}, {VARIANT_LABELS[r['variant']]}" for r in rows)
+    timed = [r for r in rows if r["window_seconds"] is not None]
+    if not timed:
+        return ["Where the round's time goes: not reported (the aggregator's service reported "
+                "no round window to its stage hook)."]
+    labels = sorted({k for r in timed for k in r["stages"]},
+                    key=lambda k: -max(r["stages"].get(k, 0.0) for r in timed))
+    head = " | ".join(f"N={r['n']}, {VARIANT_LABELS[r['variant']]}" for r in timed)
     lines = [
         "Where the round's time goes: the aggregator's worker thread in the median round, "
-        "seconds by stage (exclusive wall time from timers wrapped around its functions "
-        "from outside, `tools/sim_stages.py`; *wait for messages* is idle time while "
-        "clients encode and the broker delivers). The window runs from the start of the "
-        "announcement to the history line, a little past the new manifest.",
+        "seconds by stage (exclusive wall time, reported by the service through its stage "
+        "hook, `aggregator/stages.py`, and totalled by `tools/bench/stages.py`; "
+        f"*{Stage.WAIT.value}* is idle time while clients encode and the broker delivers; "
+        f"*{OTHER}* is the rest of the window). The window runs from just before the "
+        "round's announcement to the publication of its new global model.",
         "",
         f"| stage | {head} |",
-        "| --- |" + " ---: |" * len(rows),
+        "| --- |" + " ---: |" * len(timed),
     ]
     for label in labels:
-        cells = " | ".join(f"{r['stages'].get(label, 0.0):.3f}" for r in rows)
+        cells = " | ".join(f"{r['stages'].get(label, 0.0):.3f}" for r in timed)
         lines.append(f"| {label} | {cells} |")
-    total = " | ".join(f"{r['window_seconds']:.3f}" for r in rows)
+    total = " | ".join(f"{r['window_seconds']:.3f}" for r in timed)
     lines.append(f"| **announcement → round closed** | {total} |")
-    missing = sorted({m for r in rows for m in r["missing_stages"]})
-    if missing:
-        lines += ["", f"Not timed (not found in this version): {', '.join(missing)}."]
     return lines
 
 
 def _goal_line(result: dict[str, Any]) -> str:
     if result["goal_met"] is None:
         return f"Target ({result['goal']}): not measured in this run."
-    ratios = {r["variant"]: r["ratio"] for r in result["rows"] if r["n"] == GOAL_N}
+    ratio = next(r["ratio"] for r in result["rows"] if r["n"] == GOAL_N)
     verdict = "met" if result["goal_met"] else "not met"
-    extra = (f"; {ratios['tcp_nodelay']:.1f}× with TCP_NODELAY" if "tcp_nodelay" in ratios
-             else "")
-    return f"Target ({result['goal']}): **{verdict}** ({ratios['shipped']:.1f}×{extra})."
+    return f"Target ({result['goal']}): **{verdict}** ({ratio:.1f}×)."

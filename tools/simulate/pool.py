@@ -1,7 +1,7 @@
 """The coordinator's side of simulated devices: worker processes and their event logs.
 
-:class:`DevicePool` splits the devices over a few ``tools.sim_worker`` processes
-(started through :class:`~tools.fleet.Fleet`, so none outlives the caller), waits until
+:class:`DevicePool` splits the devices over a few ``tools.simulate.worker`` processes
+(started through :class:`~tools.runtime.fleet.Fleet`, so none outlives the caller), waits until
 each reports ``ready``, and reads the JSON-line events the devices write.
 """
 
@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from tools.federation import FederationError
-from tools.fleet import Child, Fleet
-from tools.sim_worker import WorkerSpec
+from tools.runtime.federation import FederationError
+from tools.runtime.fleet import Child, Fleet
+from tools.simulate.spec import WorkerSpec
 
 MIN_SAMPLES, MAX_SAMPLES = 20, 200
 
@@ -77,7 +77,7 @@ class DevicePool:
             spec = dataclasses.replace(template, devices=devices[i:i + size], events=str(events))
             spec_path = self.work_dir / f"worker-{n}.json"
             spec_path.write_text(spec.to_json())
-            self.workers.append(self.fleet.start(f"worker-{n}", "tools.sim_worker",
+            self.workers.append(self.fleet.start(f"worker-{n}", "tools.simulate.worker",
                                                  [str(spec_path)]))
             paths.append(events)
         self._tail = EventTail(paths)

@@ -1,7 +1,7 @@
 """``fedge simulate``: a fleet of simulated devices with faults against the real aggregator.
 
 Starts a broker (Mosquitto on a free loopback port, or ``--broker``), up to a thousand
-simulated devices in a few worker processes (``tools.sim_worker``: one MQTT connection
+simulated devices in a few worker processes (``tools.simulate.worker``: one MQTT connection
 per device, the real wire protocol, precomputed quantized updates instead of training),
 and the real ``fedge-aggregator`` process. Faults are drawn per device and round from
 ``--seed``: ``--dropout`` (skip the round), ``--slow`` (answer ``--slow-delay`` seconds
@@ -26,12 +26,12 @@ from typing import Any
 
 from aggregator.history import read_history
 from edge_client.errors import ConfigError
-from tools.federation import FederationError, start_broker
-from tools.fleet import Child, Fleet
-from tools.sim_faults import Faults
-from tools.sim_fleet import DevicePool, default_processes, fleet_devices
-from tools.sim_report import HEADER, format_row, rows_of, summary
-from tools.sim_worker import WorkerSpec
+from tools.runtime.federation import FederationError, start_broker
+from tools.runtime.fleet import Child, Fleet
+from tools.simulate.faults import Faults
+from tools.simulate.pool import DevicePool, default_processes, fleet_devices
+from tools.simulate.report import HEADER, format_row, rows_of, summary
+from tools.simulate.spec import WorkerSpec
 
 log = logging.getLogger(__name__)
 MAX_CLIENTS = 4096  # a Round lists at most 4096 selected ids

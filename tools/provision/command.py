@@ -32,7 +32,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from edge_client.errors import ConfigError, ProtocolError
 from edge_client.signing import SigningKey
-from tools.provision_files import (
+from tools.provision.files import (
     BROKER_USER,
     Plan,
     password_hash,

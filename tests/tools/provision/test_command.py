@@ -1,4 +1,4 @@
-"""``fedge provision`` (tools/provision.py): what it writes, with which permissions, and its errors.
+"""``fedge provision`` (tools/provision/): what it writes, with which permissions, and its errors.
 
 That the broker accepts these files (TLS, mTLS, ACL, password file) is proven against a
 real Mosquitto in tests/test_security.py.

@@ -1,5 +1,5 @@
 """The files ``fedge provision`` renders: the plan, the Mosquitto config, the ACL, the
-password hashes and the README.txt (no keys or certificates: see :mod:`tools.provision`)."""
+password hashes and the README.txt (no keys or certificates: see :mod:`tools.provision.command`)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""A process of simulated devices: ``python -m tools.sim_worker SPEC.json``.
+"""A process of simulated devices: ``python -m tools.simulate.worker SPEC.json``.
 
-Reads a :class:`WorkerSpec` (JSON), gives every device its own MQTT connection
+Reads a :class:`~tools.simulate.spec.WorkerSpec` (JSON), gives every device its own MQTT connection
 (:class:`~edge_client.transport.MqttTransport`, the project's paho adapter, with the
 device's offline presence as Last Will) and drives all devices from one thread that
 sweeps their inboxes, so a few processes hold a thousand devices. Events are appended
@@ -22,58 +22,24 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from edge_client.errors import FedgeError
 from edge_client.protocol import Topics
 from edge_client.transport import BrokerConfig, Message, MqttTransport, Will
-from tools.sim_device import (
-    RESEND_AFTER_S,
+from tools.simulate.device import (
     DeviceSpec,
     SimDevice,
     UpdateSource,
     presence,
     subscriptions,
 )
-from tools.sim_faults import Faults
+from tools.simulate.spec import WorkerSpec
 
 log = logging.getLogger(__name__)
 IDLE_S = 0.002  # a sweep that found nothing to do sleeps this long
 CONNECT_TIMEOUT_S = 30.0
-
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    """What one worker process runs (written as JSON by the coordinator)."""
-
-    broker: str
-    federation: str
-    devices: list[tuple[str, int, int]]  # (client id, index, samples)
-    shapes: dict[str, tuple[int, ...]]
-    events: str
-    mqtt_version: str = "5"
-    prefix: str = "fedge"
-    floor_federation: str | None = None
-    faults: Faults = field(default_factory=Faults)
-    seed: int = 0
-    max_payload: int = 128 * 1024
-    resend_after: float = RESEND_AFTER_S
-
-    def to_json(self) -> str:
-        """The spec as JSON."""
-        data = dict(self.__dict__, faults=self.faults.__dict__)
-        return json.dumps(data)
-
-    @classmethod
-    def from_json(cls, text: str) -> WorkerSpec:
-        """Parses :meth:`to_json` output."""
-        data: dict[str, Any] = json.loads(text)
-        data["faults"] = Faults(**data["faults"])
-        data["devices"] = [tuple(d) for d in data["devices"]]
-        data["shapes"] = {k: tuple(v) for k, v in data["shapes"].items()}
-        return cls(**data)
 
 
 class MqttLink:
@@ -202,7 +168,7 @@ def run(spec: WorkerSpec, stop: threading.Event) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: ``python -m tools.sim_worker SPEC.json``."""
+    """Entry point: ``python -m tools.simulate.worker SPEC.json``."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("spec", type=Path)
     args = parser.parse_args(argv)

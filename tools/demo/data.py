@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,9 +11,11 @@ import numpy.typing as npt
 
 from edge_client.errors import ConfigError
 from tools.datasets import Dataset, dirichlet_label_skew, iid, natural, quantity_skew
-from tools.evaluate import Scaling
+from tools.demo.config import DemoConfig
+from tools.demo.evaluate import Scaling
 
 PARTITIONS = ("natural", "iid", "dirichlet", "quantity")
+DEFAULT_ROUNDS = 10  # the README's reference run and `fedge bench results`
 Array = npt.NDArray[Any]
 
 # per dataset: clients, partition, epochs, lr, batch, optimizer, normalise, party name.
@@ -47,24 +48,24 @@ class DemoDefaults:
     min_clients: int
 
 
-def defaults_for(ds: Dataset, args: argparse.Namespace) -> DemoDefaults:
-    """Combines the flags with the dataset's defaults."""
+def defaults_for(ds: Dataset, config: DemoConfig) -> DemoDefaults:
+    """Combines the run's settings with the dataset's defaults."""
     clients, partition, epochs, lr, batch, opt, norm, party = _DEFAULTS[ds.info.name]
-    partition = args.partition or partition
+    partition = config.partition or partition
     if partition == "natural":
         if ds.groups_train is None:
             raise ConfigError(f"--partition natural: {ds.info.name} has no natural parties; "
                               "use iid, dirichlet or quantity")
         groups = int(ds.groups_train.max()) + 1
-        clients = args.clients or min(clients, groups)
+        clients = config.clients or min(clients, groups)
         if clients > groups:
             raise ConfigError(f"--clients {clients}: {ds.info.name} has {groups} parties")
     else:
-        clients = args.clients or clients
-    rounds = args.rounds or 10
+        clients = config.clients or clients
+    rounds = config.rounds or DEFAULT_ROUNDS
     if rounds < 1:
         raise ConfigError("--rounds must be at least 1")
-    return DemoDefaults(clients, partition, rounds, args.epochs or epochs, args.lr or lr,
+    return DemoDefaults(clients, partition, rounds, config.epochs or epochs, config.lr or lr,
                         batch, opt, norm, party, max(1, clients - clients // 4))
 
 

@@ -9,8 +9,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from tools.bench import cli
+from tools.bench import command as cli
 from tools.bench import results as bench
+from tools.demo import DemoConfig
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -57,3 +58,11 @@ def test_mean_std_uses_the_sample_deviation() -> None:
     assert bench.mean_std([0.5]) == (0.5, 0.0)
     mean, std = bench.mean_std([0.9, 1.0])
     assert mean == pytest.approx(0.95) and std == pytest.approx(0.0707, abs=1e-4)
+
+
+def test_a_run_is_the_demo_with_the_studys_split_and_the_methods_codec(tmp_path: Path) -> None:
+    study, method = bench.Study("breast-cancer", 4, "iid"), bench.METHODS[2]
+    config = bench.demo_config(study, method, seed=1, rounds=3, out=tmp_path)
+    assert config == DemoConfig(dataset="breast-cancer", clients=4, partition="iid", rounds=3,
+                                codec="fp32", mu=bench.MU, seed=1, out=tmp_path,
+                                progress=False)

@@ -32,7 +32,7 @@ from edge_client.protocol import CODECS, Manifest, Presence, Reply, Round, Tenso
 from edge_client.quantize import quantize_update
 from edge_client.transfer import split
 from edge_client.transport import Message, Transport
-from tools.sim_faults import Faults, Plan
+from tools.simulate.faults import Faults, Plan
 
 Report = Callable[[dict[str, Any]], None]
 RECONNECT_MARGIN_S = 0.5  # a crashed device comes back this long after the round's deadline

@@ -17,16 +17,15 @@ JSON layout (``--json``)::
 
 from __future__ import annotations
 
-import argparse
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from edge_client.runtime import Interpreter
-from tools.evaluate import evaluate, local_only, train_alone
-
-if TYPE_CHECKING:
-    from tools.demo import Setup
+from tools.demo.config import DemoConfig
+from tools.demo.evaluate import evaluate, local_only, train_alone, weights_of_checkpoint
+from tools.demo.prepare import Setup
 
 
 def _round_row(row: dict[str, Any], ev: dict[str, Any]) -> dict[str, Any]:
@@ -41,13 +40,13 @@ def _round_row(row: dict[str, Any], ev: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _int8(args: argparse.Namespace, s: Setup, weights: dict[str, Any]) -> tuple[str, float]:
+def _int8(folder: Path, s: Setup, weights: dict[str, Any]) -> tuple[str, float]:
     from models.export import export_inference_int8
 
     ds, scale = s.dataset, s.pooled_scaling
     blob = export_inference_int8(ds.info.model, ds.info.input_shape, len(ds.info.classes),
                                  weights, scale(s.pooled_x)[:256])
-    path = args.out / "model-int8.tflite"
+    path = folder / "model-int8.tflite"
     path.write_bytes(blob)
     interp = Interpreter(blob)
     x_test = scale(ds.x_test)
@@ -58,31 +57,29 @@ def _int8(args: argparse.Namespace, s: Setup, weights: dict[str, Any]) -> tuple[
     return str(path), float((pred == ds.y_test).mean())
 
 
-def build_result(args: argparse.Namespace, s: Setup, rows: list[dict[str, Any]],
+def build_result(config: DemoConfig, s: Setup, rows: list[dict[str, Any]],
                  evaluations: dict[int, dict[str, Any]], initial: dict[str, Any]
                  ) -> dict[str, Any]:
     """Assembles the JSON result, with the pooled and local-only baselines."""
-    from tools.evaluate import weights_of_checkpoint
-
     d, ds = s.defaults, s.dataset
     rounds = [_round_row(r, evaluations[int(r.get("version", 0))]) for r in rows]
     final_version = int(rows[-1].get("version", 0)) if rows else 0
-    weights = weights_of_checkpoint(args.out / "aggregator", final_version)
+    weights = weights_of_checkpoint(config.out / "aggregator", final_version)
     last = evaluations.get(final_version, initial)
     scale = s.pooled_scaling
     epochs = d.epochs * d.rounds
     # same model file (batch size, optimizer), same lr, rounds x local epochs, on the union
     pooled_w = train_alone(s.model_file, scale(s.pooled_x), s.pooled_y, epochs=epochs,
-                           lr=d.lr, seed=args.seed)
+                           lr=d.lr, seed=config.seed)
     pooled_loss, pooled = evaluate(s.model_file, pooled_w, scale(ds.x_test), ds.y_test)
     local = local_only(s.model_file, [(c.scaling(c.x_train), c.y_train) for c in s.shares],
-                       (scale(ds.x_test), ds.y_test), epochs=epochs, lr=d.lr, seed=args.seed)
-    int8_path, int8_acc = _int8(args, s, weights)
+                       (scale(ds.x_test), ds.y_test), epochs=epochs, lr=d.lr, seed=config.seed)
+    int8_path, int8_acc = _int8(config.out, s, weights)
     return {
         "dataset": ds.info.name, "model": ds.info.model, "clients": len(s.shares),
-        "partition": d.partition, "codec": args.codec, "strategy": args.strategy,
-        "weighting": args.weighting, "seed": args.seed, "epochs": d.epochs, "lr": d.lr,
-        "batch_size": d.batch_size, "optimizer": d.optimizer, "mu": args.mu,
+        "partition": d.partition, "codec": config.codec, "strategy": config.strategy,
+        "weighting": config.weighting, "seed": config.seed, "epochs": d.epochs, "lr": d.lr,
+        "batch_size": d.batch_size, "optimizer": d.optimizer, "mu": config.mu,
         "rounds": rounds, "initial": {"accuracy": initial["accuracy"], "loss": initial["loss"]},
         "final": {
             "accuracy": last["accuracy"], "loss": last["loss"], "clients": last["clients"],

@@ -1,6 +1,6 @@
 """Per-round statistics of ``fedge simulate``: the aggregator's history joined with device events.
 
-A round's row has the layout of the demo's ``rounds`` (``tools/demo_report.py``), with
+A round's row has the layout of the demo's ``rounds`` (``tools/demo/report.py``), with
 ``accuracy`` and ``loss`` null (simulated devices do not evaluate); ``rejections`` are the
 aggregator's counts while the round was open (including chunks it could not attribute).
 Added from what the devices saw: ``selected``, ``sent`` (devices that published a complete

@@ -1,7 +1,7 @@
 """Runs one federation on this machine: a broker, the aggregator and N clients as processes.
 
 Shared by ``fedge demo`` and ``fedge simulate``. Every participant is a separate
-process talking real MQTT; :class:`Federation` watches the aggregator's
+process talking real MQTT; :func:`run_federation` watches the aggregator's
 ``history.jsonl`` to report rounds as they close, and stops everything on exit.
 """
 
@@ -11,14 +11,14 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from aggregator.history import read_history
 from edge_client.errors import FedgeError
-from tools.broker import EmbeddedBroker, MosquittoBroker, mosquitto_available
-from tools.fleet import Child, Fleet
+from tools.runtime.broker import EmbeddedBroker, MosquittoBroker, mosquitto_available
+from tools.runtime.fleet import Child, Fleet
 
 log = logging.getLogger(__name__)
 
@@ -41,16 +41,6 @@ class FederationPlan:
     timeout: float = 600.0
 
 
-@dataclass
-class RunningFederation:
-    """Handles of a started federation."""
-
-    broker_url: str
-    mqtt_version: str
-    aggregator: Child
-    clients: list[Child] = field(default_factory=list)
-
-
 def start_broker(stack: ExitStack, external: str | None, embedded: bool = False
                  ) -> tuple[str, str]:
     """Returns (url, MQTT version): the external broker, Mosquitto, or embedded amqtt."""
@@ -64,8 +54,6 @@ def start_broker(stack: ExitStack, external: str | None, embedded: bool = False
     log.info("broker: embedded amqtt on %s (MQTT 3.1.1; install mosquitto for MQTT 5)",
              amqtt.url)
     return amqtt.url, "3.1.1"
-
-
 
 
 def run_federation(plan: FederationPlan,

@@ -1,0 +1,56 @@
+"""The settings of one ``fedge demo`` run: built once from the flags, or by ``fedge bench results``.
+
+``None`` means "the dataset's default": :func:`tools.demo.data.defaults_for` resolves it
+against the dataset (clients, partition, rounds, local epochs, learning rate), so the flags'
+defaults and the code's are the same values, kept here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge_client.errors import ConfigError
+
+CODECS = ("fp32", "fp16", "int8")
+STRATEGIES = ("fedavg", "fedavgm", "fedadam", "median", "trimmed-mean")
+WEIGHTINGS = ("samples", "uniform")
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """What one demo run does (``fedge demo --help`` describes each setting)."""
+
+    dataset: str = "seed-gaussian"  # the seed article's two parties: the README's reference run
+    clients: int | None = None  # None: the dataset's natural parties, else its default count
+    rounds: int | None = None  # None: DEFAULT_ROUNDS of tools/demo/data.py
+    partition: str | None = None  # None: the dataset's natural split where it has one
+    alpha: float = 0.5  # Dirichlet / quantity skew; the partitioners use 0.5 whatever it is
+    codec: str = "int8"  # a quarter of fp32's update bytes (docs/results.md compares the two)
+    strategy: str = "fedavg"  # plain federated averaging: the baseline to compare against
+    weighting: str = "samples"  # FedAvg by sample count (uniform: the seed article's mean)
+    epochs: int | None = None  # None: the dataset's local epochs per round
+    lr: float | None = None  # None: the dataset's local learning rate
+    mu: float = 0.0  # FedProx proximal weight; 0 is FedAvg
+    seed: int = 0  # seeds data, partition, model and training: a run is reproducible
+    broker: str | None = None  # an external broker URL; None starts one on loopback
+    embedded_broker: bool = False  # amqtt even when Mosquitto is installed
+    out: Path = Path("out/demo")  # data shares, state, logs, models
+    json_path: Path | None = None  # None: OUT/results.json
+    plot_path: Path | None = None  # None: OUT/rounds.png
+    round_timeout: float = 60.0  # seconds a round waits for its clients; ample on one machine
+    progress: bool = True  # a progress bar per round (off: one log line per round)
+
+    def __post_init__(self) -> None:
+        if self.clients is not None and self.clients < 1:
+            raise ConfigError("--clients must be at least 1")
+
+    @property
+    def results_path(self) -> Path:
+        """Where the results JSON goes."""
+        return self.json_path or self.out / "results.json"
+
+    @property
+    def rounds_png(self) -> Path:
+        """Where the accuracy/loss plot goes."""
+        return self.plot_path or self.out / "rounds.png"

@@ -1,0 +1,59 @@
+"""Everything a demo run prepares before the federation starts: data shares, the model file.
+
+:func:`prepare` loads the dataset, resolves the run's settings against the dataset's
+defaults, writes one data file per client and exports the trainable model; the demo
+(:mod:`tools.demo.command`) and its report (:mod:`tools.demo.report`) both read the
+resulting :class:`Setup`.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from tools.datasets import Dataset, load_dataset
+from tools.demo.config import DemoConfig
+from tools.demo.data import ClientShare, DemoDefaults, defaults_for, pooled_training, share_data
+from tools.demo.evaluate import Scaling
+
+Array = npt.NDArray[Any]
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Everything prepared before the federation starts."""
+
+    dataset: Dataset
+    defaults: DemoDefaults
+    shares: list[ClientShare]
+    model_file: bytes
+    model_path: Path
+    pooled_x: Array  # the union of the clients' training data (the pooled baseline's)
+    pooled_y: Array
+    pooled_scaling: Scaling
+
+
+def prepare(config: DemoConfig) -> Setup:
+    """Loads the data, splits it into client files, exports the trainable model."""
+    from models.export import export_trainable
+
+    ds = load_dataset(config.dataset, seed=config.seed)
+    d = defaults_for(ds, config)
+    # a previous run's state would be resumed (the aggregator recovers from its state dir)
+    # and its results reported as this run's, whatever the flags now say
+    for stale in ("aggregator", "clients", "logs"):
+        shutil.rmtree(config.out / stale, ignore_errors=True)
+    config.out.mkdir(parents=True, exist_ok=True)
+    shares = share_data(ds, d, config.out / "clients", np.random.default_rng(config.seed))
+    model_file = export_trainable(ds.info.model, ds.info.input_shape, len(ds.info.classes),
+                                  d.batch_size, optimizer=d.optimizer, seed=config.seed)
+    model_path = config.out / "model.tflite"
+    model_path.write_bytes(model_file)
+    pooled_x, pooled_y = pooled_training(ds, shares)
+    return Setup(ds, d, shares, model_file, model_path, pooled_x, pooled_y,
+                 Scaling.fit(pooled_x, d.normalise))
