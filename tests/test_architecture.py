@@ -17,10 +17,12 @@ ALLOWED: dict[str, set[str]] = {
     "aggregator": {"edge_client"},
     "tools": {"edge_client", "aggregator", "models"},
 }
-# aggregator may use only these edge_client modules (STYLE.md)
+# aggregator may use only these edge_client modules (../shared/STYLE.md): the wire modules,
+# and the code both sides share (settings: the config reader; files: the atomic write)
 AGGREGATOR_MAY_USE = {"edge_client", "edge_client.protocol", "edge_client.quantize",
                       "edge_client.transport", "edge_client.transfer", "edge_client.errors",
-                      "edge_client.model", "edge_client.signing"}
+                      "edge_client.model", "edge_client.signing", "edge_client.settings",
+                      "edge_client.files"}
 
 
 def _imports(path: Path) -> list[str]:
