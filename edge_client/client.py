@@ -42,7 +42,7 @@ from edge_client.protocol import (
 from edge_client.quantize import dequantize_update, residual_from_bytes, residual_to_bytes
 from edge_client.state import StateDir
 from edge_client.training import Array, LocalSplit, TrainedUpdate, Trainer, train_round
-from edge_client.transfer import Reassembler, split
+from edge_client.transfer import DEFAULT_MAX_PAYLOAD, Reassembler, split
 from edge_client.transport import Message, Transport, TransportError
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ class ClientSettings:
 
     client_id: str
     topics: Topics
-    max_payload: int = 128 * 1024
+    max_payload: int = DEFAULT_MAX_PAYLOAD
     once: bool = False
     max_rounds: int | None = None
     resend_after: float = 20.0
