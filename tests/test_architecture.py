@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from import_block import BLOCK_TENSORFLOW
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("edge_client", "aggregator", "models", "tools")
@@ -87,17 +88,6 @@ def test_no_pickle_anywhere() -> None:
     assert not bad, bad
 
 
-BLOCK_TF = """
-import sys
-class _Block:
-    def find_spec(self, name, path=None, target=None):
-        if name == "tensorflow" or name.startswith("tensorflow."):
-            raise ImportError("tensorflow is blocked in this test")
-        return None
-sys.meta_path.insert(0, _Block())
-"""
-
-
 def test_edge_client_and_aggregator_import_without_tensorflow() -> None:
     modules = sorted(
         ".".join(p.relative_to(ROOT).with_suffix("").parts)
@@ -105,7 +95,7 @@ def test_edge_client_and_aggregator_import_without_tensorflow() -> None:
         for p in (ROOT / pkg).rglob("*.py")
         if p.name != "__main__.py"
     )
-    code = BLOCK_TF + "".join(f"import {m}\n" for m in modules) + (
+    code = BLOCK_TENSORFLOW + "".join(f"import {m}\n" for m in modules) + (
         "assert 'tensorflow' not in sys.modules\nprint('ok')\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)

@@ -14,13 +14,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+from membus import MemoryBroker, MemoryTransport
 
 from aggregator.config import AggregatorConfig
 from aggregator.modelfile import ModelFile
 from aggregator.service import AggregatorService
 from aggregator.store import AggregatorStore
 from edge_client.errors import ConfigError
-from edge_client.membus import MemoryBroker, MemoryTransport
 from edge_client.model import ModelMetadata
 from edge_client.protocol import Presence, Reply, Round, Update, Weights
 from edge_client.quantize import dequantize_update, quantize_update

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from membus import MemoryBroker, MemoryTransport
 
 from aggregator.store import read_history
-from edge_client.membus import MemoryBroker, MemoryTransport
 from edge_client.protocol import Chunk, Hyperparameters, Manifest, Presence, Reply, Round, Topics
 from edge_client.transfer import Reassembler
 from edge_client.transport import Message
