@@ -1,4 +1,4 @@
-"""The dependency rules of STYLE.md, checked on the source (imports point one way)."""
+"""The dependency rules of the house style (../shared/STYLE.md), checked on the source."""
 
 from __future__ import annotations
 
@@ -100,3 +100,20 @@ def test_edge_client_and_aggregator_import_without_tensorflow() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
+
+
+@pytest.mark.parametrize("package", ["edge_client", "edge_client.protocol", "models"])
+def test_every_package_states_its_public_names(package: str) -> None:
+    """``__all__`` names only what exists; a package re-exporting nothing lists its modules."""
+    directory = ROOT.joinpath(*package.split("."))
+    tree = ast.parse((directory / "__init__.py").read_text())
+    listed = [ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
+              and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets)]
+    assert listed, f"{package}/__init__.py has no __all__"
+    modules = {p.stem for p in directory.glob("*.py") if not p.name.startswith("_")}
+    modules |= {p.parent.name for p in directory.glob("*/__init__.py")}
+    imported = {a.asname or a.name for node in tree.body if isinstance(node, ast.ImportFrom)
+                and node.module != "__future__" for a in node.names}
+    assert not set(listed[0]) - modules - imported, "__all__ names what does not exist"
+    if not imported:
+        assert sorted(listed[0]) == sorted(modules)
