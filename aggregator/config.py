@@ -4,18 +4,17 @@ Built once in ``__main__`` into a frozen :class:`AggregatorConfig`; nothing deep
 reads configuration. Precedence: command-line flag > TOML value > default. The TOML
 keys are the flag names (``-`` or ``_``), at the top level or under ``[aggregator]``.
 The MQTT password comes only from ``FEDGE_PASSWORD`` or ``--password-file``.
-Every error names the flag it is about.
+Every error names the flag it is about (the reader is :mod:`edge_client.settings`,
+shared with the client).
 """
 
 from __future__ import annotations
 
 import argparse
-import math
-import os
-import sys
-from dataclasses import dataclass, fields
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from aggregator.fedavg import STRATEGIES, Strategy
 from aggregator.intake import IntakeLimits
@@ -30,12 +29,14 @@ from edge_client.protocol import (
     ProtocolError,
     Topics,
 )
+from edge_client.settings import Bounds, build_settings
+from edge_client.transfer import (
+    DEFAULT_MAX_BUFFERED_BYTES,
+    DEFAULT_MAX_PAYLOAD,
+    DEFAULT_MAX_TRANSFERS,
+    DEFAULT_MAX_TRANSFERS_PER_SENDER,
+)
 from edge_client.transport import BrokerConfig
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 
 @dataclass(frozen=True)
@@ -71,12 +72,12 @@ class AggregatorConfig:
     max_samples_per_client: int | None = None
     max_num_samples: int = 1_000_000
     max_update_norm: float = 1000.0
-    max_payload: int = 128 * 1024
+    max_payload: int = DEFAULT_MAX_PAYLOAD
     max_message_bytes: int = MAX_CHUNK_BYTES  # resource caps of the update intake
     max_transfer_bytes: int | None = None  # None: the model's fp32 update size plus framing
-    max_transfers: int = 4096  # memory is bounded by max_buffered_bytes
-    max_transfers_per_client: int = 4
-    max_buffered_bytes: int = 256 * 1024 * 1024
+    max_transfers: int = DEFAULT_MAX_TRANSFERS  # memory is bounded by max_buffered_bytes
+    max_transfers_per_client: int = DEFAULT_MAX_TRANSFERS_PER_SENDER
+    max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES
     transfer_timeout: float | None = None  # None: max(30 s, 2 x round_timeout)
     state_dir: Path = Path("fedge-aggregator-state")
     metrics_port: int = 0
@@ -138,118 +139,42 @@ class AggregatorConfig:
             max_buffered_bytes=self.max_buffered_bytes, transfer_timeout=self.transfer_timeout)
 
 
-_PATHS = {"model", "state_dir", "ca", "cert", "key", "signing_key"}
-_STRINGS = {"broker", "client_id", "username", "federation", "prefix", "metrics_host"}
-#: int fields and their smallest (and largest) allowed value
-_INTS: dict[str, tuple[int, int]] = {
-    "rounds": (1, 10**9), "min_clients": (1, MAX_SELECTED), "min_available": (1, 10**9),
-    "clients_per_round": (1, MAX_SELECTED), "epochs": (1, 10_000), "batch_size": (1, 10**6),
-    "max_samples_per_client": (1, 2**53), "max_num_samples": (1, 2**53),
-    "max_payload": (1024, MAX_CHUNK_BYTES), "metrics_port": (0, 65535), "seed": (0, 2**63),
-    "max_message_bytes": (1024, MAX_CHUNK_BYTES), "max_transfer_bytes": (1, MAX_TRANSFER_BYTES),
-    "max_transfers": (1, 1_000_000), "max_transfers_per_client": (1, 1_000_000),
-    "max_buffered_bytes": (1, 2**40),
-}
-#: float fields: (low, high, whether low itself is allowed)
-_FLOATS: dict[str, tuple[float, float, bool]] = {
-    "round_timeout": (0.0, 1e7, False), "lr": (0.0, 1000.0, False), "mu": (0.0, 1e6, True),
-    "server_lr": (0.0, 1e6, False), "max_update_norm": (0.0, 1e30, False),
-    "fraction": (0.0, 1.0, False), "transfer_timeout": (0.0, 1e7, False),
-}
-_CHOICES: dict[str, tuple[str, ...]] = {
-    "codec": CODECS, "strategy": STRATEGIES, "weighting": ("samples", "uniform"),
-    "mqtt_version": ("5", "3.1.1"),
-}
+#: what the field types do not say: int ranges, float ranges, and the fields with choices
+BOUNDS = Bounds(
+    ints={
+        "rounds": (1, 10**9), "min_clients": (1, MAX_SELECTED), "min_available": (1, 10**9),
+        "clients_per_round": (1, MAX_SELECTED), "epochs": (1, 10_000),
+        "batch_size": (1, 10**6), "max_samples_per_client": (1, 2**53),
+        "max_num_samples": (1, 2**53), "max_payload": (1024, MAX_CHUNK_BYTES),
+        "metrics_port": (0, 65535), "seed": (0, 2**63),
+        "max_message_bytes": (1024, MAX_CHUNK_BYTES),
+        "max_transfer_bytes": (1, MAX_TRANSFER_BYTES), "max_transfers": (1, 1_000_000),
+        "max_transfers_per_client": (1, 1_000_000), "max_buffered_bytes": (1, 2**40),
+    },
+    floats={  # (low, high, whether low itself is allowed)
+        "round_timeout": (0.0, 1e7, False), "lr": (0.0, 1000.0, False),
+        "mu": (0.0, 1e6, True), "server_lr": (0.0, 1e6, False),
+        "max_update_norm": (0.0, 1e30, False), "fraction": (0.0, 1.0, False),
+        "transfer_timeout": (0.0, 1e7, False),
+    },
+    choices={
+        "codec": CODECS, "strategy": STRATEGIES, "weighting": ("samples", "uniform"),
+        "mqtt_version": ("5", "3.1.1"),
+    },
+)
 
 
-def flag(name: str) -> str:
-    """The command-line flag of a config field: ``min_clients`` → ``--min-clients``."""
-    return "--" + name.replace("_", "-")
-
-
-def read_toml(path: Path) -> dict[str, Any]:
-    """Reads a TOML config (keys as the flags, ``-`` or ``_``, optionally under [aggregator]).
-
-    Raises:
-        ConfigError: unreadable or invalid TOML.
-    """
-    try:
-        with open(path, "rb") as f:
-            raw = tomllib.load(f)
-    except OSError as e:
-        raise ConfigError(f"--config {path}: {e.strerror}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"--config {path}: not valid TOML: {e}") from None
-    table = raw.get("aggregator", raw)
-    if not isinstance(table, dict):
-        raise ConfigError(f"--config {path}: [aggregator] must be a table")
-    return {str(k).replace("-", "_"): v for k, v in table.items()}
-
-
-def build_config(args: argparse.Namespace, env: dict[str, str] | None = None) -> AggregatorConfig:
+def build_config(args: argparse.Namespace,
+                 env: Mapping[str, str] | None = None) -> AggregatorConfig:
     """Merges defaults, the TOML file (``args.config``), flags and secrets; checks everything.
 
     Raises:
         ConfigError: an unknown key, a bad value (the message names the flag), or a
             secret in the wrong place.
     """
-    env = dict(os.environ) if env is None else env
-    known = {f.name for f in fields(AggregatorConfig)} - {"password"}
-    values: dict[str, Any] = {}
-    if getattr(args, "config", None):
-        for k, v in read_toml(Path(args.config)).items():
-            if k in ("password", "password_file"):
-                raise ConfigError(f"--config {args.config}: put the password in FEDGE_PASSWORD "
-                                  "or pass --password-file, not in the config file")
-            if k not in known:
-                raise ConfigError(f"--config {args.config}: unknown key {k!r}")
-            values[k] = v
-    values.update({k: getattr(args, k) for k in known if getattr(args, k, None) is not None})
-    values = {k: _coerce(k, v) for k, v in values.items()}
-    config = AggregatorConfig(password=_password(args, env), **values)
+    config = build_settings(AggregatorConfig, args, env, section="aggregator", bounds=BOUNDS)
     check(config)
     return config
-
-
-def _password(args: argparse.Namespace, env: dict[str, str]) -> str | None:
-    path = getattr(args, "password_file", None)
-    if path:
-        try:
-            return Path(path).read_text().strip()
-        except OSError as e:
-            raise ConfigError(f"--password-file {path}: {e.strerror}") from None
-    return env.get("FEDGE_PASSWORD")
-
-
-def _coerce(name: str, value: Any) -> Any:
-    where = flag(name)
-    if name in _PATHS or name in _STRINGS:
-        if not isinstance(value, (str, Path)) or not str(value):
-            raise ConfigError(f"{where}: expected a non-empty string, got {value!r}")
-        return Path(value) if name in _PATHS else str(value)
-    if name in _INTS:
-        low, high = _INTS[name]
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise ConfigError(f"{where}: expected a whole number in [{low}, {high}], "
-                              f"got {value!r}")
-        return value
-    if name in _FLOATS:
-        return _float(where, value, *_FLOATS[name])
-    value = str(value)  # mqtt-version 5 may come from TOML as an integer
-    if value not in _CHOICES[name]:
-        raise ConfigError(f"{where}: expected one of {', '.join(_CHOICES[name])}, got {value!r}")
-    return value
-
-
-def _float(where: str, value: Any, low: float, high: float, low_ok: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
-    number = float(value)
-    above = number >= low if low_ok else number > low
-    if not (math.isfinite(number) and above and number <= high):
-        bracket = "[" if low_ok else "("
-        raise ConfigError(f"{where}: expected a number in {bracket}{low}, {high}], got {value!r}")
-    return number
 
 
 def check(c: AggregatorConfig) -> None:

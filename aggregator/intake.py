@@ -10,7 +10,6 @@ for :meth:`aggregator.round.Round.admit`). It touches nothing but its reassembly
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -18,14 +17,22 @@ import numpy as np
 from aggregator.reasons import Reason, Rejection
 from aggregator.validation import ReceivedUpdate, UpdateLimits
 from edge_client.errors import ConfigError, ProtocolError
-from edge_client.protocol import MAX_CHUNK_BYTES, Chunk, MalformedMessage, Update
+from edge_client.protocol import (
+    MAX_CHUNK_BYTES,
+    Chunk,
+    MalformedMessage,
+    Update,
+    parse_update_transfer_id,
+)
 from edge_client.quantize import dequantize_update
-from edge_client.transfer import ChunkRejected, Reassembler, ReassemblyLimits
-
-#: ``u-{round_id}-{nonce hex}``, optionally ``-{attempt}`` (docs/protocol.md, Chunking)
-_UPDATE_TRANSFER = re.compile(
-    r"u-(0|[1-9][0-9]{0,15})-((?:[0-9a-f]{2}){8,64})(?:-[A-Za-z0-9_.-]*)?")
-MAX_ROUND_ID = 2**53  # Reply.round_id is an int <= 2^53 (docs/protocol.md)
+from edge_client.transfer import (
+    DEFAULT_MAX_BUFFERED_BYTES,
+    DEFAULT_MAX_TRANSFERS,
+    DEFAULT_MAX_TRANSFERS_PER_SENDER,
+    ChunkRejected,
+    Reassembler,
+    ReassemblyLimits,
+)
 
 
 @dataclass(frozen=True)
@@ -45,9 +52,9 @@ class IntakeLimits(UpdateLimits):
 
     max_message_bytes: int = MAX_CHUNK_BYTES
     max_transfer_bytes: int | None = None
-    max_transfers: int = 64
-    max_transfers_per_client: int = 4
-    max_buffered_bytes: int = 256 * 1024 * 1024
+    max_transfers: int = DEFAULT_MAX_TRANSFERS
+    max_transfers_per_client: int = DEFAULT_MAX_TRANSFERS_PER_SENDER
+    max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES
     transfer_timeout: float | None = None
 
     def __post_init__(self) -> None:
@@ -89,10 +96,8 @@ def addressee(sender: str, update: Update | None, transfer_id: str) -> Addressee
     """
     if update is not None:
         return Addressee(sender, update.round_id, update.nonce)
-    found = _UPDATE_TRANSFER.fullmatch(transfer_id)
-    if found is None or int(found[1]) > MAX_ROUND_ID:  # a Reply could not carry that round
-        return None
-    return Addressee(sender, int(found[1]), bytes.fromhex(found[2]))
+    named = parse_update_transfer_id(transfer_id)
+    return None if named is None else Addressee(sender, *named)
 
 
 @dataclass(frozen=True)

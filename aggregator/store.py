@@ -28,28 +28,10 @@ from numpy.typing import NDArray
 
 from aggregator.history import HISTORY_FILE, read_history
 from edge_client.errors import ConfigError, ValidationError
+from edge_client.files import atomic_write
 from edge_client.protocol import InvalidTopic, check_id
 
 _SEQ_DIGITS = 5
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def _ends_with_newline(path: Path) -> bool:
@@ -84,7 +66,7 @@ class AggregatorStore:
     # -- round state ------------------------------------------------------
     def save_round_state(self, state: dict[str, Any]) -> None:
         """Persists the round state machine's snapshot."""
-        _atomic_write(self.root / "round.json", json.dumps(state, sort_keys=True).encode())
+        atomic_write(self.root / "round.json", json.dumps(state, sort_keys=True).encode())
 
     def load_round_state(self) -> dict[str, Any] | None:
         """The last round snapshot, or None on a first start.
@@ -131,7 +113,7 @@ class AggregatorStore:
             return
         directory = self._accepted_dir(round_id)
         seq = len(list(directory.glob("*.bin"))) if directory.exists() else 0
-        _atomic_write(directory / f"{seq:0{_SEQ_DIGITS}d}-{client_id}.bin", payload)
+        atomic_write(directory / f"{seq:0{_SEQ_DIGITS}d}-{client_id}.bin", payload)
 
     def accepted(self, round_id: int) -> list[tuple[str, bytes]]:
         """Every accepted update of a round as (client id, wire bytes), in acceptance order."""
@@ -155,8 +137,8 @@ class AggregatorStore:
         """Persists global weights version N and the server optimizer state after it."""
         buf = io.BytesIO()
         np.savez(buf, **server_state)
-        _atomic_write(self._checkpoint_path(version, ".server.npz"), buf.getvalue())
-        _atomic_write(self._checkpoint_path(version, ".bin"), weights_payload)
+        atomic_write(self._checkpoint_path(version, ".server.npz"), buf.getvalue())
+        atomic_write(self._checkpoint_path(version, ".bin"), weights_payload)
 
     def checkpoint(self, version: int) -> tuple[bytes, dict[str, NDArray[Any]]] | None:
         """(weights wire bytes, server state) of version N, or None if it was never saved."""

@@ -1,0 +1,28 @@
+"""The device side of fedge: numpy, a TFLite runtime and paho-mqtt; never TensorFlow.
+
+Nothing is re-exported here: import from the modules, whose names are the public
+names of the package. The aggregator may import only the wire modules (``protocol``,
+``transfer``, ``quantize``, ``signing``, ``errors``, ``transport``, ``model``, and the
+shared ``settings`` and ``files``); nothing here imports from the rest of fedge.
+"""
+
+__all__ = [
+    "client",  # the participation loop, written against small ports
+    "config",  # ClientConfig, built once by __main__
+    "data",  # local data files: CSV, NPZ, time-series CSV
+    "device",  # wires a ClientConfig into a running client
+    "errors",  # the roots of the one exception tree
+    "files",  # the one atomic write
+    "model",  # a trainable .tflite model on the runtime
+    "model_file",  # the metadata a .tflite file carries
+    "normalise",  # normalisation statistics computed on the device
+    "protocol",  # THE wire format: topics, messages, ids, strict CBOR
+    "quantize",  # update codecs and error feedback
+    "runtime",  # the only adapter over a TFLite interpreter
+    "settings",  # the one reader of TOML, flags and secrets
+    "signing",  # Ed25519 manifest signatures (needs cryptography)
+    "state",  # the client's state directory
+    "training",  # one round of local training
+    "transfer",  # chunked transfers: split and reassemble
+    "transport",  # the only module that imports paho
+]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from edge_client.config import ClientConfig, build_config
 from edge_client.errors import FedgeError
+from edge_client.protocol import ID_RULE
 
 log = logging.getLogger("edge_client")
 
@@ -39,49 +40,62 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fedge-client", description=__doc__, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", type=Path, help="TOML file with any of the options below "
-                   "(keys as the flags, optionally under [client]); flags win")
+    p.add_argument("--config", type=Path, metavar="FILE", help="TOML file with any of the "
+                   "options below (keys as the flags, optionally under [client]); flags win")
     g = p.add_argument_group("federation")
-    g.add_argument("--broker", help=f"mqtt://host:port or mqtts://host:port (TLS); "
-                   f"default {d.broker}")
-    g.add_argument("--federation",
+    g.add_argument("--broker", metavar="URL", help="mqtt://host:port or mqtts://host:port "
+                   f"(TLS); default {d.broker}")
+    g.add_argument("--federation", metavar="NAME",
                    help=f"federation name (topic namespace); default {d.federation}")
-    g.add_argument("--prefix", help=f"topic prefix; default {d.prefix}")
-    g.add_argument("--client-id", help="this device's id (letters, digits, _ -); default: "
-                   "generated once and kept in the state dir")
+    g.add_argument("--prefix", metavar="PREFIX", help=f"topic prefix; default {d.prefix}")
+    g.add_argument("--client-id", metavar="ID", help=f"this device's id ({ID_RULE}); "
+                   "default: generated once and kept in the state dir")
     g.add_argument("--mqtt-version", choices=["5", "3.1.1"], help="MQTT protocol; default 5")
     g.add_argument("--once", action="store_true", default=None,
                    help="take part in one round, then exit 0")
-    g.add_argument("--max-rounds", type=int, help="exit 0 after taking part in N rounds")
-    g.add_argument("--max-payload", type=int, help="largest MQTT payload in bytes; bigger "
-                   f"updates are chunked; default {d.max_payload}")
+    g.add_argument("--max-rounds", type=int, metavar="N",
+                   help="exit 0 after taking part in N rounds")
+    g.add_argument("--max-payload", type=int, metavar="BYTES", help="largest MQTT payload in "
+                   f"bytes; bigger updates are chunked; default {d.max_payload}")
     g = p.add_argument_group("local data (never leaves the device)")
-    g.add_argument("--data", type=Path, help="a .csv (with --label-column), an .npz with x "
-                   "and y, or a time-series .csv of sensor channels (with --window)")
-    g.add_argument("--label-column", help="CSV column holding the label")
-    g.add_argument("--features", help="comma-separated feature columns (default: all others)")
-    g.add_argument("--window", type=int, help="time-series CSV: window length in rows")
-    g.add_argument("--stride", type=int, help="time-series CSV: step between windows "
-                   "(default: the window length)")
+    g.add_argument("--data", type=Path, metavar="FILE", help="a .csv (with --label-column), "
+                   "an .npz with x and y, or a time-series .csv of sensor channels "
+                   "(with --window)")
+    g.add_argument("--label-column", metavar="COLUMN", help="CSV column holding the label")
+    g.add_argument("--features", metavar="COLUMNS",
+                   help="comma-separated feature columns (default: all others)")
+    g.add_argument("--window", type=int, metavar="ROWS",
+                   help="time-series CSV: window length in rows")
+    g.add_argument("--stride", type=int, metavar="ROWS", help="time-series CSV: step between "
+                   "windows (default: the window length)")
     g.add_argument("--no-normalise", dest="normalise", action="store_false", default=None,
                    help="train on raw feature values (default: standardise each feature "
                    "with statistics computed on this device)")
-    g.add_argument("--group-column", help="time-series CSV: windows never span two values "
-                   "of this column (e.g. session)")
+    g.add_argument("--group-column", metavar="COLUMN", help="time-series CSV: windows never "
+                   "span two values of this column (e.g. session)")
     g = p.add_argument_group("security")
-    g.add_argument("--ca", type=Path, help="CA certificate (PEM) to verify the broker")
-    g.add_argument("--cert", type=Path, help="this device's certificate (PEM), for mTLS")
-    g.add_argument("--key", type=Path, help="this device's private key (PEM), for mTLS")
-    g.add_argument("--username", help="MQTT username (password from FEDGE_PASSWORD)")
-    g.add_argument("--password-file", type=Path, help="read the MQTT password from this file")
-    g.add_argument("--verify-key", type=Path, help="the aggregator's Ed25519 public key(s), "
-                   "PEM (signing.pub from `fedge provision`): a manifest not signed by it is "
-                   "refused and the current model kept; needs the cryptography package")
+    g.add_argument("--ca", type=Path, metavar="PEM",
+                   help="CA certificate (PEM) to verify the broker")
+    g.add_argument("--cert", type=Path, metavar="PEM",
+                   help="this device's certificate (PEM), for mTLS")
+    g.add_argument("--key", type=Path, metavar="PEM",
+                   help="this device's private key (PEM), for mTLS")
+    g.add_argument("--username", metavar="NAME",
+                   help="MQTT username (password from FEDGE_PASSWORD)")
+    g.add_argument("--password-file", type=Path, metavar="FILE",
+                   help="read the MQTT password from this file")
+    g.add_argument("--verify-key", type=Path, metavar="PEM", help="the aggregator's Ed25519 "
+                   "public key(s), PEM (signing.pub from `fedge provision`): a manifest not "
+                   "signed by it is refused and the current model kept; needs the "
+                   "cryptography package")
     g = p.add_argument_group("device")
-    g.add_argument("--state-dir", type=Path, help="where the client id, current model, "
-                   f"residual and unsent updates are kept; default ./{d.state_dir}")
-    g.add_argument("--threads", type=int, help="TFLite interpreter threads; default 1")
-    g.add_argument("--seed", type=int, help="seed for shuffling and stochastic rounding")
+    g.add_argument("--state-dir", type=Path, metavar="DIR", help="where the client id, "
+                   f"current model, residual and unsent updates are kept; "
+                   f"default ./{d.state_dir}")
+    g.add_argument("--threads", type=int, metavar="N",
+                   help=f"TFLite interpreter threads; default {d.threads}")
+    g.add_argument("--seed", type=int, metavar="N",
+                   help="seed for shuffling and stochastic rounding")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 

@@ -29,11 +29,20 @@ from pathlib import Path
 import numpy as np
 
 from edge_client.errors import FedgeError, ModelError, ProtocolError
-from edge_client.protocol import Manifest, Reply, Round, Topics, Update, Weights, is_clear
+from edge_client.protocol import (
+    Manifest,
+    Reply,
+    Round,
+    Topics,
+    Update,
+    Weights,
+    is_clear,
+    update_transfer_id,
+)
 from edge_client.quantize import dequantize_update, residual_from_bytes, residual_to_bytes
 from edge_client.state import StateDir
 from edge_client.training import Array, LocalSplit, TrainedUpdate, Trainer, train_round
-from edge_client.transfer import Reassembler, split
+from edge_client.transfer import DEFAULT_MAX_PAYLOAD, Reassembler, split
 from edge_client.transport import Message, Transport, TransportError
 
 log = logging.getLogger(__name__)
@@ -46,7 +55,7 @@ class ClientSettings:
 
     client_id: str
     topics: Topics
-    max_payload: int = 128 * 1024
+    max_payload: int = DEFAULT_MAX_PAYLOAD
     once: bool = False
     max_rounds: int | None = None
     resend_after: float = 20.0
@@ -295,10 +304,10 @@ class EdgeClient:
             return
         if now - p.last_sent < self.s.resend_after:
             return
-        tid = f"u-{p.update.round_id}-{p.update.nonce.hex()}-{p.attempts}"
+        tid = update_transfer_id(p.update.round_id, p.update.nonce, p.attempts)
         p.attempts, p.last_sent = p.attempts + 1, now
         try:
-            for chunk in split(p.payload, tid[:64], max_payload=self.s.max_payload):
+            for chunk in split(p.payload, tid, max_payload=self.s.max_payload):
                 self.t.publish(self.s.topics.update(self.s.client_id), chunk, qos=1,
                                timeout=60.0)
         except TransportError as e:  # kept in the outbox; paho re-sends after a reconnect

@@ -1,7 +1,14 @@
-"""The one exception tree of fedge.
+"""The roots of fedge's one exception tree.
 
-Every error fedge raises on purpose derives from :class:`FedgeError`, and each
-message says what was wrong and where (file, topic, field).
+Every error that ``edge_client`` and ``aggregator`` raise about what they were given
+(a message, a file, a flag) derives from :class:`FedgeError`, and its message says what
+was wrong and where (file, line, topic, field, flag); a broken invariant of the code
+itself stays a plain ``ValueError`` or ``TypeError``. The subclasses live next to the
+code that raises them (``MalformedMessage`` and ``InvalidTopic`` in the protocol,
+``ChunkRejected`` in ``transfer``, ``ManifestRejected`` in ``signing``, ``TransportError``
+in ``transport``); tools add their own (``FederationError``). ``models`` imports nothing
+from the rest of fedge, so its errors (``ExportError``, ``ArchitectureError``) are not
+part of this tree.
 """
 
 from __future__ import annotations

@@ -44,12 +44,17 @@ class NormStats:
         """
         try:
             obj = json.loads(text)
-            assert obj["format"] == _STATS_FORMAT
+        except ValueError as error:
+            raise DataError(f"{source}: not {_STATS_FORMAT} JSON ({error})") from None
+        if not isinstance(obj, dict) or obj.get("format") != _STATS_FORMAT:
+            raise DataError(f"{source}: not {_STATS_FORMAT} JSON (no \"format\": "
+                            f"\"{_STATS_FORMAT}\" object)")
+        try:
             mean = tuple(float(v) for v in obj["mean"])
             std = tuple(float(v) for v in obj["std"])
             count = obj["count"]
-        except (ValueError, TypeError, KeyError, AssertionError) as error:
-            raise DataError(f"{source}: not {_STATS_FORMAT} JSON ({error!r})") from error
+        except (ValueError, TypeError, KeyError) as error:
+            raise DataError(f"{source}: not {_STATS_FORMAT} JSON ({error!r})") from None
         if (len(mean) != len(std) or not mean or type(count) is not int or count < 0
                 or not all(map(math.isfinite, mean + std)) or min(std) <= 0):
             raise DataError(f"{source}: inconsistent statistics")

@@ -1,49 +1,30 @@
 """The client's state directory: what must survive a restart or a power cut.
 
-Layout (all written atomically: temp file, fsync, rename, fsync of the dir)::
+Layout (every file written atomically by :func:`edge_client.files.atomic_write`: temp
+file, fsync, rename, fsync of the dir)::
 
-    client_id            the id generated once on first start
-    model.tflite         the current trainable model file (checked by its SHA-256)
-    global.bin           the last applied global weights message (encoded, as received)
-    residual.npz         the quantization error-feedback residual
-    outbox/R-NONCE.bin   encoded updates not yet acknowledged by the broker
+    client_id                 the id generated once on first start
+    model.tflite              the current trainable model file (checked by its SHA-256)
+    global.bin                the last applied global weights message (encoded, as received)
+    residual.bin              the quantization error-feedback residual (an encoded TensorSet)
+    outbox/RRRRRRRR-NONCE.bin an encoded update (round id in 8 digits, nonce in hex) kept
+                              until the aggregator answered it or its round is over
 
 Raw samples never go here: they stay where the user keeps them.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import os
-import re
 import secrets
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-from numpy.typing import NDArray
 
 from edge_client.errors import ConfigError
+from edge_client.files import atomic_write
+from edge_client.protocol import ID_RULE, is_id
 
 log = logging.getLogger(__name__)
-
-_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Writes ``data`` to ``path`` so that a crash leaves either the old or the new file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class StateDir:
@@ -59,16 +40,22 @@ class StateDir:
             raise ConfigError(f"--state-dir {self.root}: not writable")
 
     def client_id(self, requested: str | None) -> str:
-        """Returns the client id: ``requested`` if given, else the one kept here (made once)."""
+        """Returns the client id: ``requested`` if given, else the one kept here (made once).
+
+        Raises:
+            ConfigError: ``requested``, or the id kept here, breaks the protocol's id rule.
+        """
         path = self.root / "client_id"
         if requested is not None:
-            if not _ID_RE.match(requested):
-                raise ConfigError(
-                    f"--client-id {requested!r}: use 1-64 letters, digits, '_' or '-'"
-                )
+            if not is_id(requested):
+                raise ConfigError(f"--client-id {requested!r}: use {ID_RULE}")
             return requested
         if path.exists():
-            return path.read_text().strip()
+            kept = path.read_text().strip()
+            if not is_id(kept):
+                raise ConfigError(f"--state-dir {self.root}: {path.name} holds {kept[:80]!r}, "
+                                  f"not {ID_RULE}; remove the file to get a new id")
+            return kept
         cid = f"dev-{secrets.token_hex(6)}"
         atomic_write(path, cid.encode())
         return cid
@@ -82,23 +69,9 @@ class StateDir:
         """Atomically replaces a state file."""
         atomic_write(self.root / name, data)
 
-    def load_arrays(self, name: str) -> dict[str, NDArray[Any]]:
-        """Reads a ``.npz`` of named arrays (no pickle); empty when missing."""
-        data = self.read(name)
-        if data is None:
-            return {}
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-
-    def save_arrays(self, name: str, arrays: dict[str, NDArray[Any]]) -> None:
-        """Atomically writes named arrays as ``.npz``."""
-        buf = io.BytesIO()
-        np.savez(buf, **arrays)
-        self.write(name, buf.getvalue())
-
-    # -- the outbox of updates not yet acknowledged by the broker ---------
+    # -- the outbox: updates the aggregator has not answered yet ------------
     def outbox_put(self, round_id: int, nonce: str, payload: bytes) -> Path:
-        """Keeps an encoded update until the broker has acknowledged it."""
+        """Keeps an encoded update until the aggregator answered it or its round is over."""
         path = self.root / "outbox" / f"{round_id:08d}-{nonce}.bin"
         atomic_write(path, payload)
         return path
@@ -115,5 +88,5 @@ class StateDir:
 
     @staticmethod
     def outbox_done(path: Path) -> None:
-        """Removes an update that the broker has acknowledged (or that can no longer count)."""
+        """Removes an update the aggregator answered (or that can no longer count)."""
         path.unlink(missing_ok=True)

@@ -21,11 +21,15 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from edge_client.errors import ConfigError, ProtocolError, ValidationError
-from edge_client.protocol import MAX_CHUNKS, MAX_TRANSFER_BYTES, Chunk
+from edge_client.protocol import MAX_CHUNKS, MAX_SELECTED, MAX_TRANSFER_BYTES, Chunk
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_PAYLOAD = 128 * 1024
+DEFAULT_MAX_PAYLOAD = 128 * 1024  # AWS IoT Core's cap on one MQTT message
+#: the one default of every reassembly cap (the aggregator's flags default to these too)
+DEFAULT_MAX_TRANSFERS = MAX_SELECTED  # one upload in progress per client a round can select
+DEFAULT_MAX_TRANSFERS_PER_SENDER = 4  # an upload and a few re-sends of it
+DEFAULT_MAX_BUFFERED_BYTES = 4 * MAX_TRANSFER_BYTES  # what bounds the memory (256 MiB)
 _DATA_HEADER_SLACK = 4  # a CBOR byte string header grows from 1 to at most 5 bytes
 
 
@@ -87,9 +91,9 @@ class ReassemblyLimits:
     """
 
     max_transfer_bytes: int = MAX_TRANSFER_BYTES
-    max_buffered_bytes: int = 4 * MAX_TRANSFER_BYTES
-    max_transfers: int = 64
-    max_transfers_per_sender: int = 4
+    max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES
+    max_transfers: int = DEFAULT_MAX_TRANSFERS
+    max_transfers_per_sender: int = DEFAULT_MAX_TRANSFERS_PER_SENDER
     timeout: float = 600.0
     remember_completed: int = 4096
 

@@ -133,16 +133,6 @@ def export_inference_int8(
     return metadata.attach(flatbuffer, meta)
 
 
-def operator_names(data: bytes) -> list[str]:
-    """Return the operator codes a .tflite file uses: builtin names or custom op names."""
-    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(data))
-    names = []
-    for index, code in enumerate(model.operatorCodes):
-        builtin = str(flatbuffer_utils.opcode_to_name(model, index))
-        names.append(code.customCode.decode() if code.customCode else builtin)
-    return names
-
-
 def custom_operators(data: bytes) -> list[str]:
     """Return the custom (non-builtin, e.g. ``Flex*``) operators of a .tflite file."""
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(data))

@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -137,19 +135,3 @@ def make_aggregator() -> Iterator[Callable[..., ScriptedAggregator]]:
 
     yield make
 
-
-def block_tensorflow_env(tmp: Path) -> dict[str, str]:
-    """Environment for a subprocess in which ``import tensorflow`` fails."""
-    site = tmp / "blocktf"
-    site.mkdir(exist_ok=True)
-    (site / "sitecustomize.py").write_text(
-        "import sys\n"
-        "class _Block:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name == 'tensorflow' or name.startswith('tensorflow.'):\n"
-        "            raise ImportError('tensorflow is blocked on this device')\n"
-        "sys.meta_path.insert(0, _Block())\n"
-    )
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(site), env.get("PYTHONPATH", "")])
-    return env

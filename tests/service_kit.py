@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from membus import MemoryBroker, MemoryTransport
 
 from aggregator.config import AggregatorConfig
 from aggregator.modelfile import ModelFile
 from aggregator.service import AggregatorService
 from aggregator.store import AggregatorStore
-from edge_client.membus import MemoryBroker, MemoryTransport
 from edge_client.model import ModelMetadata
 from edge_client.protocol import Presence, Reply, Round, Update
 from edge_client.quantize import quantize_update

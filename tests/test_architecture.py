@@ -1,4 +1,4 @@
-"""The dependency rules of STYLE.md, checked on the source (imports point one way)."""
+"""The dependency rules of the house style (../shared/STYLE.md), checked on the source."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from import_block import BLOCK_TENSORFLOW
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("edge_client", "aggregator", "models", "tools")
@@ -18,10 +19,12 @@ ALLOWED: dict[str, set[str]] = {
     "aggregator": {"edge_client"},
     "tools": {"edge_client", "aggregator", "models"},
 }
-# aggregator may use only these edge_client modules (STYLE.md)
+# aggregator may use only these edge_client modules (../shared/STYLE.md): the wire modules,
+# and the code both sides share (settings: the config reader; files: the atomic write)
 AGGREGATOR_MAY_USE = {"edge_client", "edge_client.protocol", "edge_client.quantize",
                       "edge_client.transport", "edge_client.transfer", "edge_client.errors",
-                      "edge_client.model", "edge_client.signing"}
+                      "edge_client.model", "edge_client.signing", "edge_client.settings",
+                      "edge_client.files"}
 
 
 def _imports(path: Path) -> list[str]:
@@ -86,17 +89,6 @@ def test_no_pickle_anywhere() -> None:
     assert not bad, bad
 
 
-BLOCK_TF = """
-import sys
-class _Block:
-    def find_spec(self, name, path=None, target=None):
-        if name == "tensorflow" or name.startswith("tensorflow."):
-            raise ImportError("tensorflow is blocked in this test")
-        return None
-sys.meta_path.insert(0, _Block())
-"""
-
-
 def test_edge_client_and_aggregator_import_without_tensorflow() -> None:
     modules = sorted(
         ".".join(p.relative_to(ROOT).with_suffix("").parts)
@@ -104,7 +96,7 @@ def test_edge_client_and_aggregator_import_without_tensorflow() -> None:
         for p in (ROOT / pkg).rglob("*.py")
         if p.name != "__main__.py"
     )
-    code = BLOCK_TF + "".join(f"import {m}\n" for m in modules) + (
+    code = BLOCK_TENSORFLOW + "".join(f"import {m}\n" for m in modules) + (
         "assert 'tensorflow' not in sys.modules\nprint('ok')\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
@@ -138,3 +130,21 @@ def test_every_tools_package_states_its_public_names() -> None:
         bad += [f"{init.relative_to(ROOT)}: {n} in __all__ is not defined"
                 for n in names if not hasattr(package, n)]
     assert not bad, bad
+
+
+@pytest.mark.parametrize("package", ["edge_client", "edge_client.protocol", "models",
+                                     "aggregator"])
+def test_every_package_states_its_public_names(package: str) -> None:
+    """``__all__`` names only what exists; a package re-exporting nothing lists its modules."""
+    directory = ROOT.joinpath(*package.split("."))
+    tree = ast.parse((directory / "__init__.py").read_text())
+    listed = [ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
+              and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets)]
+    assert listed, f"{package}/__init__.py has no __all__"
+    modules = {p.stem for p in directory.glob("*.py") if not p.name.startswith("_")}
+    modules |= {p.parent.name for p in directory.glob("*/__init__.py")}
+    imported = {a.asname or a.name for node in tree.body if isinstance(node, ast.ImportFrom)
+                and node.module != "__future__" for a in node.names}
+    assert not set(listed[0]) - modules - imported, "__all__ names what does not exist"
+    if not imported:
+        assert sorted(listed[0]) == sorted(modules)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import os
 import queue
 import shutil
 import ssl
@@ -31,7 +30,9 @@ import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
 from client_kit import ScriptedAggregator, linear_data
+from import_block import blocked_env
 from paho.mqtt.enums import CallbackAPIVersion
+from update_kit import transfer_id
 
 from aggregator.config import AggregatorConfig, check
 from aggregator.modelfile import ModelFile, load_model_file
@@ -440,8 +441,7 @@ class Device:
     def send(self, update: Update) -> Reply:
         """Publish ``update`` (same bytes every time) under a fresh transfer id; its reply."""
         self.replies.pop(update.nonce, None)
-        tid = f"u-{update.round_id}-{update.nonce.hex()}-{uuid.uuid4().hex[:6]}"
-        for chunk in split(update.encode(), tid, max_payload=1024):
+        for chunk in split(update.encode(), transfer_id(update), max_payload=1024):
             self.t.publish(self.topics.update(self.id), chunk)
         return self._until(lambda: self.replies.get(update.nonce), "reply")  # type: ignore[no-any-return]
 
@@ -498,16 +498,6 @@ def test_replayed_updates_are_never_counted_twice_and_stale_ones_are_rejected(
 
 
 # -- misconfiguration ----------------------------------------------------------------
-BLOCK_CRYPTOGRAPHY = """
-import sys
-class _Block:
-    def find_spec(self, name, path=None, target=None):
-        if name == "cryptography" or name.startswith("cryptography."):
-            raise ImportError("cryptography is not installed on this device")
-sys.meta_path.insert(0, _Block())
-"""
-
-
 def test_unusable_keys_stop_the_start_with_the_reason(model_path: Path, tmp_path: Path) -> None:
     with provisioned(devices="dev-1") as fed:
         device_key = fed.tls("dev-1")["key"]  # an EC key, not an Ed25519 one
@@ -519,12 +509,9 @@ def test_unusable_keys_stop_the_start_with_the_reason(model_path: Path, tmp_path
         client = [sys.executable, "-m", "edge_client", "--data", str(tmp_path / "none.npz")]
         wrong = subprocess.run([*client, "--verify-key", str(device_key)], cwd=ROOT,
                                capture_output=True, text=True, timeout=60)
-        site = tmp_path / "nocrypto"
-        site.mkdir()
-        (site / "sitecustomize.py").write_text(BLOCK_CRYPTOGRAPHY)
         missing = subprocess.run([*client, "--verify-key", str(signing_pub)], cwd=ROOT,
                                  capture_output=True, text=True, timeout=60,
-                                 env={**os.environ, "PYTHONPATH": str(site)})
+                                 env=blocked_env(tmp_path, ("cryptography",)))
     assert aggregator.returncode == 2 and "expected an Ed25519 key" in aggregator.stderr
     assert wrong.returncode == 2 and "no PEM public key" in wrong.stderr, wrong.stderr
     assert missing.returncode == 2, missing.stderr

@@ -4,7 +4,7 @@ reference FedAvg step they are checked against."""
 from __future__ import annotations
 
 import hashlib
-import uuid
+import secrets
 import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from aggregator.modelfile import ModelFile
-from edge_client.protocol import Round, Update
+from edge_client.protocol import Round, Update, update_transfer_id
 from edge_client.quantize import dequantize_update, quantize_update
 
 Arrays = Mapping[str, npt.NDArray[Any]]
@@ -21,7 +21,7 @@ Arrays = Mapping[str, npt.NDArray[Any]]
 
 def transfer_id(update: Update) -> str:
     """A fresh ``u-{round}-{nonce}-{attempt}`` transfer id, as a client's (re-)send uses."""
-    return f"u-{update.round_id}-{update.nonce.hex()}-{uuid.uuid4().hex[:6]}"
+    return update_transfer_id(update.round_id, update.nonce, secrets.randbelow(10**9))
 
 
 def make_update(r: Round, client_id: str, samples: int, model: ModelFile, *,

@@ -12,8 +12,10 @@ The full specification is ``docs/protocol.md``.
 Import everything from here (``from edge_client.protocol import Update``); the
 modules behind it are:
 
-- ``limits``: protocol version, codecs, caps, id rules, the errors and field checks;
-- ``topics``: :class:`Topics`, :class:`TopicRef`, :func:`parse_topic`, :func:`check_id`;
+- ``limits``: protocol version, codecs, caps, the id rule, the errors and field checks;
+- ``ids``: the id rule's check (:func:`check_id`, :func:`is_id`) and the transfer ids of
+  updates (:func:`update_transfer_id`, :func:`parse_update_transfer_id`);
+- ``topics``: :class:`Topics`, :class:`TopicRef`, :func:`parse_topic`;
 - ``cbor``: strict CBOR scanning and loading, dataclasses to and from CBOR maps;
 - ``tensor``: :class:`Tensor`, the self-describing tensor;
 - ``messages``: :class:`Message` and every message kind, :data:`MESSAGES`.
@@ -22,11 +24,18 @@ modules behind it are:
 from __future__ import annotations
 
 from edge_client.errors import ProtocolError
+from edge_client.protocol.ids import (
+    check_id,
+    is_id,
+    parse_update_transfer_id,
+    update_transfer_id,
+)
 from edge_client.protocol.limits import (
     CLEAR,
     CODEC_DTYPES,
     CODECS,
     DEFAULT_PREFIX,
+    ID_RULE,
     MAX_CHUNK_BYTES,
     MAX_CHUNKS,
     MAX_CONTROL_BYTES,
@@ -62,13 +71,14 @@ from edge_client.protocol.messages import (
     Weights,
 )
 from edge_client.protocol.tensor import Tensor
-from edge_client.protocol.topics import TopicRef, Topics, check_id, is_clear, parse_topic
+from edge_client.protocol.topics import TopicRef, Topics, is_clear, parse_topic
 
 __all__ = [
     "CLEAR",
     "CODECS",
     "CODEC_DTYPES",
     "DEFAULT_PREFIX",
+    "ID_RULE",
     "MAX_CHUNKS",
     "MAX_CHUNK_BYTES",
     "MAX_CONTROL_BYTES",
@@ -106,5 +116,8 @@ __all__ = [
     "Weights",
     "check_id",
     "is_clear",
+    "is_id",
     "parse_topic",
+    "parse_update_transfer_id",
+    "update_transfer_id",
 ]

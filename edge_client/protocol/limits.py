@@ -31,6 +31,9 @@ MAX_DEPTH = 6  # message > tensors > tensor > shape is depth 4
 RETAINED_KINDS = frozenset({"manifest", "model", "weights", "round", "presence"})
 CLEAR = b""  # publishing an empty retained payload deletes the retained message
 
+#: the one id rule (client ids, federations, key ids, transfer ids, prefix segments): no
+#: '/', '+', '#' or '$', so no topic level or wildcard, and never '.', '..' or a leading '-'
+ID_RULE = "1-64 characters of [A-Za-z0-9_.-] starting with a letter or digit"
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _NUMBER = re.compile(r"0|[1-9][0-9]{0,15}")
@@ -73,8 +76,7 @@ def _check(ok: bool, name: str, reason: str) -> None:
 
 
 def _id_field(value: str, name: str) -> None:
-    _check(bool(_ID.fullmatch(value)), name, f"{_short(value)} is not a safe id "
-           "(1-64 of [A-Za-z0-9_.-], starting with a letter or digit)")
+    _check(bool(_ID.fullmatch(value)), name, f"{_short(value)} is not a safe id ({ID_RULE})")
 
 
 def _sha_field(value: str, name: str) -> None:

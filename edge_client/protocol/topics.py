@@ -1,7 +1,7 @@
 """The topic tree: every topic and subscription filter of a federation, and strict parsing.
 
 Topics live under ``{prefix}/v1/{federation}/...``; ids in them are safe ids
-(:func:`check_id`) so no id can add a level or a wildcard.
+(:func:`~edge_client.protocol.ids.check_id`) so no id can add a level or a wildcard.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from edge_client.protocol.ids import check_id
 from edge_client.protocol.limits import (
-    _ID,
     _NUMBER,
     _SHA256,
     DEFAULT_PREFIX,
@@ -18,20 +18,6 @@ from edge_client.protocol.limits import (
     InvalidTopic,
     _short,
 )
-
-
-def check_id(value: str, what: str = "id") -> str:
-    """Return ``value`` if it is a safe id: 1-64 of ``[A-Za-z0-9_.-]``, first alphanumeric.
-
-    Raises:
-        InvalidTopic: naming ``what`` and the offending value.
-    """
-    if not isinstance(value, str) or not _ID.fullmatch(value):
-        raise InvalidTopic(
-            f"{what} {_short(value)}: must be 1-64 characters of [A-Za-z0-9_.-] "
-            "starting with a letter or digit (no '/', '+', '#')"
-        )
-    return value
 
 
 def _check_number(value: int, what: str) -> str:
@@ -158,10 +144,6 @@ class Topics:
     def reply(self, client_id: str) -> str:
         """Where the aggregator answers one client."""
         return f"{self.base}/reply/{check_id(client_id, 'client_id')}"
-
-    def model_chunks(self, sha256: str, count: int) -> list[str]:
-        """All chunk topics of one model file (e.g. to clear them)."""
-        return [self.model_chunk(sha256, i) for i in range(count)]
 
     def weights_chunks(self, version: int, count: int) -> list[str]:
         """All chunk topics of one weights version (e.g. to clear them)."""

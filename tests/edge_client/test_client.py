@@ -10,11 +10,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from client_kit import ScriptedAggregator, block_tensorflow_env, linear_data
+from client_kit import ScriptedAggregator, linear_data
+from import_block import blocked_env
+from membus import MemoryBroker
 
 from edge_client.client import ClientSettings, EdgeClient
 from edge_client.errors import ModelError
-from edge_client.membus import MemoryBroker
 from edge_client.model import TrainableModel
 from edge_client.protocol import Topics
 from edge_client.state import StateDir
@@ -138,7 +139,7 @@ def test_late_joining_client_without_tensorflow_takes_part_over_mqtt(
     proc = subprocess.Popen(
         _client_cmd(broker, namespace, tmp_path / "local.npz", tmp_path / "st",
                     "--mqtt-version", version),
-        env=block_tensorflow_env(tmp_path), cwd=ROOT, stderr=subprocess.PIPE, text=True)
+        env=blocked_env(tmp_path), cwd=ROOT, stderr=subprocess.PIPE, text=True)
     try:
         (update,) = agg.collect(1, timeout=60)
         assert proc.wait(timeout=30) == 0

@@ -43,7 +43,11 @@ from edge_client.protocol import (
     UnsupportedVersion,
     Update,
     Weights,
+    check_id,
+    is_id,
     parse_topic,
+    parse_update_transfer_id,
+    update_transfer_id,
 )
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -348,3 +352,61 @@ def test_topics_round_trip(fed: str, client: str, sha: str, version: int, index:
                                                                     index=index)
     assert topics.parse(topics.weights_chunk(version, index)) == TopicRef(
         "weights", fed, version=version, index=index)
+
+
+# ------------------------------------------------------------------ ids
+
+
+def test_update_transfer_ids_have_the_documented_format() -> None:
+    """``u-{round}-{nonce hex}[-{attempt}]``, as in the golden chunk and docs/protocol.md."""
+    golden = SAMPLES["chunk"]
+    assert isinstance(golden, Chunk)
+    assert update_transfer_id(8, bytes(range(8))) == golden.transfer_id
+    assert update_transfer_id(8, NONCE, 0) == f"u-8-{NONCE.hex()}-0"
+    assert update_transfer_id(2**53, NONCE, 12) == f"u-9007199254740992-{NONCE.hex()}-12"
+    assert parse_update_transfer_id(f"u-8-{NONCE.hex()}-0") == (8, NONCE)
+    assert parse_update_transfer_id(f"u-8-{NONCE.hex()}-a1b2c3") == (8, NONCE)  # any suffix
+
+
+@pytest.mark.parametrize("text", [
+    "", "weights-7", SHA_A, "u-8", "u-08-0001020304050607", "u-8-00010203040506",  # 7 bytes
+    "u-8-0001020304050607X", "u-8-00010203040506070", "u-8-000102030405060A",
+    "u-9007199254740993-0001020304050607", "u-99999999999999999-0001020304050607",
+    "u--1-0001020304050607", "u-8-0001020304050607-a/b",
+])
+def test_a_transfer_id_naming_no_update_parses_to_none(text: str) -> None:
+    assert parse_update_transfer_id(text) is None
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    ((-1, NONCE, 0), "round_id"), ((2**53 + 1, NONCE, 0), "round_id"),
+    ((True, NONCE, 0), "round_id"), ((1, bytes(7), 0), "nonce"), ((1, NONCE, -1), "attempt"),
+    ((1, bytes(30), 0), "update transfer id"),  # 60 hex digits: longer than an id may be
+])
+def test_update_transfer_id_refuses_what_no_update_carries(args: tuple[Any, ...],
+                                                           fragment: str) -> None:
+    with pytest.raises(InvalidTopic, match=fragment):
+        update_transfer_id(*args)
+
+
+@given(st.integers(0, 2**53), st.binary(min_size=8, max_size=24),
+       st.none() | st.integers(0, 10**6))
+def test_update_transfer_ids_round_trip(round_id: int, nonce: bytes, attempt: int | None
+                                        ) -> None:
+    try:
+        text = update_transfer_id(round_id, nonce, attempt)
+    except InvalidTopic:  # a long nonce, a long round id and an attempt: over 64 characters
+        assert len(f"u-{round_id}-{nonce.hex()}-{attempt}") > 64
+        return
+    assert is_id(text) and check_id(text) == text
+    assert parse_update_transfer_id(text) == (round_id, nonce)
+
+
+@pytest.mark.parametrize(("value", "ok"), [
+    ("a", True), ("dev-1", True), ("c.1", True), ("A_b-c.d", True), ("9" * 64, True),
+    ("-a", False), ("_a", False), (".", False), ("..", False), (".hidden", False),
+    ("", False), ("a/b", False), ("a+b", False), ("#", False), ("$SYS", False),
+    ("a\n", False), ("a b", False), ("é", False), ("x" * 65, False), (5, False),
+])
+def test_the_id_rule(value: Any, ok: bool) -> None:
+    assert is_id(value) is ok

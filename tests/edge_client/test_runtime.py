@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from import_block import BLOCK_TENSORFLOW
 
 from edge_client.errors import ConfigError, ModelError
 from edge_client.runtime import ENV_VAR, Interpreter, interpreter_class
@@ -78,8 +79,7 @@ def test_tflite_runtime_is_skipped_when_tensorflow_was_imported_first(
 def test_device_process_picks_a_lightweight_runtime(model_bytes: bytes, tmp_path: Path) -> None:
     (tmp_path / "m.tflite").write_bytes(model_bytes)
     code = (
-        "import sys; sys.modules['tensorflow'] = None\n"
-        "from edge_client.runtime import Interpreter\n"
+        BLOCK_TENSORFLOW + "from edge_client.runtime import Interpreter\n"
         f"m = Interpreter(open({str(tmp_path / 'm.tflite')!r}, 'rb').read())\n"
         "print(m.runtime, sorted(m.signatures))"
     )

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pytest
+from import_block import BLOCK_TENSORFLOW
 from tensorflow.lite.tools import flatbuffer_utils
 
 from edge_client.model import TrainableModel
@@ -26,16 +27,8 @@ Array = npt.NDArray[Any]
 NAMES = ["logreg", "mlp", "cnn1d", "cnn2d"]
 
 # Runs on a "device": tensorflow and keras cannot be imported, the runtime is tflite_runtime.
-DEVICE_SCRIPT = r"""
+DEVICE_SCRIPT = BLOCK_TENSORFLOW + r"""
 import json, sys
-
-class BlockTensorFlow:
-    def find_spec(self, name, path=None, target=None):
-        if name.partition(".")[0] in {"tensorflow", "keras", "tf_keras"}:
-            raise ImportError(f"{name} is blocked: a device has no TensorFlow")
-        return None
-
-sys.meta_path.insert(0, BlockTensorFlow())
 import numpy as np
 from edge_client.model import TrainableModel
 from edge_client.runtime import Interpreter

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from membus import MemoryBroker
 from reliability.kit import Scenario
 
 from aggregator.config import AggregatorConfig
@@ -18,7 +19,6 @@ from aggregator.modelfile import ModelFile
 from aggregator.schedule import RoundState
 from aggregator.service import AggregatorService
 from aggregator.store import AggregatorStore
-from edge_client.membus import MemoryBroker
 from edge_client.protocol import MAX_SELECTED, MalformedMessage
 
 

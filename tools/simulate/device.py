@@ -29,6 +29,7 @@ import numpy as np
 
 from edge_client.errors import ProtocolError
 from edge_client.protocol import CODECS, Manifest, Presence, Reply, Round, Tensor, Topics, Update
+from edge_client.protocol.ids import update_transfer_id
 from edge_client.quantize import quantize_update
 from edge_client.transfer import split
 from edge_client.transport import Message, Transport
@@ -118,7 +119,8 @@ def update_chunks(spec: DeviceSpec, source: UpdateSource, r: Round, nonce: bytes
                     base_version=r.weights_version, model_sha256=r.model_sha256, nonce=nonce,
                     num_samples=spec.samples, metrics={"train_loss": 0.5}, codec=r.codec,
                     tensors=source.tensors(spec.index, r.codec))
-    return split(update.encode(), f"u-{r.round_id}-{nonce.hex()}{suffix}",
+    attempt = int(suffix[1:]) if suffix else None  # suffix: "" or "-{copies}"
+    return split(update.encode(), update_transfer_id(r.round_id, nonce, attempt),
                  max_payload=spec.max_payload)
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from edge_client.membus import MemoryBroker, MemoryTransport
+from membus import MemoryBroker, MemoryTransport
+
 from edge_client.protocol import Chunk, Hyperparameters, Manifest, Presence, Reply, Round, Topics
 from edge_client.transfer import Reassembler
 from edge_client.transport import Message
