@@ -18,8 +18,10 @@ from pathlib import Path
 from aggregator.config import AggregatorConfig, build_config
 from aggregator.fedavg import STRATEGIES
 from aggregator.modelfile import load_model_file
+from aggregator.run import begin
 from aggregator.service import AggregatorService
 from aggregator.stages import NO_STAGES, StageHook
+from aggregator.store import AggregatorStore
 from edge_client.errors import ConfigError
 from edge_client.protocol import CODECS
 from edge_client.transport import MqttTransport, TransportError
@@ -98,11 +100,15 @@ def _broker_options(g: argparse._ArgumentGroup, d: AggregatorConfig) -> None:
 def _round_options(g: argparse._ArgumentGroup, d: AggregatorConfig) -> None:
     g.add_argument("--model", type=Path, metavar="FILE", help="the trainable .tflite file "
                    "(from `fedge export`) clients train; its weights are version 0 (required)")
+    g.add_argument("--initial-weights", type=Path, metavar="NPZ", help="start a new run "
+                   "(a new --state-dir) from these weights (.npz by weight name, e.g. "
+                   "another run's STATE/final/weights.npz) instead of the model file's")
     g.add_argument("--federation", help=f"federation name (topic namespace); "
                    f"default {d.federation}")
     g.add_argument("--prefix", help=f"topic prefix; default {d.prefix}")
     g.add_argument("--rounds", type=int, metavar="N",
-                   help=f"rounds to run, then exit 0; default {d.rounds}")
+                   help=f"rounds the run has in all, then exit 0 (on a finished state dir, "
+                   f"a larger N extends the run); default {d.rounds}")
     g.add_argument("--min-clients", type=int, metavar="N", help="quorum: fewest accepted "
                    f"updates to aggregate a round; default {d.min_clients}")
     g.add_argument("--min-available", type=int, metavar="N", help="clients online before a "
@@ -189,8 +195,11 @@ def serve(config: AggregatorConfig, stop: threading.Event,
     """
     assert config.model is not None  # check() requires it
     model_file = load_model_file(config.model)
-    transport = MqttTransport(config.broker_config())
-    service = AggregatorService(config, transport, model_file, stages=stages)
+    store = AggregatorStore(config.state_dir)
+    run = begin(store, model_file.sha256, model_file.data, config.initial_weights)
+    transport = MqttTransport(config.broker_config(fresh_session=run.new))
+    service = AggregatorService(config, transport, model_file, store=store, stages=stages,
+                                run=run)
     try:
         service.metrics.serve(config.metrics_port, config.metrics_host)
     except OSError as e:

@@ -44,6 +44,7 @@ class AggregatorConfig:
     """Everything ``fedge-aggregator`` needs (see ``fedge-aggregator --help``)."""
 
     model: Path | None = None
+    initial_weights: Path | None = None  # .npz by weight name: version 0 of a new run
     broker: str = "mqtt://127.0.0.1:1883"
     client_id: str | None = None  # MQTT client id; None: fedge-aggregator-{federation}
     ca: Path | None = None
@@ -93,18 +94,22 @@ class AggregatorConfig:
         """The federation's topic tree."""
         return Topics(self.federation, self.prefix)
 
-    def broker_config(self) -> BrokerConfig:
-        """A durable, manually acknowledged MQTT session with a fixed client id."""
+    def broker_config(self, fresh_session: bool = False) -> BrokerConfig:
+        """A durable, manually acknowledged MQTT session with a fixed client id; a new
+        run starts it fresh (``fresh_session``), so nothing queued for an earlier run
+        reaches this one."""
         return BrokerConfig(
             url=self.broker, client_id=self.mqtt_client_id, username=self.username,
             password=self.password, ca=self.ca, cert=self.cert, key=self.key,
             mqtt_version=self.mqtt_version, durable=True, manual_ack=True,
+            fresh_session=fresh_session,
         )
 
-    def rounds_config(self, model_sha256: str) -> RoundsConfig:
-        """The round policy for the model with ``model_sha256``."""
+    def rounds_config(self, model_sha256: str, run_id: str = "") -> RoundsConfig:
+        """The round policy of run ``run_id`` training the model with ``model_sha256``."""
         return RoundsConfig(
-            federation=self.federation, model_sha256=model_sha256, total_rounds=self.rounds,
+            federation=self.federation, model_sha256=model_sha256, run_id=run_id,
+            total_rounds=self.rounds,
             min_clients=self.min_clients, clients_per_round=self.clients_per_round,
             fraction=self.fraction, round_timeout=self.round_timeout, seed=self.seed,
             min_available=self.min_available,
@@ -204,7 +209,8 @@ def check(c: AggregatorConfig) -> None:
     except ConfigError as e:
         raise ConfigError(f"--broker: {e}") from None
     for path_flag, path in (("--ca", c.ca), ("--cert", c.cert), ("--key", c.key),
-                            ("--signing-key", c.signing_key)):
+                            ("--signing-key", c.signing_key),
+                            ("--initial-weights", c.initial_weights)):
         if path is not None and not path.is_file():
             raise ConfigError(f"{path_flag} {path}: no such file")
     if (c.cert is None) != (c.key is None):

@@ -81,11 +81,13 @@ class Addressee:
     client_id: str
     round_id: int
     nonce: bytes
+    run_id: str | None = None  # the update's run, echoed; None: the aggregator's own
 
     @classmethod
     def of(cls, update: ReceivedUpdate) -> Addressee:
-        """The sender, round and nonce of a received update."""
-        return cls(update.client_id, update.round_id, bytes.fromhex(update.nonce))
+        """The sender, round, nonce and run of a received update."""
+        return cls(update.client_id, update.round_id, bytes.fromhex(update.nonce),
+                   update.run_id)
 
 
 def addressee(sender: str, update: Update | None, transfer_id: str) -> Addressee | None:
@@ -95,7 +97,7 @@ def addressee(sender: str, update: Update | None, transfer_id: str) -> Addressee
     decode, from its transfer id ``u-{round_id}-{nonce hex}[-…]``; else None.
     """
     if update is not None:
-        return Addressee(sender, update.round_id, update.nonce)
+        return Addressee(sender, update.round_id, update.nonce, update.run_id)
     named = parse_update_transfer_id(transfer_id)
     return None if named is None else Addressee(sender, *named)
 
@@ -182,5 +184,5 @@ def received(update: Update, payload: bytes) -> ReceivedUpdate:
         base_version=update.base_version, model_sha256=update.model_sha256,
         nonce=update.nonce.hex(), num_samples=update.num_samples,
         delta=delta, metrics=dict(update.metrics),
-        bytes_received=len(payload), payload=payload,
+        bytes_received=len(payload), payload=payload, run_id=update.run_id,
     )

@@ -17,7 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aggregator.schedule import RoundState
-from edge_client.protocol import CLEAR, Hyperparameters, Manifest, Reply, Round, Topics
+from edge_client.protocol import (
+    CLEAR,
+    Hyperparameters,
+    Manifest,
+    Reply,
+    Round,
+    Status,
+    Topics,
+    weights_transfer_id,
+)
 from edge_client.signing import SigningKey, load_signing_key
 from edge_client.transfer import chunk_overhead, split
 from edge_client.transport import Transport, TransportError
@@ -41,13 +50,17 @@ class RunMessages:
     codec: str  # what clients must use for their updates
     hyperparameters: Hyperparameters
     signing_key: SigningKey | None = None
+    run_id: str = ""
 
-    def manifest(self, weights_version: int, weights_sha256: str, round_id: int) -> Manifest:
-        """The manifest of global weights ``weights_version`` (always published fp32)."""
+    def manifest(self, weights_version: int, weights_sha256: str, round_id: int,
+                 finished: str = "") -> Manifest:
+        """The manifest of global weights ``weights_version`` (always published fp32);
+        ``finished`` says why the run is over, once it is."""
         manifest = Manifest(
             federation=self.federation, model_sha256=self.model_sha256,
             model_size=self.model_size, weights_version=weights_version,
-            weights_sha256=weights_sha256, round_id=round_id, codec="fp32", key_id=KEY_ID)
+            weights_sha256=weights_sha256, round_id=round_id, codec="fp32", key_id=KEY_ID,
+            run_id=self.run_id, finished=finished)
         return manifest if self.signing_key is None else self.signing_key.sign(manifest)
 
     def round(self, state: RoundState) -> Round:
@@ -58,7 +71,7 @@ class RunMessages:
             federation=self.federation, round_id=state.round_id,
             weights_version=state.weights_version, model_sha256=self.model_sha256,
             deadline=state.deadline, hyperparameters=self.hyperparameters, codec=self.codec,
-            selected=tuple(sorted(state.selected)))
+            selected=tuple(sorted(state.selected)), run_id=self.run_id)
 
 
 def manifest_signing_key(path: Path | None) -> SigningKey | None:
@@ -76,29 +89,26 @@ def manifest_signing_key(path: Path | None) -> SigningKey | None:
     return key
 
 
-def weights_transfer_id(version: int) -> str:
-    """Transfer id of global weights ``version`` (docs/protocol.md, Chunking)."""
-    return f"weights-{version}"
-
-
 class Publisher:
     """Publishes the aggregator's messages through a Transport port, counting bytes."""
 
     def __init__(self, transport: Transport, topics: Topics, *, max_payload: int,
-                 timeout: float = 30.0, on_sent: Callable[[int], None] = lambda size: None
-                 ) -> None:
+                 run_id: str = "", timeout: float = 30.0,
+                 on_sent: Callable[[int], None] = lambda size: None) -> None:
         """Publish through ``transport`` under ``topics``.
 
         Args:
             transport: the MQTT port.
             topics: the federation's topic tree.
             max_payload: largest MQTT payload (chunk header included).
+            run_id: the run whose weights go out (part of their transfer ids).
             timeout: seconds to wait for each PUBACK before only queueing the rest.
             on_sent: told the size of every payload handed to the transport.
         """
         self.transport = transport
         self.topics = topics
         self.max_payload = max_payload
+        self.run_id = run_id
         self.timeout = timeout
         self.on_sent = on_sent
 
@@ -109,12 +119,13 @@ class Publisher:
 
     def weights(self, version: int, payload: bytes) -> None:
         """Retained chunks ``weights/{version}/{i}`` of an encoded ``Weights``."""
-        chunks = split(payload, weights_transfer_id(version), max_payload=self.max_payload)
+        tid = weights_transfer_id(self.run_id, version)
+        chunks = split(payload, tid, max_payload=self.max_payload)
         self._batch([(self.topics.weights_chunk(version, i), c) for i, c in enumerate(chunks)])
 
     def clear_weights(self, version: int, payload_size: int) -> None:
         """Delete the retained chunks of weights ``version`` (a payload of that many bytes)."""
-        room = self.max_payload - chunk_overhead(weights_transfer_id(version))
+        room = self.max_payload - chunk_overhead(weights_transfer_id(self.run_id, version))
         count = max(1, math.ceil(payload_size / room))
         self._batch([(t, CLEAR) for t in self.topics.weights_chunks(version, count)])
 
@@ -125,6 +136,14 @@ class Publisher:
     def round(self, message: Round) -> None:
         """The retained round announcement."""
         self._batch([(self.topics.round(), message.encode())])
+
+    def status(self, message: Status) -> None:
+        """The retained status summary (``fedge status`` reads it)."""
+        self._batch([(self.topics.status(), message.encode())])
+
+    def clear_round(self) -> None:
+        """No round is open: delete the retained announcement (an earlier run's, too)."""
+        self._batch([(self.topics.round(), CLEAR)])
 
     def reply(self, reply: Reply) -> None:
         """A (not retained) reply on ``reply/{client}``."""

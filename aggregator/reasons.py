@@ -26,6 +26,7 @@ class Reason(str, Enum):
     STORE = "store"  # the update could not be persisted (disk full?): not acknowledged
     # identity
     FEDERATION = "federation"  # another federation
+    RUN = "run"  # another run of the federation (an earlier state directory)
     MODEL_HASH = "model_hash"  # trained another model file
     # admission to the round
     WRONG_ROUND = "wrong_round"  # a round that was never announced

@@ -23,7 +23,7 @@ from aggregator import checkpoint
 from aggregator.fedavg import ServerState
 from aggregator.global_model import GlobalModel
 from aggregator.intake import received
-from aggregator.schedule import Phase, RoundState, initial_state
+from aggregator.schedule import Phase, RoundState, extended, initial_state
 from aggregator.store import AggregatorStore
 from aggregator.validation import ReceivedUpdate, TensorSpec
 from edge_client.errors import ConfigError, FedgeError
@@ -51,14 +51,19 @@ class Restored:
 
 def restore(store: AggregatorStore, federation: str,
             initial_weights: Mapping[str, npt.NDArray[Any]],
-            spec: Sequence[TensorSpec]) -> Restored:
-    """Rebuild the state from ``store``; see the module docstring.
+            spec: Sequence[TensorSpec], total_rounds: int) -> Restored:
+    """Rebuild the state from ``store``; see the module docstring. A finished run given
+    more ``total_rounds`` than it ran goes on (:func:`aggregator.schedule.extended`).
 
     Raises:
         ConfigError: the state directory is unreadable, inconsistent, or was made for
             another model.
     """
     state = _round_state(store)
+    if extended(state, total_rounds) != state:
+        log.info("extending the finished run from %d to %d rounds", state.round_id,
+                 total_rounds)
+        state = extended(state, total_rounds)
     model = checkpoint.load(store, state.weights_version, spec)
     if model is None:
         if state.weights_version != 0:

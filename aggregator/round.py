@@ -104,7 +104,8 @@ class Round:
         if self._resent(update):
             return Decision(True, resent=True)
         rejection = (
-            check_identity(update, self.config.federation, self.config.model_sha256)
+            check_identity(update, self.config.federation, self.config.model_sha256,
+                           self.config.run_id)
             or schedule.admission(self.state, update.client_id, update.round_id,
                                   update.base_version)
             or check_content(update, self.spec, self.limits))

@@ -56,6 +56,7 @@ class RoundsConfig:
     Attributes:
         federation: federation name.
         model_sha256: hash of the model file all clients train.
+        run_id: the run (one state directory's life) updates must belong to.
         total_rounds: rounds to run (the ``--rounds`` flag).
         min_clients: quorum: fewest accepted updates to aggregate a round.
         clients_per_round: clients to select per round (None: use ``fraction``).
@@ -71,6 +72,7 @@ class RoundsConfig:
     model_sha256: str
     total_rounds: int
     min_clients: int = 2
+    run_id: str = ""
     clients_per_round: int | None = None
     fraction: float | None = None
     round_timeout: float = 60.0
@@ -226,6 +228,14 @@ Step = tuple[RoundState, tuple[Action, ...]]
 def initial_state(weights_version: int = 0) -> RoundState:
     """The state of a fresh run whose global weights have ``weights_version``."""
     return RoundState(weights_version=weights_version)
+
+
+def extended(state: RoundState, total_rounds: int) -> RoundState:
+    """A finished run given more rounds (``--rounds`` above the rounds it ran) waits to
+    announce its next round; any other state is returned unchanged."""
+    if state.phase is Phase.FINISHED and total_rounds > state.round_id:
+        return replace(state, phase=Phase.WAITING)
+    return state
 
 
 def admission(state: RoundState, client_id: str, round_id: int,

@@ -19,11 +19,14 @@ round are idempotent (checkpoint, then publish, then a history line per round id
 
 from __future__ import annotations
 
+import io
 import logging
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
+
+import numpy as np
 
 from aggregator import checkpoint, schedule
 from aggregator.config import AggregatorConfig
@@ -35,6 +38,7 @@ from aggregator.publish import Publisher, RunMessages, manifest_signing_key
 from aggregator.reasons import Reason, Rejection
 from aggregator.recovery import restore
 from aggregator.round import Round
+from aggregator.run import Run, begin, load_initial_weights
 from aggregator.schedule import Action, Phase
 from aggregator.stages import NO_STAGES, Stage, StageHook
 from aggregator.store import AggregatorStore
@@ -46,6 +50,7 @@ from edge_client.transport import Message, Transport
 log = logging.getLogger(__name__)
 
 TICK_SECONDS = 0.2
+STATUS_EVERY_S = 1.0  # the retained status is republished at most this often while it changes
 ALREADY_ACCEPTED = "already accepted"
 
 
@@ -55,16 +60,23 @@ class AggregatorService:
     def __init__(self, config: AggregatorConfig, transport: Transport, model_file: ModelFile,
                  *, store: AggregatorStore | None = None, metrics: ServiceMetrics | None = None,
                  clock: Callable[[], float] = time.time,
-                 stages: StageHook = NO_STAGES) -> None:
+                 stages: StageHook = NO_STAGES, run: Run | None = None) -> None:
         """Restore the state directory; nothing is published until :meth:`run`.
 
+        ``run``: the state directory's run when the caller began it (to know whether its
+        broker session starts clean); else it is begun here.
+
         Raises:
-            ConfigError: bad hyperparameters, signing key or state directory.
+            ConfigError: bad hyperparameters, signing key, state directory, or a model or
+                ``--initial-weights`` the directory's run cannot take.
         """
         self.config, self.transport, self.clock = config, transport, clock
         self.stages = stages
         self.model_file = model_file
         self.store = store or AggregatorStore(config.state_dir)
+        self.run_info = run or begin(self.store, model_file.sha256, model_file.data,
+                                     config.initial_weights)
+        run_id = self.run_info.run_id
         self.metrics = metrics or ServiceMetrics()
         self.topics = config.topics()
         meta = model_file.metadata
@@ -74,21 +86,29 @@ class AggregatorService:
         self.messages = RunMessages(
             config.federation, model_file.sha256, len(model_file.data), config.codec,
             config.hyperparameters(meta.batch_size, meta.learning_rate),
-            manifest_signing_key(config.signing_key))
+            manifest_signing_key(config.signing_key), run_id)
         self.publisher = Publisher(transport, self.topics, max_payload=config.max_payload,
-                                   on_sent=self._sent)
+                                   run_id=run_id, on_sent=self._sent)
         reassembly = ReassemblyLimits(max_transfer_bytes=model_file.max_update_bytes(),
                                       timeout=max(30.0, 2 * config.round_timeout))
         self.intake = Intake(config.codec, reassembly, config.limits())
         self.strategy = config.strategy_config()
-        restored = restore(self.store, config.federation, model_file.initial_weights,
-                           model_file.spec)
+        initial = model_file.initial_weights
+        if config.initial_weights is not None:
+            initial = load_initial_weights(config.initial_weights,
+                                           {t.name: t.shape for t in model_file.spec})
+        restored = restore(self.store, config.federation, initial, model_file.spec,
+                           config.rounds)
         self.model = restored.model
-        self.round = Round(config.rounds_config(model_file.sha256), self.strategy,
+        self.round = Round(config.rounds_config(model_file.sha256, run_id), self.strategy,
                            model_file.spec, config.limits(), _TimedJournal(self.store, stages),
                            restored.state, now=clock())
         self._stored = restored.accepted
         self._recorded = set(restored.recorded_rounds)
+        self._finishing = False  # the last round closed in this process
+        self._status_due, self._status_at = True, -1e18
+        history = self.store.history()
+        self._last_round = _summary(history[-1]) if history else {}
         self._saved = self.round.state.to_dict()
 
     # -- the loop -----------------------------------------------------------
@@ -99,6 +119,10 @@ class AggregatorService:
             0 (finished, or stopped on request).
         """
         self.start()
+        if self.finished and not self._finishing:
+            log.info("run %s already finished %d rounds; nothing to do (give --rounds above "
+                     "%d to extend it)", self.run_info.run_id, self.state.round_id,
+                     self.state.round_id)
         next_tick = 0.0
         while not stop.is_set() and not self.finished:
             with self.stages.stage(Stage.WAIT):
@@ -134,6 +158,7 @@ class AggregatorService:
     def tick(self) -> None:
         """Let time pass: deadlines are checked against the clock."""
         self._carry_out(self.round.tick(self.clock()))
+        self._publish_status()
 
     def handle(self, message: Message) -> None:
         """Process one received message; nothing in it can make this raise.
@@ -151,6 +176,7 @@ class AggregatorService:
             self.transport.ack(message)
 
     def _dispatch(self, message: Message) -> None:
+        self._status_due = True
         self.metrics.bytes_in.inc(len(message.payload))
         self.round.count_bytes(len(message.payload))
         try:
@@ -233,7 +259,8 @@ class AggregatorService:
         with self.stages.stage(Stage.REPLY):
             self.publisher.reply(protocol.Reply(
                 federation=self.config.federation, round_id=to.round_id,
-                client_id=to.client_id, nonce=to.nonce, accepted=accepted, reason=reason))
+                client_id=to.client_id, nonce=to.nonce, accepted=accepted, reason=reason,
+                run_id=self.run_info.run_id if to.run_id is None else to.run_id))
 
     # -- what the round decided ---------------------------------------------------
     def _carry_out(self, actions: tuple[Action, ...]) -> None:
@@ -253,7 +280,7 @@ class AggregatorService:
             elif isinstance(action, schedule.Finish):
                 log.info("finished rounds=%d aggregated=%d skipped=%d", action.rounds,
                          action.aggregated, action.skipped)
-                self._publish_manifest()
+                self._finish()
         self._save_state()
         if any(isinstance(a, (schedule.Aggregate, schedule.SkipRound)) for a in actions):
             self.tick()  # the next round's deadline counts from after this publish
@@ -283,10 +310,27 @@ class AggregatorService:
         self._close_round("aggregated")
         self.stages.round_closed(action.round_id)
 
+    def _finish(self) -> None:
+        """The run is over: the final model into ``final/``, then a finished manifest every
+        device acts on, and no retained round left behind."""
+        self._finishing = True
+        self._save_final()
+        self._publish_manifest()
+        self.publisher.clear_round()
+        self._publish_status(force=True)
+
+    def _save_final(self) -> None:
+        buffer = io.BytesIO()
+        np.savez(buffer, **{k: np.asarray(v, np.float32) for k, v in self.model.weights.items()})
+        self.store.save_final({"weights.npz": buffer.getvalue()})
+        log.info("final model (version %d) in %s/final", self.model.version, self.store.root)
+
     def _close_round(self, outcome: str) -> None:
         record = self.round.record(outcome, self.model.version, self.clock())
+        record["run"] = self.run_info.run_id
         self.metrics.rounds.labels(outcome).inc()
         self.metrics.round_duration.observe(record["duration_s"])
+        self._last_round = _summary(record)
         if record["round"] not in self._recorded:  # else written before a crash: replayed
             with self.stages.stage(Stage.HISTORY):
                 self.store.append_history(record)
@@ -308,14 +352,34 @@ class AggregatorService:
         self._publish_manifest()
         if self.round.state.phase is Phase.COLLECTING:
             self._publish_round()
+        else:  # no round open: not this run's, nor one an earlier run left retained
+            self.publisher.clear_round()
+        if self.finished:
+            self._save_final()  # again, in case the process died right after the last round
+        self._publish_status(force=True)
         log.info("published model=%s version=%d round=%d phase=%s", self.model_file.sha256[:12],
                  self.model.version, self.state.round_id, self.state.phase.value)
         self._update_gauges()
 
     def _publish_manifest(self) -> None:
+        finished = "rounds" if self.finished else ""
         with self.stages.stage(Stage.PUBLISH):
             self.publisher.manifest(self.messages.manifest(
-                self.model.version, self.model.sha256, self.state.round_id))
+                self.model.version, self.model.sha256, self.state.round_id, finished))
+
+    def _publish_status(self, *, force: bool = False) -> None:
+        now = self.clock()
+        if not force and not (self._status_due and now - self._status_at >= STATUS_EVERY_S):
+            return
+        s, collecting = self.state, self.state.phase is Phase.COLLECTING
+        self.publisher.status(protocol.Status(
+            federation=self.config.federation, run_id=self.run_info.run_id,
+            round_id=s.round_id, phase=s.phase.value, weights_version=self.model.version,
+            deadline=s.deadline or 0.0, selected=len(s.selected), accepted=len(s.accepted),
+            rejected=dict(self.round.traffic.rejections) if collecting else {},
+            online=len(s.online), last_round=self._last_round, updated_at=now,
+            finished="rounds" if self.finished else ""))
+        self._status_due, self._status_at = False, now
 
     def _publish_round(self) -> None:
         with self.stages.stage(Stage.ANNOUNCE):
@@ -353,6 +417,15 @@ class _TimedJournal:
 
     def accepted_payload(self, round_id: int, client_id: str) -> bytes | None:
         return self.store.accepted_payload(round_id, client_id)
+
+
+def _summary(record: dict[str, Any]) -> dict[str, float]:
+    """The numbers of a history line that the retained status carries."""
+    numbers = {"round": record.get("round", 0), "version": record.get("version", 0),
+               "participants": len(record.get("participants", ())),
+               "samples": record.get("samples", 0), **record.get("metrics", {})}
+    return {k: float(v) for k, v in list(numbers.items())[:64]
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def _durable(state: dict[str, Any]) -> dict[str, Any]:

@@ -2,12 +2,15 @@
 
 Layout (every file written atomically: temp, fsync, rename, fsync of the dir)::
 
+    run.json                           the run: its id, its model's SHA-256, when it began
+    model.tflite                       a copy of the run's model file
     round.json                         the round state machine's snapshot (after every change)
     rounds/R/accepted/SEQ-CLIENT.bin   each accepted update of round R, as received (wire
                                        bytes); SEQ (5 digits) is its place in acceptance order
     checkpoints/vN.bin                 the global weights of version N (wire bytes)
     checkpoints/vN.server.npz          the server optimizer's state after version N
     history.jsonl                      one line per finished round (appended + fsync)
+    final/weights.npz, final/model.tflite   the final model, when the run has finished
 
 An update is acknowledged to the broker only after its file exists here, so
 after ``kill -9`` a restart re-folds exactly the accepted updates of the open
@@ -32,6 +35,8 @@ from edge_client.files import atomic_write
 from edge_client.protocol import InvalidTopic, check_id
 
 _SEQ_DIGITS = 5
+MODEL_FILE = "model.tflite"
+FINAL_DIR = "final"
 
 
 def _ends_with_newline(path: Path) -> bool:
@@ -63,7 +68,16 @@ class AggregatorStore:
         except OSError as e:
             raise ConfigError(f"--state-dir {self.root}: cannot create it: {e}") from None
 
-    # -- round state ------------------------------------------------------
+    # -- the run and the round state ------------------------------------------
+    def save_run(self, run: dict[str, Any], model_file: bytes) -> None:
+        """Records a new run: the model file first, then ``run.json`` (which says it began)."""
+        atomic_write(self.root / MODEL_FILE, model_file)
+        atomic_write(self.root / "run.json", json.dumps(run, sort_keys=True).encode())
+
+    def load_run(self) -> dict[str, Any] | None:
+        """``run.json``, or None before the run's first start."""
+        return self._json("run.json", "run record")
+
     def save_round_state(self, state: dict[str, Any]) -> None:
         """Persists the round state machine's snapshot."""
         atomic_write(self.root / "round.json", json.dumps(state, sort_keys=True).encode())
@@ -74,17 +88,31 @@ class AggregatorStore:
         Raises:
             ConfigError: the file exists but is not a JSON object.
         """
-        p = self.root / "round.json"
+        return self._json("round.json", "round state")
+
+    def _json(self, name: str, what: str) -> dict[str, Any] | None:
+        p = self.root / name
         if not p.exists():
             return None
         try:
             loaded = json.loads(p.read_text())
         except (OSError, ValueError) as e:
-            msg = f"{p}: unreadable round state ({e}); move it away to start over"
+            msg = f"{p}: unreadable {what} ({e}); move it away to start over"
             raise ConfigError(msg) from None
         if not isinstance(loaded, dict):
-            raise ConfigError(f"{p}: round state is not a JSON object; move it away")
+            raise ConfigError(f"{p}: {what} is not a JSON object; move it away")
         return loaded
+
+    def has_run_state(self) -> bool:
+        """Whether rounds were run here already (a state directory from before run.json)."""
+        return (self.root / "round.json").exists() or any(
+            (self.root / "checkpoints").glob("v*.bin"))
+
+    # -- the final model --------------------------------------------------------
+    def save_final(self, files: dict[str, bytes]) -> None:
+        """Writes ``final/NAME`` for every entry (idempotent: the same bytes again)."""
+        for name, data in files.items():
+            atomic_write(self.root / FINAL_DIR / name, data)
 
     # -- accepted updates ---------------------------------------------------
     def _accepted_dir(self, round_id: int) -> Path:

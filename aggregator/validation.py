@@ -37,7 +37,8 @@ class ReceivedUpdate:
     delta: Mapping[str, npt.NDArray[Any]]
     metrics: Mapping[str, float]
     bytes_received: int
-    payload: bytes = b""  # the wire bytes, as stored in the state dir when accepted
+    payload: bytes = b""
+    run_id: str = ""  # the wire bytes, as stored in the state dir when accepted
 
 
 @dataclass(frozen=True)
@@ -77,14 +78,17 @@ class UpdateLimits:
             raise ConfigError(f"max_num_samples must be >= 1, got {self.max_num_samples}")
 
 
-def check_identity(update: ReceivedUpdate, federation: str,
-                   model_sha256: str) -> Rejection | None:
-    """Whether ``update`` is for this federation and model file; None when it is."""
+def check_identity(update: ReceivedUpdate, federation: str, model_sha256: str,
+                   run_id: str = "") -> Rejection | None:
+    """Whether ``update`` is for this federation, run and model file; None when it is."""
     if update.federation != federation:
         return Rejection(
             Reason.FEDERATION,
             f"federation {update.federation!r} is not this federation {federation!r}",
         )
+    if update.run_id != run_id:
+        return Rejection(Reason.RUN, f"update belongs to run {update.run_id!r}, this is run "
+                         f"{run_id!r} (a round of an earlier run?)")
     if update.model_sha256 != model_sha256:
         return Rejection(
             Reason.MODEL_HASH,

@@ -2,8 +2,9 @@
 
 Nothing is re-exported here: import from the modules, whose names are the public
 names of the package. The aggregator may import only the wire modules (``protocol``,
-``transfer``, ``quantize``, ``signing``, ``errors``, ``transport``, ``model``, and the
-shared ``settings`` and ``files``); nothing here imports from the rest of fedge.
+``transfer``, ``quantize``, ``signing``, ``errors``, ``transport``, ``model``, the
+shared ``settings`` and ``files``, and ``scoring``/``score_counts`` to sum sites'
+evaluation counts); nothing here imports from the rest of fedge.
 """
 
 __all__ = [
@@ -19,6 +20,8 @@ __all__ = [
     "protocol",  # THE wire format: topics, messages, ids, strict CBOR
     "quantize",  # update codecs and error feedback
     "runtime",  # the only adapter over a TFLite interpreter
+    "score_counts",  # evaluation counts that sites add exactly (federated evaluation)
+    "scoring",  # accuracy, ROC/PR AUC, log loss, calibration, regression errors
     "settings",  # the one reader of TOML, flags and secrets
     "signing",  # Ed25519 manifest signatures (needs cryptography)
     "state",  # the client's state directory

@@ -28,8 +28,8 @@ examples:
       --key device.key --verify-key signing.pub --client-id dev-1 \\
       --data wrist.csv --window 100 --stride 50 --label-column activity
 
-exit status: 0 when done (--once / --max-rounds), 2 on a configuration or data error,
-130 on Ctrl-C.
+exit status: 0 when done (--once / --max-rounds / the run finished), 2 on a configuration
+or data error, 130 on Ctrl-C.
 """
 
 
@@ -54,7 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--once", action="store_true", default=None,
                    help="take part in one round, then exit 0")
     g.add_argument("--max-rounds", type=int, metavar="N",
-                   help="exit 0 after taking part in N rounds")
+                   help="exit 0 once the aggregator has accepted this device's update in N "
+                   "rounds (a rejected update does not count); the client exits 0 anyway "
+                   "when the run finishes, after saving the final model")
+    g.add_argument("--resume-session", action="store_true", default=None,
+                   help="resume the broker session an earlier process of this device left, "
+                   "with what the broker queued in it (default: start it fresh, so nothing "
+                   "queued for an earlier run reaches this one; the session is durable "
+                   "while the process runs)")
     g.add_argument("--max-payload", type=int, metavar="BYTES", help="largest MQTT payload in "
                    f"bytes; bigger updates are chunked; default {d.max_payload}")
     g = p.add_argument_group("local data (never leaves the device)")
@@ -73,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "with statistics computed on this device)")
     g.add_argument("--group-column", metavar="COLUMN", help="time-series CSV: windows never "
                    "span two values of this column (e.g. session)")
+    g.add_argument("--holdout", type=float, metavar="F", help="share of the local samples "
+                   "held out to evaluate on (never trained on), in [0, 0.9]; 0 trains on "
+                   f"all; default {d.holdout:g}")
     g = p.add_argument_group("security")
     g.add_argument("--ca", type=Path, metavar="PEM",
                    help="CA certificate (PEM) to verify the broker")

@@ -9,6 +9,13 @@ delta in chunks, and waits for the aggregator's reply. It talks to a
 :class:`~edge_client.state.StateDir`, and loads models through a factory, so tests
 can run it on in-memory fakes.
 
+Runs: every manifest, round and reply names the run it belongs to. A model file or
+weights that complete before a manifest names them (a device's old broker session
+delivers what an earlier run queued, in any order) are **held**, not dropped, until a
+trusted manifest names their SHA-256; a round or reply of another run than the
+manifest's is ignored. A finished manifest is the end of the run: the client saves its
+weights as ``final/weights.bin`` and stops, whatever ``max_rounds`` says.
+
 Delivery contract: an update is written to the outbox before it is published and
 removed only when the aggregator replied or its round is over. When no reply
 comes within ``resend_after`` seconds while the round is open (an aggregator
@@ -47,6 +54,9 @@ from edge_client.transport import Message, Transport, TransportError
 
 log = logging.getLogger(__name__)
 AGGREGATOR = "aggregator"
+FINAL_WEIGHTS = "final/weights.bin"  # the run's final global weights (a Weights message)
+MAX_HELD_BYTES = 128 * 1024 * 1024  # transfers no manifest named yet, oldest dropped first
+WAITING_LOG_S = 30.0  # how often a client without a model says what it waits for
 
 
 @dataclass(frozen=True)
@@ -93,7 +103,11 @@ class EdgeClient:
         self._global: dict[str, Array] | None = None
         self._weights_pending: Weights | None = None
         self._pending: _Pending | None = None
-        self._done_rounds: set[int] = set()
+        self._done_rounds: set[tuple[str, int]] = set()  # (run id, round id)
+        self._held: dict[str, tuple[str, bytes]] = {}  # SHA-256 -> (kind, payload)
+        self._chunks_seen = 0
+        self._next_waiting_log = clock() + WAITING_LOG_S
+        self.final_saved = False
         self.results: list[tuple[int, bool, str]] = []
         self._subscribed: set[str] = set()
         self.fatal: ModelError | None = None
@@ -150,16 +164,36 @@ class EdgeClient:
                 self._handle_safely(msg)
             self._participate()
             self._send_pending()
+            self._say_what_it_waits_for()
             if self.fatal is not None:
                 raise self.fatal
+            if self.final_saved:
+                log.info("the run finished; final weights v%s in %s/%s", self.version,
+                         self.state.root, FINAL_WEIGHTS)
+                return 0
             if self._finished():
                 return 0 if all(ok for _, ok, _ in self.results) else 1
         return 0
 
     def _finished(self) -> bool:
-        n = len(self.results)
-        return (self.s.once and n >= 1) or (self.s.max_rounds is not None
-                                            and n >= self.s.max_rounds)
+        accepted = sum(ok for _, ok, _ in self.results)
+        return (self.s.once and len(self.results) >= 1) or (
+            self.s.max_rounds is not None and accepted >= self.s.max_rounds)
+
+    def _say_what_it_waits_for(self) -> None:
+        now = self._clock()
+        if self.model is not None or now < self._next_waiting_log:
+            return
+        self._next_waiting_log = now + WAITING_LOG_S
+        m = self.manifest
+        if m is None:
+            log.warning("no model yet: waiting for a trusted manifest on %s (is the "
+                        "aggregator of federation %r running?)", self.s.topics.manifest(),
+                        self.s.topics.federation)
+        else:
+            log.warning("no model yet: run %s names model %s…; %d chunk(s) received, %d "
+                        "held transfer(s) do not match it", m.run_id or "-",
+                        m.model_sha256[:12], self._chunks_seen, len(self._held))
 
     def _subscribe(self, topic_filter: str, *, replaces: str | None = None) -> None:
         """Subscribes once; ``replaces`` names a kind whose older filter is dropped."""
@@ -179,14 +213,17 @@ class EdgeClient:
             log.warning("ignoring message on %s: %s", msg.topic, e)
 
     def _handle(self, msg: Message) -> None:
-        if is_clear(msg.payload):
-            return
         ref = self.s.topics.parse(msg.topic)
+        if is_clear(msg.payload):
+            if ref.kind == "round":  # no round open
+                self.round = None
+            return
         if ref.kind == "manifest":
             self._on_manifest(Manifest.decode(msg.payload))
         elif ref.kind == "round":
             self._on_round(Round.decode(msg.payload))
         elif ref.kind in ("model", "weights"):
+            self._chunks_seen += 1
             payload = self._chunks.accept(AGGREGATOR, msg.payload, self._clock())
             if payload is not None:
                 self._on_transfer(ref.kind, payload)
@@ -197,12 +234,29 @@ class EdgeClient:
     def _on_manifest(self, m: Manifest) -> None:
         if m.federation != self.s.topics.federation or not self._trusted(m):
             return
+        if self.manifest is None or self.manifest.run_id != m.run_id:
+            log.info("run %s of federation %s%s", m.run_id or "-", m.federation,
+                     " (finished)" if m.finished else "")
         self.manifest = m
         if m.model_sha256 != self.model_sha:
             log.info("new model %s… announced; downloading", m.model_sha256[:12])
             self._subscribe(self.s.topics.model_filter(m.model_sha256), replaces="model")
         if m.weights_version != self.version:
             self._subscribe(self.s.topics.weights_filter(m.weights_version), replaces="weights")
+        for digest in (m.model_sha256, m.weights_sha256):  # named now: take what was held
+            held = self._held.pop(digest, None)
+            if held is not None:
+                self._on_transfer(*held)
+        if m.finished and self.version == m.weights_version:
+            self._save_final()
+
+    def _hold(self, kind: str, digest: str, payload: bytes) -> None:
+        """Keeps a transfer no trusted manifest names (yet): an earlier run's, or this one's
+        arriving before its manifest."""
+        self._held[digest] = (kind, payload)
+        while sum(len(p) for _, p in self._held.values()) > MAX_HELD_BYTES:
+            self._held.pop(next(iter(self._held)))
+        log.debug("holding a %s transfer %s… no manifest names yet", kind, digest[:12])
 
     def _trusted(self, m: Manifest) -> bool:
         """Only a verified manifest may name the model and weights to load."""
@@ -219,27 +273,34 @@ class EdgeClient:
 
     def _on_transfer(self, kind: str, payload: bytes) -> None:
         m = self.manifest
-        if m is None:
-            return
         digest = hashlib.sha256(payload).hexdigest()
+        wanted = None if m is None else m.model_sha256 if kind == "model" else m.weights_sha256
+        if m is None or digest != wanted:
+            self._hold(kind, digest, payload)
+            return
         if kind == "model":
-            if digest != m.model_sha256:
-                raise ProtocolError(f"model file SHA-256 {digest[:12]}… does not match the "
-                                    f"manifest's {m.model_sha256[:12]}…; keeping the old model")
             self._install_model(payload, digest)
             self.state.write("model.tflite", payload)
             if self._weights_pending is not None:
                 self._apply_weights(self._weights_pending)
         else:
             weights = Weights.decode(payload)
-            if weights.version != m.weights_version or digest != m.weights_sha256:
-                log.info("skipping weights v%d: not the manifest's", weights.version)
-                return
+            if weights.version != m.weights_version:
+                raise ProtocolError(f"weights of version {weights.version} under the "
+                                    f"manifest's hash of version {m.weights_version}")
             self.state.write("global.bin", payload)
             if self.model is None:
                 self._weights_pending = weights
             else:
                 self._apply_weights(weights)
+            if m.finished:
+                self._save_final()
+
+    def _save_final(self) -> None:
+        payload = self.state.read("global.bin")
+        if payload is not None and not self.final_saved:
+            self.state.write(FINAL_WEIGHTS, payload)
+            self.final_saved = True
 
     def _install_model(self, blob: bytes, digest: str) -> None:
         model = self._load_model(blob)
@@ -265,9 +326,15 @@ class EdgeClient:
             self.round = r
 
     def _participate(self) -> None:
-        r = self.round
-        if (r is None or r.round_id in self._done_rounds or self.model is None
-                or not r.selects(self.s.client_id) or self._clock() >= r.deadline):
+        r, m = self.round, self.manifest
+        if (r is None or m is None or (r.run_id, r.round_id) in self._done_rounds
+                or self.model is None or not r.selects(self.s.client_id)
+                or self._clock() >= r.deadline):
+            return
+        if r.run_id != m.run_id:
+            log.info("ignoring round %d of run %s: the manifest is of run %s", r.round_id,
+                     r.run_id or "-", m.run_id or "-")
+            self._done_rounds.add((r.run_id, r.round_id))
             return
         if self._pending is not None and self._pending.update.round_id == r.round_id:
             return
@@ -277,7 +344,7 @@ class EdgeClient:
             trained = self._train(r)
         except FedgeError as e:
             log.error("round %d: cannot train: %s", r.round_id, e)
-            self._done_rounds.add(r.round_id)
+            self._done_rounds.add((r.run_id, r.round_id))
             return
         payload = trained.update.encode()
         path = self.state.outbox_put(r.round_id, trained.update.nonce.hex(), payload)
@@ -295,8 +362,15 @@ class EdgeClient:
                            residual=residual, rng=self._rng)
 
     def _send_pending(self) -> None:
-        p, r, now = self._pending, self.round, self._clock()
-        if p is None or r is None:
+        p, r, m, now = self._pending, self.round, self.manifest, self._clock()
+        if p is None:
+            return
+        if m is not None and m.run_id != p.update.run_id:
+            self._close(p, False, f"run {p.update.run_id or '-'} is over")
+            return
+        if r is None:
+            if m is not None and m.finished:
+                self._close(p, False, "the run finished before a reply arrived")
             return
         if r.round_id != p.update.round_id or now >= r.deadline:
             if r.round_id >= p.update.round_id:
@@ -319,7 +393,7 @@ class EdgeClient:
 
     def _on_reply(self, reply: Reply) -> None:
         p = self._pending
-        if p is None or reply.nonce != p.update.nonce:
+        if p is None or reply.nonce != p.update.nonce or reply.run_id != p.update.run_id:
             return
         self._close(p, reply.accepted, reply.reason)
 
@@ -331,6 +405,6 @@ class EdgeClient:
             log.warning("round %d: update not counted: %s", rid, reason)
         self.state.outbox_done(p.path)
         self._pending = None
-        self._done_rounds.add(rid)
+        self._done_rounds.add((p.update.run_id, rid))
         if accepted or not p.restored:  # a stale update left from before a restart
             self.results.append((rid, accepted, reason))

@@ -47,12 +47,18 @@ class ClientConfig:
     verify_key: Path | None = None
     seed: int | None = None
     normalise: bool = True
+    holdout: float = 0.2  # share of the local samples kept for the client's own evaluation
+    # a new process starts its broker session fresh: what an earlier one left queued in it
+    # (an earlier run's manifests, rounds, chunks) must not reach this one; nothing needed
+    # lives there (model, weights and round are retained, unanswered updates in the outbox)
+    resume_session: bool = False
 
 
 #: what the field types do not say: int ranges (no upper bound) and the MQTT versions
 BOUNDS = Bounds(
     ints={"window": (1, None), "stride": (1, None), "max_rounds": (1, None),
           "threads": (1, None), "max_payload": (1, None), "seed": (0, None)},
+    floats={"holdout": (0.0, 0.9, True)},
     choices={"mqtt_version": ("5", "3.1.1")},
 )
 

@@ -71,7 +71,7 @@ def run_client(config: ClientConfig, stop: threading.Event) -> int:
     state = StateDir(config.state_dir)
     client_id = state.client_id(config.client_id)
     data = prepare_data(config)
-    split = LocalSplit.of(data.x, data.y, seed=config.seed or 0)
+    split = LocalSplit.of(data.x, data.y, seed=config.seed or 0, holdout=config.holdout)
     runtime_name, _ = interpreter_class()
     topics = Topics(config.federation, config.prefix)
 
@@ -85,7 +85,7 @@ def run_client(config: ClientConfig, stop: threading.Event) -> int:
     transport = MqttTransport(BrokerConfig(
         url=config.broker, client_id=client_id, username=config.username,
         password=config.password, ca=config.ca, cert=config.cert, key=config.key,
-        mqtt_version=config.mqtt_version, durable=True,
+        mqtt_version=config.mqtt_version, durable=True, fresh_session=not config.resume_session,
         will=Will(topics.presence(client_id), presence(False)),
     ))
     settings = ClientSettings(client_id=client_id, topics=topics, max_payload=config.max_payload,

@@ -48,10 +48,12 @@ class LocalSplit:
     y_eval: Array
 
     @classmethod
-    def of(cls, x: Array, y: Array, seed: int) -> LocalSplit:
-        """Holds out 20 % for local evaluation (all data is used for both when tiny)."""
+    def of(cls, x: Array, y: Array, seed: int,
+           holdout: float = HOLDOUT_FRACTION) -> LocalSplit:
+        """Holds out ``holdout`` (default 20 %) for local evaluation; 0 trains on every
+        sample and evaluates on them too (as when the data is too small to split)."""
         n = len(x)
-        n_eval = int(n * HOLDOUT_FRACTION)
+        n_eval = int(n * holdout)
         if n_eval < MIN_HOLDOUT or n - n_eval < MIN_HOLDOUT:
             return cls(x, y, x, y)
         order = np.random.default_rng(seed).permutation(n)
@@ -104,7 +106,7 @@ def train_round(model: Trainer, data: LocalSplit, announcement: Round, *, client
         client_id=client_id, base_version=announcement.weights_version,
         model_sha256=announcement.model_sha256, nonce=nonce or os.urandom(16),
         num_samples=len(data.x_train), metrics=metrics, codec=announcement.codec,
-        tensors=tensors,
+        tensors=tensors, run_id=announcement.run_id,
     )
     log.info("round %d: trained %d samples x %d epochs, loss %.4f -> %.4f, hold-out acc %.3f",
              announcement.round_id, len(data.x_train), hp.epochs, g_loss, e_loss, e_acc)

@@ -17,6 +17,7 @@ import random
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +62,9 @@ class BrokerConfig:
         mqtt_version: ``"5"`` (default) or ``"3.1.1"``.
         durable: keep the broker-side session (subscriptions and unacked
             QoS 1 messages) across disconnects.
+        fresh_session: start that session clean on the first connection (a new run, or
+            a new client process): whatever an earlier process left queued in it (old
+            subscriptions, messages of an earlier run) is dropped; it is durable after.
     """
 
     url: str
@@ -73,6 +77,7 @@ class BrokerConfig:
     mqtt_version: str = "5"
     keepalive: int = 30
     durable: bool = True
+    fresh_session: bool = False
     manual_ack: bool = False
     will: Will | None = None
     backoff_min: float = 0.5
@@ -220,12 +225,44 @@ class MqttTransport:
         if c.mqtt_version == "5":
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = SESSION_EXPIRY_S if c.durable else 0
+            if c.fresh_session and c.durable:
+                self._drop_session()
             clean = not c.durable  # a durable session must never be cleaned
             self._client.connect(
                 self.host, self.port, c.keepalive, clean_start=clean, properties=props
             )
         else:
+            if c.fresh_session and c.durable:
+                self._drop_session()
             self._client.connect(self.host, self.port, c.keepalive)
+
+    def _drop_session(self) -> None:
+        """A clean, non-persistent connection with the same client id, then disconnect:
+        the broker deletes the old session, and the durable connection that follows
+        starts a new one. (A clean start on the durable connection itself is not kept by
+        Mosquitto 2.0 across its own restart.)"""
+        c = self.config
+        v5 = c.mqtt_version == "5"
+        cleaner = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
+                              client_id=c.client_id,
+                              protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+                              clean_session=None if v5 else True)
+        if c.username is not None:
+            cleaner.username_pw_set(c.username, c.password)
+        if self.tls:
+            self._set_tls(cleaner)
+        if v5:
+            cleaner.connect(self.host, self.port, c.keepalive, clean_start=True)
+        else:
+            cleaner.connect(self.host, self.port, c.keepalive)
+        cleaner.loop_start()
+        try:
+            deadline = time.monotonic() + 10.0
+            while not cleaner.is_connected() and time.monotonic() < deadline:
+                time.sleep(0.02)
+        finally:
+            cleaner.disconnect()
+            cleaner.loop_stop()
 
     def _run(self) -> None:
         attempt = 0

@@ -113,6 +113,7 @@ class ScriptedAggregator:
             if all(u.nonce != update.nonce for u in self.updates):
                 self.updates.append(update)
             reply = Reply(federation=update.federation, round_id=update.round_id,
+                          run_id=update.run_id,
                           client_id=update.client_id, nonce=update.nonce, accepted=True)
             # not connected right now: the reply is queued and sent after the reconnect
             with contextlib.suppress(TransportError):

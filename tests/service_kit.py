@@ -66,7 +66,7 @@ class Federation:
         delta = {k: rng.normal(0, 0.1, v.shape) for k, v in WEIGHTS.items()}
         update = Update(r.federation, r.round_id, client, r.weights_version, r.model_sha256,
                         bytes([r.round_id]) * 16, samples, {"loss": 1.0}, "fp32",
-                        quantize_update(delta, "fp32")[0])
+                        quantize_update(delta, "fp32")[0], run_id=r.run_id)
         for chunk in split(payload or update.encode(), f"u-{r.round_id}-{'ab' * 8}"):
             self.devices[client].publish(self.topics.update(client), chunk)
         self.pump(service)

@@ -106,6 +106,25 @@ def manifest_of(watch: MqttTransport, timeout: float, accept: Callable[[Manifest
     pytest.fail("no matching manifest was published")
 
 
+def running_manifest(fed: Federation, old: Manifest | None = None) -> Manifest:
+    """Waits until the broker holds a manifest of a running run (other than ``old``'s):
+    devices started before it would see the previous run's finished manifest and stop."""
+    watch = fed.watcher()
+    try:
+        return manifest_of(watch, 60, lambda m: not m.finished and (
+            old is None or m.run_id != old.run_id))
+    finally:
+        watch.stop()
+
+
+def last_manifest(fed: Federation) -> Manifest:
+    watch = fed.watcher()
+    try:
+        return manifest_of(watch, 10, lambda m: True)
+    finally:
+        watch.stop()
+
+
 def first_run(fed: Federation, model: Path, state: Path, *client_extra: str,
               clients_state: str = "c1") -> list[Child]:
     """Run one federation of two rounds to its end; returns the (still running?) clients."""
@@ -149,13 +168,20 @@ def test_a_re_run_with_the_same_device_ids_and_their_old_sessions_does_not_stall
     assert [r["outcome"] for r in history(fed.tmp / "run-2")] == ["aggregated", "aggregated"]
 
 
-def test_a_new_run_while_the_devices_keep_running_is_not_fooled_by_the_old_round(
+def test_a_new_run_right_after_the_last_is_not_fooled_by_the_old_round(
         federation: Federation, logreg_file: bytes) -> None:
     fed = federation
     model = fed.tmp / "model.tflite"
     model.write_bytes(logreg_file)
-    first_run(fed, model, fed.tmp / "run-1")  # long-lived devices: they keep running
-    agg = fed.aggregator("agg-2", model, fed.tmp / "run-2")  # inside the old round's deadline
+    for c in first_run(fed, model, fed.tmp / "run-1", "--max-rounds", "99"):
+        wait_exit(c, 30)
+    old = last_manifest(fed)
+    assert old.finished == "rounds"
+    # inside the old round's deadline, the same devices with the same state dirs come back
+    agg = fed.aggregator("agg-2", model, fed.tmp / "run-2")
+    running_manifest(fed, old)
+    for i in range(len(CLIENTS)):
+        fed.client(f"c1-{i}-again", i, fed.tmp / f"c1-{i}")
     assert wait_exit(agg, 120) == 0, agg.tail(40)
     rows = history(fed.tmp / "run-2")
     assert [r["outcome"] for r in rows] == ["aggregated", "aggregated"]
@@ -193,8 +219,10 @@ def test_presence_queued_from_an_earlier_run_is_not_taken_for_a_device_online(
     ghost.publish(topic, b"", retain=True)
     ghost.stop()
     state = fed.tmp / "run-2"
+    old = last_manifest(fed)
     agg = fed.aggregator("agg-2", model, state, "--min-clients", "1", "--min-available", "3",
                          rounds=1)
+    running_manifest(fed, old)
     for i in range(len(CLIENTS)):
         fed.client(f"c2-{i}", i, fed.tmp / f"c2-{i}", "--max-rounds", "1")
     assert wait_exit(agg, 120) == 0, agg.tail(40)
@@ -208,20 +236,24 @@ def test_a_finished_run_extends_with_more_rounds_and_warm_starts_a_new_one(
     model = fed.tmp / "model.tflite"
     model.write_bytes(logreg_file)
     state = fed.tmp / "run-1"
-    clients = first_run(fed, model, state)
+    for c in first_run(fed, model, state):
+        assert wait_exit(c, 30) == 0, c.tail(20)  # every device saw the finish
     again = fed.aggregator("agg-same", model, state, rounds=2)
     assert wait_exit(again, 60) == 0
     assert "already finished 2 rounds" in again.tail(20)
     more = fed.aggregator("agg-more", model, state, rounds=4)
+    running_manifest(fed)
+    for i in range(len(CLIENTS)):
+        fed.client(f"c2-{i}", i, fed.tmp / f"c2-{i}")
     assert wait_exit(more, 120) == 0, more.tail(40)
     rows = history(state)
     assert [r["round"] for r in rows] == [1, 2, 3, 4]
     assert len({r["run"] for r in rows}) == 1  # the same run, extended
-    for c in clients:
-        fed.fleet.stop(c)
     final = state / "final" / "weights.npz"
     warm = fed.tmp / "run-2"
+    old = last_manifest(fed)
     agg = fed.aggregator("agg-warm", model, warm, "--initial-weights", str(final), rounds=1)
+    running_manifest(fed, old)
     for i in range(len(CLIENTS)):
         fed.client(f"c3-{i}", i, fed.tmp / f"c3-{i}")
     assert wait_exit(agg, 120) == 0, agg.tail(40)

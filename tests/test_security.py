@@ -454,7 +454,7 @@ def make_update(r: Round, client_id: str, samples: int, model: ModelFile) -> Upd
     return Update(federation=r.federation, round_id=r.round_id, client_id=client_id,
                   base_version=r.weights_version, model_sha256=r.model_sha256,
                   nonce=hashlib.sha256(key).digest()[:16], num_samples=samples,
-                  metrics={"loss": 1.0}, codec=r.codec, tensors=tensors)
+                  metrics={"loss": 1.0}, codec=r.codec, tensors=tensors, run_id=r.run_id)
 
 
 def test_replayed_updates_are_never_counted_twice_and_stale_ones_are_rejected(

@@ -37,7 +37,8 @@ def make_update(r: Round, client_id: str, samples: int, model: ModelFile, *,
     return Update(federation=r.federation, round_id=r.round_id, client_id=client_id,
                   base_version=r.weights_version, model_sha256=r.model_sha256,
                   nonce=hashlib.sha256(key).digest()[:16], num_samples=samples,
-                  metrics={"loss": samples / 1000.0}, codec=codec or r.codec, tensors=tensors)
+                  metrics={"loss": samples / 1000.0}, codec=codec or r.codec, tensors=tensors,
+                  run_id=r.run_id)
 
 
 def fedavg(base: Arrays, updates: Sequence[Update]) -> dict[str, npt.NDArray[Any]]:

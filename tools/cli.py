@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "reliability-report": "tools.reliability",
     "provision": "tools.provision.command",
     "simulate": "tools.simulate.command",
+    "status": "tools.status.command",
 }
 
 

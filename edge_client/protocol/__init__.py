@@ -1,7 +1,7 @@
 """The fedge wire format: every MQTT topic and every message payload.
 
 Nothing else in the repository builds topic strings or payload bytes. Topics live
-under ``{prefix}/v1/{federation}/...`` (see :class:`Topics`). Every message is a
+under ``{prefix}/v2/{federation}/...`` (see :class:`Topics`). Every message is a
 frozen dataclass encoded as one canonical CBOR map that carries the protocol
 version ``v`` and the message ``kind``; decoding is strict and raises only
 :class:`~edge_client.errors.ProtocolError` subclasses whose text names the field.
@@ -29,6 +29,7 @@ from edge_client.protocol.ids import (
     is_id,
     parse_update_transfer_id,
     update_transfer_id,
+    weights_transfer_id,
 )
 from edge_client.protocol.limits import (
     CLEAR,
@@ -57,6 +58,7 @@ from edge_client.protocol.limits import (
     UnsupportedVersion,
 )
 from edge_client.protocol.messages import (
+    FINISH_REASONS,
     MESSAGES,
     Chunk,
     Hyperparameters,
@@ -66,6 +68,7 @@ from edge_client.protocol.messages import (
     Presence,
     Reply,
     Round,
+    Status,
     TensorSet,
     Update,
     Weights,
@@ -78,6 +81,7 @@ __all__ = [
     "CODECS",
     "CODEC_DTYPES",
     "DEFAULT_PREFIX",
+    "FINISH_REASONS",
     "ID_RULE",
     "MAX_CHUNKS",
     "MAX_CHUNK_BYTES",
@@ -107,6 +111,7 @@ __all__ = [
     "ProtocolError",
     "Reply",
     "Round",
+    "Status",
     "Tensor",
     "TensorSet",
     "TopicRef",
@@ -120,4 +125,5 @@ __all__ = [
     "parse_topic",
     "parse_update_transfer_id",
     "update_transfer_id",
+    "weights_transfer_id",
 ]

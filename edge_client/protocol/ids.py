@@ -7,7 +7,10 @@ no id can add a topic level or a wildcard, and none is ``.``, ``..`` or starts w
 
 An update travels as a chunked transfer whose id carries its round and nonce, so
 the aggregator can answer even an update that does not decode:
-``u-{round_id}-{nonce hex}`` and, for a (re-)send, ``-{attempt}`` after it.
+``u-{round_id}-{nonce hex}`` and, for a (re-)send, ``-{attempt}`` after it. (Its run is in
+the update itself: an id holds at most 64 characters and the nonce takes 32 of them.)
+Global weights travel as ``weights-{run_id}-{version}``, so that a copy of another run's
+version N (queued in a device's old broker session) is never taken for this run's.
 """
 
 from __future__ import annotations
@@ -74,3 +77,13 @@ def parse_update_transfer_id(text: str) -> tuple[int, bytes] | None:
     if found is None or int(found[1]) > _MAX_ROUND_ID:
         return None
     return int(found[1]), bytes.fromhex(found[2])
+
+
+def weights_transfer_id(run_id: str, version: int) -> str:
+    """The transfer id of global weights ``version`` of run ``run_id``
+    (``weights-{version}`` outside any run)."""
+    if isinstance(version, bool) or not isinstance(version, int) or not (
+            0 <= version <= _MAX_ROUND_ID):
+        raise InvalidTopic(f"version {_short(version)}: must be an integer in [0, 2^53]")
+    run = f"{check_id(run_id, 'run id')}-" if run_id else ""
+    return check_id(f"weights-{run}{version}", "weights transfer id")

@@ -11,7 +11,7 @@ import typing
 
 from edge_client.errors import ProtocolError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 DEFAULT_PREFIX = "fedge"
 CODECS = ("fp32", "fp16", "int8")
 CODEC_DTYPES = {"fp32": "float32", "fp16": "float16", "int8": "int8"}
@@ -28,7 +28,7 @@ MAX_METRICS = 64
 MAX_TEXT = 256
 MAX_ITEMS = 200_000  # CBOR data items per payload: bounds the Python objects a decode builds
 MAX_DEPTH = 6  # message > tensors > tensor > shape is depth 4
-RETAINED_KINDS = frozenset({"manifest", "model", "weights", "round", "presence"})
+RETAINED_KINDS = frozenset({"manifest", "model", "weights", "round", "presence", "status"})
 CLEAR = b""  # publishing an empty retained payload deletes the retained message
 
 #: the one id rule (client ids, federations, key ids, transfer ids, prefix segments): no

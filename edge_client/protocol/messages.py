@@ -39,6 +39,18 @@ from edge_client.protocol.limits import (
 from edge_client.protocol.tensor import Tensor, _unique_tensors
 
 M = TypeVar("M", bound="Message")
+#: why a run ended, as a finished manifest says (docs/protocol.md, "Runs")
+FINISH_REASONS = ("", "rounds")
+PHASES = ("waiting", "collecting", "finished")
+MAX_RUN_ID = 32
+
+
+def _run_id(value: str) -> None:
+    """A run id is empty (a sender outside any run, e.g. a test script) or a safe id of at
+    most 32 characters; the aggregator makes 16 hex digits per new state directory."""
+    if value:
+        _id_field(value, "run_id")
+        _check(len(value) <= MAX_RUN_ID, "run_id", f"longer than {MAX_RUN_ID} characters")
 
 
 class Message:
@@ -113,6 +125,9 @@ class Manifest(Message):
             over the manifest also covers the weights.
         codec: codec of the published global weights.
         signature: over :meth:`signed_bytes`; ``None`` when unsigned.
+        run_id: the run of the federation these weights belong to (see :func:`_run_id`).
+        finished: why the run is over (``"rounds"``: its last round closed), or ``""``
+            while it runs. A device that sees it takes these weights as the final model.
     """
 
     KIND: ClassVar[str] = "manifest"
@@ -125,9 +140,14 @@ class Manifest(Message):
     codec: str
     key_id: str
     signature: bytes | None = None
+    run_id: str = ""
+    finished: str = ""
 
     def _check(self) -> None:
         _id_field(self.federation, "federation")
+        _run_id(self.run_id)
+        _check(self.finished in FINISH_REASONS, "finished",
+               f"{_short(self.finished)} is not one of {FINISH_REASONS}")
         _sha_field(self.model_sha256, "model_sha256")
         _range(self.model_size, "model_size", 1, MAX_TRANSFER_BYTES)
         _range(self.weights_version, "weights_version", 0, 2**53)
@@ -177,9 +197,11 @@ class Round(Message):
     codec: str
     selected: tuple[str, ...] | None = None
     fraction: float | None = None
+    run_id: str = ""
 
     def _check(self) -> None:
         _id_field(self.federation, "federation")
+        _run_id(self.run_id)
         _range(self.round_id, "round_id", 0, 2**53)
         _range(self.weights_version, "weights_version", 0, 2**53)
         _sha_field(self.model_sha256, "model_sha256")
@@ -243,9 +265,11 @@ class Update(Message):
     metrics: dict[str, float]
     codec: str
     tensors: tuple[Tensor, ...]
+    run_id: str = ""
 
     def _check(self) -> None:
         _id_field(self.federation, "federation")
+        _run_id(self.run_id)
         _range(self.round_id, "round_id", 0, 2**53)
         _id_field(self.client_id, "client_id")
         _range(self.base_version, "base_version", 0, 2**53)
@@ -274,13 +298,66 @@ class Reply(Message):
     nonce: bytes
     accepted: bool
     reason: str = ""
+    run_id: str = ""
 
     def _check(self) -> None:
         _id_field(self.federation, "federation")
+        _run_id(self.run_id)
         _range(self.round_id, "round_id", 0, 2**53)
         _id_field(self.client_id, "client_id")
         _check(8 <= len(self.nonce) <= 64, "nonce", "must be 8-64 bytes")
         _text(self.reason, "reason")
+
+
+@dataclass(frozen=True)
+class Status(Message):
+    """Retained summary the aggregator keeps current, for ``fedge status`` and monitors.
+
+    Attributes:
+        phase: ``waiting`` (for clients), ``collecting`` or ``finished``.
+        deadline: of the open round (unix seconds); 0 when none is open.
+        selected, accepted: clients selected for, and accepted in, the open round.
+        rejected: the open round's rejections by reason code.
+        online: clients whose presence says online.
+        last_round: numbers of the latest closed round's history line (``round``,
+            ``version``, ``participants``, ``samples`` and the mean client metrics).
+        updated_at: when this was published (unix seconds).
+        finished: why the run is over, or ``""``.
+    """
+
+    KIND: ClassVar[str] = "status"
+    federation: str
+    run_id: str
+    round_id: int
+    phase: str
+    weights_version: int
+    deadline: float
+    selected: int
+    accepted: int
+    rejected: dict[str, int]
+    online: int
+    last_round: dict[str, float]
+    updated_at: float
+    finished: str = ""
+
+    def _check(self) -> None:
+        _id_field(self.federation, "federation")
+        _run_id(self.run_id)
+        _range(self.round_id, "round_id", 0, 2**53)
+        _check(self.phase in PHASES, "phase", f"{_short(self.phase)} is not one of {PHASES}")
+        _range(self.weights_version, "weights_version", 0, 2**53)
+        _range(self.deadline, "deadline", 0.0, 1e11)
+        for name in ("selected", "accepted", "online"):
+            _range(getattr(self, name), name, 0, 2**53)
+        for name, mapping in (("rejected", self.rejected), ("last_round", self.last_round)):
+            _check(len(mapping) <= MAX_METRICS, name, f"more than {MAX_METRICS} entries")
+            for key, value in mapping.items():
+                _text(key, name, 64)
+                _check(math.isfinite(value) and value >= 0 if name == "rejected"
+                       else math.isfinite(value), f"{name}[{_short(key)}]", "out of range")
+        _range(self.updated_at, "updated_at", 0.0, 1e11)
+        _check(self.finished in FINISH_REASONS, "finished",
+               f"{_short(self.finished)} is not one of {FINISH_REASONS}")
 
 
 @dataclass(frozen=True)
@@ -327,4 +404,4 @@ class TensorSet(Message):
 
 
 MESSAGES: tuple[type[Message], ...] = (
-    Manifest, Weights, Round, Presence, Update, Reply, Chunk, TensorSet)
+    Manifest, Weights, Round, Presence, Update, Reply, Status, Chunk, TensorSet)

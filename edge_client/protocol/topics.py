@@ -1,6 +1,6 @@
 """The topic tree: every topic and subscription filter of a federation, and strict parsing.
 
-Topics live under ``{prefix}/v1/{federation}/...``; ids in them are safe ids
+Topics live under ``{prefix}/v2/{federation}/...``; ids in them are safe ids
 (:func:`~edge_client.protocol.ids.check_id`) so no id can add a level or a wildcard.
 """
 
@@ -45,7 +45,8 @@ class TopicRef:
 
 
 _LAYOUT: dict[str, tuple[str, ...]] = {
-    "manifest": (), "round": (), "model": ("sha256", "index"), "weights": ("version", "index"),
+    "manifest": (), "round": (), "status": (), "model": ("sha256", "index"),
+    "weights": ("version", "index"),
     "presence": ("client_id",), "update": ("client_id",), "reply": ("client_id",),
 }
 
@@ -113,12 +114,16 @@ class Topics:
 
     @property
     def base(self) -> str:
-        """``{prefix}/v1/{federation}``."""
+        """``{prefix}/v2/{federation}``."""
         return f"{self.prefix}/v{PROTOCOL_VERSION}/{self.federation}"
 
     def manifest(self) -> str:
         """Retained manifest of the current global model."""
         return f"{self.base}/manifest"
+
+    def status(self) -> str:
+        """The aggregator's retained status summary."""
+        return f"{self.base}/status"
 
     def round(self) -> str:
         """Retained announcement of the open round."""

@@ -36,6 +36,7 @@ from edge_client.protocol import (
     Presence,
     Reply,
     Round,
+    Status,
     Tensor,
     TensorSet,
     TopicRef,
@@ -54,6 +55,7 @@ GOLDEN = Path(__file__).parent / "golden"
 SHA_A = hashlib.sha256(b"model").hexdigest()
 SHA_B = hashlib.sha256(b"weights").hexdigest()
 NONCE = bytes(range(16))
+RUN = "3f9a0c1e5b7d2468"  # a run id as the aggregator makes them (16 hex digits)
 
 
 def _tensor(name: str, codec: str, shape: tuple[int, ...], seed: int) -> Tensor:
@@ -70,13 +72,18 @@ def _tensor(name: str, codec: str, shape: tuple[int, ...], seed: int) -> Tensor:
 
 HYPER = Hyperparameters(epochs=2, batch_size=32, learning_rate=0.05, mu=0.01)
 SAMPLES: dict[str, Message] = {
-    "manifest": Manifest("cardio", SHA_A, 48_213, 7, SHA_B, 8, "fp32", "agg-2025", bytes(64)),
-    "manifest-unsigned": Manifest("cardio", SHA_A, 48_213, 7, SHA_B, 8, "fp32", "agg-2025"),
+    "manifest": Manifest("cardio", SHA_A, 48_213, 7, SHA_B, 8, "fp32", "agg-2025", bytes(64),
+                         run_id=RUN),
+    "manifest-unsigned": Manifest("cardio", SHA_A, 48_213, 7, SHA_B, 8, "fp32", "agg-2025",
+                                  run_id=RUN),
+    "manifest-finished": Manifest("cardio", SHA_A, 48_213, 9, SHA_B, 9, "fp32", "agg-2025",
+                                  bytes(64), run_id=RUN, finished="rounds"),
     "weights": Weights("cardio", 7, (_tensor("dense0_kernel", "fp32", (3, 2), 1),
                                      _tensor("dense0_bias", "fp32", (2,), 2))),
-    "round-fraction": Round("cardio", 8, 7, SHA_A, 1_750_000_000.5, HYPER, "int8", fraction=0.25),
+    "round-fraction": Round("cardio", 8, 7, SHA_A, 1_750_000_000.5, HYPER, "int8", fraction=0.25,
+                            run_id=RUN),
     "round-selected": Round("cardio", 8, 7, SHA_A, 1_750_000_000.5, HYPER, "fp16",
-                            selected=("watch-01", "watch-02")),
+                            selected=("watch-01", "watch-02"), run_id=RUN),
     "presence": Presence("watch-01", True, 120, "tflite_runtime", "2.14.0", "0.1.0",
                          1_750_000_000.25, battery=0.8, charging=False),
     "presence-will": Presence("watch-01", False, 120, "tflite_runtime", "2.14.0", "0.1.0",
@@ -85,11 +92,16 @@ SAMPLES: dict[str, Message] = {
                           {"loss": 0.25, "accuracy": 0.875}, "int8",
                           (_tensor("conv0_kernel", "int8", (3, 2, 4), 3),
                            _tensor("conv0_bias", "int8", (4,), 4),
-                           _tensor("step", "int8", (), 5), _tensor("empty", "int8", (0, 3), 6))),
+                           _tensor("step", "int8", (), 5), _tensor("empty", "int8", (0, 3), 6)),
+                          run_id=RUN),
     "update-fp16": Update("cardio", 8, "watch-02", 7, SHA_A, NONCE, 64, {}, "fp16",
-                          (_tensor("dense0_kernel", "fp16", (4, 2), 7),)),
-    "reply-accepted": Reply("cardio", 8, "watch-01", NONCE, True),
-    "reply-rejected": Reply("cardio", 8, "watch-01", NONCE, False, "stale base_version 6"),
+                          (_tensor("dense0_kernel", "fp16", (4, 2), 7),), run_id=RUN),
+    "reply-accepted": Reply("cardio", 8, "watch-01", NONCE, True, run_id=RUN),
+    "reply-rejected": Reply("cardio", 8, "watch-01", NONCE, False, "stale base_version 6",
+                            run_id=RUN),
+    "status": Status("cardio", RUN, 8, "collecting", 7, 1_750_000_000.5, 5, 3,
+                     {"late": 1, "norm": 2}, 6, {"round": 7.0, "samples": 420.0, "loss": 0.25},
+                     1_750_000_000.25),
     "chunk": Chunk("u-8-0001020304050607", 1, 3, 300, SHA_B, bytes(range(100))),
     "tensors": TensorSet((_tensor("dense0_kernel", "fp32", (2, 2), 8),)),
 }
@@ -202,10 +214,12 @@ def _rejects(cls: type[Message], body: Any, *fragments: str) -> ProtocolError:
 
 
 def test_unknown_version_is_a_clear_error() -> None:
-    body = _body("presence") | {"v": 2}
-    error = _rejects(Presence, body, "presence.v", "version 2")
+    body = _body("presence") | {"v": 3}
+    error = _rejects(Presence, body, "presence.v", "version 3")
     assert isinstance(error, UnsupportedVersion)
-    _rejects(Presence, body | {"v": 1.0}, "presence.v")
+    old = _rejects(Presence, body | {"v": 1}, "presence.v", "version 1")  # before runs
+    assert isinstance(old, UnsupportedVersion)
+    _rejects(Presence, body | {"v": 2.0}, "presence.v")
 
 
 def test_missing_extra_and_mistyped_fields_name_the_field() -> None:
@@ -295,27 +309,27 @@ def test_round_selection_by_fraction_is_deterministic_and_proportional() -> None
 
 def test_topic_tree() -> None:
     topics = Topics("cardio")
-    assert topics.manifest() == "fedge/v1/cardio/manifest"
-    assert topics.round() == "fedge/v1/cardio/round"
-    assert topics.model_chunk(SHA_A, 3) == f"fedge/v1/cardio/model/{SHA_A}/3"
-    assert topics.weights_chunk(7, 0) == "fedge/v1/cardio/weights/7/0"
-    assert topics.presence("w1") == "fedge/v1/cardio/presence/w1"
-    assert topics.update("w1") == "fedge/v1/cardio/update/w1"
-    assert topics.reply("w1") == "fedge/v1/cardio/reply/w1"
-    assert topics.update_filter("aggs") == "$share/aggs/fedge/v1/cardio/update/+"
-    assert topics.weights_chunks(7, 2) == ["fedge/v1/cardio/weights/7/0",
-                                           "fedge/v1/cardio/weights/7/1"]
-    assert Topics("cardio", "org/fl").everything() == "org/fl/v1/cardio/#"
+    assert topics.manifest() == "fedge/v2/cardio/manifest"
+    assert topics.round() == "fedge/v2/cardio/round"
+    assert topics.model_chunk(SHA_A, 3) == f"fedge/v2/cardio/model/{SHA_A}/3"
+    assert topics.weights_chunk(7, 0) == "fedge/v2/cardio/weights/7/0"
+    assert topics.presence("w1") == "fedge/v2/cardio/presence/w1"
+    assert topics.update("w1") == "fedge/v2/cardio/update/w1"
+    assert topics.reply("w1") == "fedge/v2/cardio/reply/w1"
+    assert topics.update_filter("aggs") == "$share/aggs/fedge/v2/cardio/update/+"
+    assert topics.weights_chunks(7, 2) == ["fedge/v2/cardio/weights/7/0",
+                                           "fedge/v2/cardio/weights/7/1"]
+    assert Topics("cardio", "org/fl").everything() == "org/fl/v2/cardio/#"
 
 
 @pytest.mark.parametrize("topic, ref", [
-    ("fedge/v1/f/manifest", TopicRef("manifest", "f")),
-    ("fedge/v1/f/round", TopicRef("round", "f")),
-    (f"fedge/v1/f/model/{SHA_A}/12", TopicRef("model", "f", sha256=SHA_A, index=12)),
-    ("fedge/v1/f/weights/7/0", TopicRef("weights", "f", version=7, index=0)),
-    ("fedge/v1/f/presence/c-1", TopicRef("presence", "f", client_id="c-1")),
-    ("fedge/v1/f/update/c.1", TopicRef("update", "f", client_id="c.1")),
-    ("fedge/v1/f/reply/C_1", TopicRef("reply", "f", client_id="C_1")),
+    ("fedge/v2/f/manifest", TopicRef("manifest", "f")),
+    ("fedge/v2/f/round", TopicRef("round", "f")),
+    (f"fedge/v2/f/model/{SHA_A}/12", TopicRef("model", "f", sha256=SHA_A, index=12)),
+    ("fedge/v2/f/weights/7/0", TopicRef("weights", "f", version=7, index=0)),
+    ("fedge/v2/f/presence/c-1", TopicRef("presence", "f", client_id="c-1")),
+    ("fedge/v2/f/update/c.1", TopicRef("update", "f", client_id="c.1")),
+    ("fedge/v2/f/reply/C_1", TopicRef("reply", "f", client_id="C_1")),
 ])
 def test_parse_topic(topic: str, ref: TopicRef) -> None:
     assert parse_topic(topic) == ref
@@ -323,10 +337,10 @@ def test_parse_topic(topic: str, ref: TopicRef) -> None:
 
 
 @pytest.mark.parametrize("topic", [
-    "other/v1/f/manifest", "fedge/v2/f/manifest", "fedge/v1/f/manifest/x", "fedge/v1/f/nope",
-    "fedge/v1/f/weights/07/0", "fedge/v1/f/weights/-1/0", "fedge/v1/f/model/ABC/0",
-    "fedge/v1/f/update/+", "fedge/v1/f/update/#", "fedge/v1/f/update/", "fedge/v1/f",
-    "fedge/v1/f/presence/" + "x" * 65, "fedge/v1/-f/round", "fedge/v1/f/update/.hidden",
+    "other/v2/f/manifest", "fedge/v9/f/manifest", "fedge/v2/f/manifest/x", "fedge/v2/f/nope",
+    "fedge/v2/f/weights/07/0", "fedge/v2/f/weights/-1/0", "fedge/v2/f/model/ABC/0",
+    "fedge/v2/f/update/+", "fedge/v2/f/update/#", "fedge/v2/f/update/", "fedge/v2/f",
+    "fedge/v2/f/presence/" + "x" * 65, "fedge/v2/-f/round", "fedge/v2/f/update/.hidden",
 ])
 def test_parse_topic_rejects(topic: str) -> None:
     with pytest.raises(InvalidTopic):
@@ -340,7 +354,7 @@ def test_topics_reject_unsafe_ids_and_foreign_federations() -> None:
     with pytest.raises(InvalidTopic, match="federation"):
         Topics("f/g")
     with pytest.raises(InvalidTopic, match="federation"):
-        Topics("f").parse("fedge/v1/g/round")
+        Topics("f").parse("fedge/v2/g/round")
 
 
 @given(ids, ids, shas, st.integers(0, 10**15), st.integers(0, 10**15))

@@ -57,7 +57,7 @@ def main(url: str, federation: str, client_id: str, model_path: str, sent: int,
     update = Update(federation=federation, round_id=r.round_id, client_id=client_id,
                     base_version=r.weights_version, model_sha256=r.model_sha256,
                     nonce=os.urandom(16), num_samples=100, metrics={}, codec=r.codec,
-                    tensors=tensors)
+                    tensors=tensors, run_id=r.run_id)
     tid = f"u-{r.round_id}-{update.nonce.hex()}-0"
     chunks = split(update.encode(), tid, max_payload=CHUNK_BYTES)
     for chunk in chunks[:sent]:

@@ -21,6 +21,7 @@ from edge_client.protocol import Hyperparameters, Manifest, Round, Topics
 from edge_client.transport import BrokerConfig, MqttTransport
 
 FLOOR_SHA = "0" * 64  # the floor's Round names no real model
+FLOOR_RUN = "0" * 16  # as long as a real run id, so the floor sends the same bytes
 
 
 class MonitorError(FedgeError):
@@ -79,7 +80,7 @@ class Monitor:
                         weights_version=0, model_sha256=FLOOR_SHA, deadline=time.time() + 600,
                         hyperparameters=Hyperparameters(epochs=1, batch_size=32,
                                                         learning_rate=0.01),
-                        codec="int8", selected=tuple(selected))
+                        codec="int8", selected=tuple(selected), run_id=FLOOR_RUN)
         self._t.publish(self.floor_topics.round(), trigger.encode(), timeout=None)
         end = time.monotonic() + timeout
         start: float | None = None

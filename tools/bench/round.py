@@ -42,7 +42,7 @@ from typing import Any
 from aggregator.stages import Stage
 from edge_client.protocol import Hyperparameters, Round, Topics
 from edge_client.transfer import DEFAULT_MAX_PAYLOAD
-from tools.bench.monitor import FLOOR_SHA, FloorRun, Monitor, RoundRun
+from tools.bench.monitor import FLOOR_RUN, FLOOR_SHA, FloorRun, Monitor, RoundRun
 from tools.bench.stages import OTHER
 from tools.runtime.broker import MosquittoBroker
 from tools.runtime.fleet import Fleet
@@ -158,7 +158,7 @@ def _floor_chunks(device: tuple[str, int, int], shapes: dict[str, tuple[int, ...
     r = Round(federation=floor.federation, round_id=1, weights_version=0,
               model_sha256=FLOOR_SHA, deadline=1.0,
               hyperparameters=Hyperparameters(epochs=1, batch_size=32, learning_rate=0.01),
-              codec="int8", fraction=1.0)
+              codec="int8", fraction=1.0, run_id=FLOOR_RUN)
     return len(update_chunks(spec, UpdateSource(shapes, SEED, variants=1), r, bytes(16)))
 
 

@@ -118,7 +118,7 @@ def update_chunks(spec: DeviceSpec, source: UpdateSource, r: Round, nonce: bytes
     update = Update(federation=r.federation, round_id=r.round_id, client_id=spec.client_id,
                     base_version=r.weights_version, model_sha256=r.model_sha256, nonce=nonce,
                     num_samples=spec.samples, metrics={"train_loss": 0.5}, codec=r.codec,
-                    tensors=source.tensors(spec.index, r.codec))
+                    tensors=source.tensors(spec.index, r.codec), run_id=r.run_id)
     attempt = int(suffix[1:]) if suffix else None  # suffix: "" or "-{copies}"
     return split(update.encode(), update_transfer_id(r.round_id, nonce, attempt),
                  max_payload=spec.max_payload)

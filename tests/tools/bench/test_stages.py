@@ -32,7 +32,7 @@ def _timer() -> tuple[StageTimer, Clock]:
 
 def test_a_timer_is_the_services_stage_hook() -> None:
     hook: StageHook = StageTimer()  # mypy checks the protocol; a renamed method fails here
-    with hook.stage(Stage.VALIDATE):
+    with hook.stage(Stage.ADMIT):
         pass
 
 
@@ -77,18 +77,18 @@ def test_only_time_inside_a_round_window_is_counted() -> None:
     with timer.stage(Stage.WAIT):  # before any round
         clock.advance(5.0)
     timer.round_opened(1)
-    with timer.stage(Stage.FOLD):
+    with timer.stage(Stage.ADMIT):
         clock.advance(1.0)
     timer.round_closed(1)
     with timer.stage(Stage.WAIT):  # between rounds
         clock.advance(5.0)
     timer.round_opened(2)
-    with timer.stage(Stage.FOLD):
+    with timer.stage(Stage.ADMIT):
         clock.advance(2.0)
     timer.round_closed(2)
     assert [(w["round"], w["stages"], w["calls"]) for w in timer.windows] == [
-        (1, {Stage.FOLD.value: 1.0, OTHER: 0.0}, {Stage.FOLD.value: 1}),
-        (2, {Stage.FOLD.value: 2.0, OTHER: 0.0}, {Stage.FOLD.value: 1}),
+        (1, {Stage.ADMIT.value: 1.0, OTHER: 0.0}, {Stage.ADMIT.value: 1}),
+        (2, {Stage.ADMIT.value: 2.0, OTHER: 0.0}, {Stage.ADMIT.value: 1}),
     ]
 
 
@@ -126,11 +126,11 @@ def test_stages_on_other_threads_are_not_timed() -> None:
 def test_a_stage_that_raises_is_still_timed() -> None:
     timer, clock = _timer()
     timer.round_opened(1)
-    with pytest.raises(ValueError), timer.stage(Stage.DECODE):
+    with pytest.raises(ValueError), timer.stage(Stage.INTAKE):
         clock.advance(1.5)
         raise ValueError("bad update")
     timer.round_closed(1)
-    assert timer.windows[0]["stages"][Stage.DECODE.value] == 1.5
+    assert timer.windows[0]["stages"][Stage.INTAKE.value] == 1.5
 
 
 def test_main_without_the_separator_prints_its_usage(tmp_path: Path) -> None:
