@@ -221,8 +221,17 @@ def test_norm_stats_per_feature_and_per_channel() -> None:
 def test_norm_stats_json_round_trip_holds_no_rows() -> None:
     stats = compute_norm_stats(np.arange(20, dtype=np.float64).reshape(10, 2))
     text = stats.to_json()
-    assert set(json.loads(text)) == {"format", "mean", "std", "count"}
+    assert set(json.loads(text)) == {"format", "mean", "std", "count", "features"}
     assert NormStats.from_json(text) == stats
+
+
+def test_norm_stats_keep_the_feature_names_and_read_files_without_them() -> None:
+    stats = compute_norm_stats(np.ones((4, 2)), features=("hr", "steps"))
+    assert NormStats.from_json(stats.to_json()).features == ("hr", "steps")
+    old = '{"format": "fedge-norm-stats/1", "mean": [0, 1], "std": [1, 2], "count": 3}'
+    assert NormStats.from_json(old) == NormStats((0.0, 1.0), (1.0, 2.0), 3)
+    with pytest.raises(DataError, match="1 feature names for 2 features"):
+        compute_norm_stats(np.ones((4, 2)), features=("hr",))
 
 
 @pytest.mark.parametrize("text", [
@@ -230,6 +239,10 @@ def test_norm_stats_json_round_trip_holds_no_rows() -> None:
     '{"format": "fedge-norm-stats/1", "mean": [0, 1], "std": [1], "count": 1}',
     '{"format": "fedge-norm-stats/1", "mean": [0], "std": [0], "count": 1}',
     '{"format": "fedge-norm-stats/1", "mean": [NaN], "std": [1], "count": 1}',
+    '{"format": "fedge-norm-stats/1", "mean": [0], "std": [1], "count": 1, "features": [3]}',
+    '{"format": "fedge-norm-stats/1", "mean": [0], "std": [1], "count": 1, "features": 5}',
+    '{"format": "fedge-norm-stats/1", "mean": [0], "std": [1], "count": 1, '
+    '"features": ["a", "b"]}',
 ])
 def test_norm_stats_from_bad_json_is_a_data_error(text: str) -> None:
     with pytest.raises(DataError, match=r"stats\.json"):
