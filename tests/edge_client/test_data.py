@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from edge_client.data import (
     load_data,
+    load_inputs,
     load_npz,
     load_series_csv,
     load_table_csv,
@@ -202,6 +203,34 @@ def test_dispatcher_rejects_options_that_do_not_apply(tmp_path: Path) -> None:
         load_data(csv_path, stride=2)
     with pytest.raises(DataError, match=r"unknown data format '\.parquet'"):
         load_data(write(tmp_path, "x", "d.parquet"))
+
+
+def test_inputs_are_read_without_labels_as_training_reads_them(tmp_path: Path) -> None:
+    labelled = write(tmp_path, "age,label,bmi\n40,1,22.5\n55,0,31\n")
+    x, names = load_inputs(labelled)
+    np.testing.assert_array_equal(x, load_data(labelled).x)
+    assert names == ("age", "bmi") and x.dtype == np.float32
+    bare = write(tmp_path, "age,bmi\n40,22.5\n", "bare.csv")
+    assert load_inputs(bare)[1] == ("age", "bmi")
+    assert load_inputs(bare, label_column="outcome")[1] == ("age", "bmi")  # absent: fine
+    assert load_inputs(labelled, features=["bmi"])[1] == ("bmi",)
+    series = write(tmp_path, SERIES, "series.csv")
+    windows, channels = load_inputs(series, window=2, group_column="session")
+    expected = load_data(series, window=2, group_column="session")
+    np.testing.assert_array_equal(windows, expected.x)
+    assert channels == expected.feature_names == ("acc_x", "hr")
+    np.savez(tmp_path / "x.npz", x=np.ones((3, 2)))
+    assert load_inputs(tmp_path / "x.npz")[1] == ("x0", "x1")
+
+
+def test_inputs_errors_name_the_file(tmp_path: Path) -> None:
+    np.savez(tmp_path / "y.npz", y=np.ones(3))
+    with pytest.raises(DataError, match=r"y\.npz: no array \['x'\]"):
+        load_inputs(tmp_path / "y.npz")
+    with pytest.raises(DataError, match='line 3, column "bmi": not a number'):
+        load_inputs(write(tmp_path, "age,bmi\n1,2\n3,x\n"))
+    with pytest.raises(ConfigError, match="apply to CSV only"):
+        load_inputs(tmp_path / "y.npz", window=3)
 
 
 def test_norm_stats_per_feature_and_per_channel() -> None:
