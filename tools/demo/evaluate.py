@@ -17,8 +17,7 @@ import numpy.typing as npt
 
 from edge_client.model import TrainableModel
 from edge_client.normalise import NormStats, compute_norm_stats, normalise
-from edge_client.protocol import Weights
-from edge_client.quantize import dequantize_update
+from tools.state import checkpoint_weights
 
 log = logging.getLogger(__name__)
 Array = npt.NDArray[Any]
@@ -41,8 +40,7 @@ class Scaling:
 
 def weights_of_checkpoint(state_dir: Path, version: int) -> dict[str, Array]:
     """The global weights of ``version`` from the aggregator's checkpoints."""
-    blob = (state_dir / "checkpoints" / f"v{version:08d}.bin").read_bytes()
-    return dequantize_update(Weights.decode(blob).tensors)
+    return checkpoint_weights(state_dir, version)
 
 
 def evaluate(model_file: bytes, weights: dict[str, Array], x: Array, y: Array
