@@ -24,6 +24,8 @@ log = logging.getLogger("fedge")
 COMMANDS: dict[str, str] = {
     "demo": "tools.demo.command",
     "export": "tools.export",
+    "evaluate": "tools.evaluate.command",
+    "predict": "tools.evaluate.predict",
     "bench": "tools.bench.command",
     "reliability-report": "tools.reliability",
     "provision": "tools.provision.command",

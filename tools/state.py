@@ -50,17 +50,14 @@ class StateWeights:
         version: their version (None: final weights of a dir whose round.json is unreadable).
         final: whether they are the finished run's final weights.
         path: the file they were read from.
+        finished: whether the run finished (round.json's phase, or final weights exist).
     """
 
     weights: dict[str, Array]
     version: int | None
     final: bool
     path: Path
-
-    def describe(self) -> str:
-        """E.g. ``final weights (version 10)`` or ``version 7 (the run has not finished)``."""
-        version = "" if self.version is None else f" (version {self.version})"
-        return f"final weights{version}" if self.final else f"version {self.version}"
+    finished: bool
 
 
 def _where(root: Path, flag: str) -> str:
@@ -89,19 +86,24 @@ def _kept(root: Path) -> str:
     return f"it keeps versions {', '.join(map(str, versions))}"
 
 
+def _round_state(root: Path) -> dict[str, Any]:
+    """round.json as a dict; empty when it is missing or unreadable."""
+    try:
+        state = json.loads((Path(root) / ROUND_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
 def latest_version(root: Path, flag: str = "--state-dir") -> int:
     """The latest version: round.json's ``weights_version``, else the newest checkpoint.
 
     Raises:
         ConfigError: neither tells (not a state dir, or a run that never started).
     """
-    try:
-        state = json.loads((Path(root) / ROUND_FILE).read_text())
-        version = state["weights_version"]
-        if type(version) is int and version >= 0:
-            return version
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
+    version = _round_state(root).get("weights_version")
+    if type(version) is int and version >= 0:
+        return version
     versions = checkpoint_versions(root)
     if not versions:
         _check_dir(Path(root), flag)
@@ -154,16 +156,17 @@ def state_weights(root: Path, version: int | None = None,
     root = Path(root)
     _check_dir(root, flag)
     final = root / FINAL_WEIGHTS
+    finished = final.is_file() or _round_state(root).get("phase") == "finished"
     if version is None and final.is_file():
         try:
             latest: int | None = latest_version(root, flag)
         except ConfigError:
             latest = None
-        return StateWeights(_final_weights(final), latest, True, final)
+        return StateWeights(_final_weights(final), latest, True, final, finished)
     if version is None:
         version = latest_version(root, flag)
     path = root / CHECKPOINTS / f"v{version:08d}.bin"
-    return StateWeights(checkpoint_weights(root, version, flag), version, False, path)
+    return StateWeights(checkpoint_weights(root, version, flag), version, False, path, finished)
 
 
 def state_model(root: Path, flag: str = "--state-dir") -> bytes:

@@ -34,14 +34,14 @@ def test_final_weights_by_default_else_the_latest_and_any_version_on_request(
     final = state_weights(done)
     assert final.final and final.version == 3 and _value(final.weights) == 3.0
     assert final.path == done / "final" / "weights.npz"
-    assert final.describe() == "final weights (version 3)"
+    assert final.finished
     second = state_weights(done, 1)
     assert not second.final and second.version == 1 and _value(second.weights) == 1.0
-    assert second.describe() == "version 1"
     running = write_state_dir(tmp_path / "running", logreg_file, _versions(logreg_file, 3),
                               finished=False)
     latest = state_weights(running)
     assert not latest.final and latest.version == 2 and _value(latest.weights) == 2.0
+    assert not latest.finished
     assert state_model(running) == logreg_file
     assert list(checkpoint_weights(running, 0)) == [w.name for w in
                                                      read_metadata(logreg_file).weights]
@@ -84,7 +84,7 @@ def test_a_state_dir_without_its_model_or_with_a_replaced_one_is_named(
 ) -> None:
     root = write_state_dir(tmp_path / "s", logreg_file, _versions(logreg_file, 2))
     (root / "model.tflite").write_bytes(logreg_file + b"x")
-    with pytest.raises(ConfigError, match="but run.json records .* the file was replaced"):
+    with pytest.raises(ConfigError, match=r"but run\.json records .* the file was replaced"):
         state_model(root)
     (root / "model.tflite").unlink()
     with pytest.raises(ConfigError, match=r"no model.tflite .*pass --model FILE"):
@@ -92,7 +92,7 @@ def test_a_state_dir_without_its_model_or_with_a_replaced_one_is_named(
 
 
 def test_an_empty_directory_is_not_a_state_dir(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="no round.json and no checkpoints/v"):
+    with pytest.raises(ConfigError, match=r"no round\.json and no checkpoints/v"):
         state_weights(tmp_path)
     (tmp_path / "final").mkdir()
     (tmp_path / "final" / "weights.npz").write_bytes(b"junk")

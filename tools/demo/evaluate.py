@@ -8,7 +8,6 @@ from the federation only in where the data sits.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,26 +15,10 @@ import numpy as np
 import numpy.typing as npt
 
 from edge_client.model import TrainableModel
-from edge_client.normalise import NormStats, compute_norm_stats, normalise
 from tools.state import checkpoint_weights
 
 log = logging.getLogger(__name__)
 Array = npt.NDArray[Any]
-
-
-@dataclass(frozen=True)
-class Scaling:
-    """How samples are scaled before the model sees them (None: raw values)."""
-
-    stats: NormStats | None
-
-    @classmethod
-    def fit(cls, x: Array, enabled: bool) -> Scaling:
-        """Statistics of ``x`` when scaling is enabled and ``x`` is 2-D or 3-D."""
-        return cls(compute_norm_stats(x) if enabled and x.ndim in (2, 3) else None)
-
-    def __call__(self, x: Array) -> Array:
-        return x.astype(np.float32) if self.stats is None else normalise(x, self.stats)
 
 
 def weights_of_checkpoint(state_dir: Path, version: int) -> dict[str, Array]:

@@ -19,7 +19,7 @@ import numpy.typing as npt
 from tools.datasets import Dataset, load_dataset
 from tools.demo.config import DemoConfig
 from tools.demo.data import ClientShare, DemoDefaults, defaults_for, pooled_training, share_data
-from tools.demo.evaluate import Scaling
+from tools.evaluate.scaling import Scaling
 
 Array = npt.NDArray[Any]
 
@@ -56,4 +56,4 @@ def prepare(config: DemoConfig) -> Setup:
     model_path.write_bytes(model_file)
     pooled_x, pooled_y = pooled_training(ds, shares)
     return Setup(ds, d, shares, model_file, model_path, pooled_x, pooled_y,
-                 Scaling.fit(pooled_x, d.normalise))
+                 Scaling.fit(pooled_x, d.normalise, "the pooled training data"))
