@@ -1,8 +1,9 @@
 """The ``fedge`` command: one entry point for the tools.
 
 Each sub-command has a module exposing ``add_parser(subparsers)`` (which registers the
-sub-command and sets ``func``): its package's ``command`` module, or a module of its own
-for the single-module ``export`` and ``reliability-report``. This file only wires them
+sub-command and sets ``func``): its package's ``command`` module (``predict`` lives in the
+``evaluate`` package, beside ``evaluate``), or a module of its own for the single-module
+``reliability-report``. This file only wires them
 together; ``python -m tools`` (``tools/__main__.py``) runs it.
 """
 
@@ -23,7 +24,7 @@ log = logging.getLogger("fedge")
 # sub-command name -> module with add_parser(subparsers)
 COMMANDS: dict[str, str] = {
     "demo": "tools.demo.command",
-    "export": "tools.export",
+    "export": "tools.export.command",
     "evaluate": "tools.evaluate.command",
     "predict": "tools.evaluate.predict",
     "bench": "tools.bench.command",

@@ -51,6 +51,7 @@ class StateWeights:
         final: whether they are the finished run's final weights.
         path: the file they were read from.
         finished: whether the run finished (round.json's phase, or final weights exist).
+        latest: whether they are the run's newest (no version was asked for).
     """
 
     weights: dict[str, Array]
@@ -58,6 +59,18 @@ class StateWeights:
     final: bool
     path: Path
     finished: bool
+    latest: bool
+
+    def describe(self) -> str:
+        """E.g. ``the final weights (version 10)``, ``checkpoint version 3``, or ``the latest
+        checkpoint (version 7; the run has not finished)``."""
+        version = "" if self.version is None else f"version {self.version}"
+        if self.final:
+            return f"the final weights ({version})" if version else "the final weights"
+        if self.latest:
+            state = "" if self.finished else "; the run has not finished"
+            return f"the latest checkpoint ({version}{state})"
+        return f"checkpoint {version}"
 
 
 def _where(root: Path, flag: str) -> str:
@@ -162,11 +175,13 @@ def state_weights(root: Path, version: int | None = None,
             latest: int | None = latest_version(root, flag)
         except ConfigError:
             latest = None
-        return StateWeights(_final_weights(final), latest, True, final, finished)
+        return StateWeights(_final_weights(final), latest, True, final, finished, True)
+    newest = version is None
     if version is None:
         version = latest_version(root, flag)
     path = root / CHECKPOINTS / f"v{version:08d}.bin"
-    return StateWeights(checkpoint_weights(root, version, flag), version, False, path, finished)
+    return StateWeights(checkpoint_weights(root, version, flag), version, False, path, finished,
+                        newest)
 
 
 def state_model(root: Path, flag: str = "--state-dir") -> bytes:

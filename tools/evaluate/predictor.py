@@ -38,6 +38,8 @@ class Predictor:
         weights: the ``weights`` entry of a JSON report (``source``: ``state-dir``,
             ``embedded``, ``initial`` or ``frozen``; for a state dir also its ``state_dir``,
             ``version`` and ``final``).
+        run: the prediction function.
+        about: which weights, in words (:meth:`weights_sentence`).
         notes: warnings for the user (e.g. untrained weights).
     """
 
@@ -45,6 +47,7 @@ class Predictor:
     model_file: str
     weights: dict[str, Any]
     run: Callable[[Array], Array] = field(repr=False)
+    about: str = ""  # the weights, in words
     notes: tuple[str, ...] = ()
 
     def predict(self, x: Array) -> Array:
@@ -53,18 +56,7 @@ class Predictor:
 
     def weights_sentence(self) -> str:
         """One line for a report: which weights the model runs with."""
-        w = self.weights
-        if w["source"] == "state-dir":
-            version = "" if w["version"] is None else f" (version {w['version']})"
-            if w["final"]:
-                return f"the final weights{version} of state dir {w['state_dir']}"
-            if w["latest"]:
-                unfinished = "" if w["run_finished"] else " (the run has not finished)"
-                return f"the latest checkpoint{version} of state dir {w['state_dir']}{unfinished}"
-            return f"checkpoint{version} of state dir {w['state_dir']}"
-        return {"embedded": "the trained weights embedded in the model file",
-                "initial": "the model file's initial (untrained) weights",
-                "frozen": "the weights frozen in the inference model"}[w["source"]]
+        return self.about
 
 
 def open_model(model: Path | None, state_dir: Path | None, version: int | None,
@@ -92,7 +84,7 @@ def open_model(model: Path | None, state_dir: Path | None, version: int | None,
         data, origin = state_model(state_dir), str(state_dir / MODEL_FILE)
     weights = None if state_dir is None else state_weights(state_dir, version)
     notes = _other_model_note(data, model, state_dir)
-    return _predictor(data, origin, weights, state_dir, version is None, threads, notes)
+    return _predictor(data, origin, weights, state_dir, threads, notes)
 
 
 def _other_model_note(data: bytes, model: Path | None, state_dir: Path | None) -> tuple[str, ...]:
@@ -110,7 +102,7 @@ def _other_model_note(data: bytes, model: Path | None, state_dir: Path | None) -
 
 
 def _predictor(data: bytes, origin: str, weights: StateWeights | None, state_dir: Path | None,
-               latest: bool, threads: int, notes: tuple[str, ...]) -> Predictor:
+               threads: int, notes: tuple[str, ...]) -> Predictor:
     meta = read_metadata(data)
     if meta.kind == "inference":
         if weights is not None:
@@ -118,7 +110,7 @@ def _predictor(data: bytes, origin: str, weights: StateWeights | None, state_dir
                               "weights are frozen; give the trainable model (or leave out "
                               "--model to use the run's)")
         return Predictor(meta, origin, {"source": "frozen"}, _inference(data, meta, threads),
-                         notes)
+                         "the weights frozen in the inference model", notes)
     if meta.kind != "trainable":
         raise ModelError(f"{origin}: a model of kind {meta.kind!r}; fedge evaluates "
                          "'trainable' and 'inference' files")
@@ -130,14 +122,18 @@ def _predictor(data: bytes, origin: str, weights: StateWeights | None, state_dir
             raise ModelError(f"the weights of --state-dir {state_dir} do not fit {origin}: "
                              f"{e}") from None
         about = {"source": "state-dir", "state_dir": str(state_dir), "version": weights.version,
-                 "final": weights.final, "latest": latest, "run_finished": weights.finished}
-        return Predictor(meta, origin, about, model.predict, notes)
+                 "final": weights.final, "latest": weights.latest,
+                 "run_finished": weights.finished}
+        return Predictor(meta, origin, about, model.predict,
+                         f"{weights.describe()} of state dir {state_dir}", notes)
     if model.has_embedded_weights:
-        return Predictor(meta, origin, {"source": "embedded"}, model.predict, notes)
+        return Predictor(meta, origin, {"source": "embedded"}, model.predict,
+                         "the trained weights embedded in the model file", notes)
     untrained = (f"{origin} carries no trained weights: these are its initial ones. Pass "
                  "--state-dir DIR (the aggregator's) or a file with weights inside "
                  "(final/model.tflite, `fedge export --from-state`)")
-    return Predictor(meta, origin, {"source": "initial"}, model.predict, (*notes, untrained))
+    return Predictor(meta, origin, {"source": "initial"}, model.predict,
+                     "the model file's initial (untrained) weights", (*notes, untrained))
 
 
 def _inference(data: bytes, meta: ModelMetadata, threads: int) -> Callable[[Array], Array]:
