@@ -18,7 +18,6 @@ from pathlib import Path
 from aggregator.config import AggregatorConfig, build_config
 from aggregator.fedavg import STRATEGIES
 from aggregator.modelfile import load_model_file
-from aggregator.service import AggregatorService
 from aggregator.stages import NO_STAGES, StageHook
 from edge_client.errors import ConfigError
 from edge_client.protocol import CODECS
@@ -188,6 +187,8 @@ def serve(config: AggregatorConfig, stop: threading.Event,
         TransportError: the broker could not be reached in time.
     """
     assert config.model is not None  # check() requires it
+    from aggregator.service import AggregatorService  # needs prometheus_client: fedge[server]
+
     model_file = load_model_file(config.model)
     transport = MqttTransport(config.broker_config())
     service = AggregatorService(config, transport, model_file, stages=stages)
@@ -213,6 +214,10 @@ def main(argv: Sequence[str] | None = None, stages: StageHook = NO_STAGES) -> in
         return serve(build_config(args), stop, stages)
     except ConfigError as e:
         print(f"fedge-aggregator: error: {e}", file=sys.stderr)
+        return 2
+    except ImportError as e:  # an edge-only install: the service's optional dependencies
+        print(f"fedge-aggregator needs fedge[server]: pip install 'fedge[server]' ({e})",
+              file=sys.stderr)
         return 2
     except TransportError as e:
         print(f"fedge-aggregator: error: {e}", file=sys.stderr)
