@@ -1,7 +1,10 @@
 """Third-party chatter, silenced unless ``--verbose``: the one place that knows what it looks like.
 
-Python loggers of TensorFlow, absl, amqtt and transitions go to WARNING
-(:func:`quiet_loggers`). TensorFlow's and TFLite's native code writes to file descriptor 2
+Python loggers of TensorFlow and absl go to WARNING (:func:`quiet_loggers`); those of the
+embedded amqtt broker and its state machine (transitions) show only CRITICAL: amqtt logs
+its configuration keys as deprecated and, at ERROR with a traceback, every QoS 1 message it
+could not deliver to a client that has left, which fedge's own checks report where it
+matters (a round that fails). TensorFlow's and TFLite's native code writes to descriptor 2
 itself: absl's C++ logging ignores ``TF_CPP_MIN_LOG_LEVEL`` before ``absl::InitializeLog()``
 (TensorFlow 2.1x prints its oneDNN banner that way), TFLite prints "INFO: Created TensorFlow
 Lite XNNPACK delegate", the converter "fully_quantize: ...". So
@@ -35,15 +38,17 @@ NATIVE_CHATTER = re.compile(
     rb"|fully_quantize: \d+, inference_type: \d+, input_inference_type: \w+, "
     rb"output_inference_type: \w+)\r?"
 )
-#: Python loggers whose INFO lines are start-up or state-machine chatter
-QUIET_LOGGERS = ("tensorflow", "absl", "amqtt", "transitions", "matplotlib", "h5py")
+#: Python loggers whose lines below these levels are start-up or state-machine chatter
+QUIET_LOGGERS = {"tensorflow": logging.WARNING, "absl": logging.WARNING,
+                 "matplotlib": logging.WARNING, "h5py": logging.WARNING,
+                 "amqtt": logging.CRITICAL, "transitions": logging.CRITICAL}
 _JOIN_TIMEOUT = 2.0  # seconds to wait for the last native lines after the command
 
 
 def quiet_loggers() -> None:
-    """Sets the chatty third-party Python loggers to WARNING."""
-    for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
+    """Sets the chatty third-party Python loggers to the levels of :data:`QUIET_LOGGERS`."""
+    for name, level in QUIET_LOGGERS.items():
+        logging.getLogger(name).setLevel(level)
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -35,7 +35,23 @@ class Setup:
     model_path: Path
     pooled_x: Array  # the union of the clients' training data (the pooled baseline's)
     pooled_y: Array
-    pooled_scaling: Scaling
+    pooled_scaling: Scaling  # the centralised baseline's: statistics of all training data
+
+    @property
+    def party_scalings(self) -> list[Scaling]:
+        """Each party's own scaling, as its fedge-client applies it; one "none" when the
+        clients train on raw values."""
+        scalings = [c.scaling for c in self.shares]
+        return scalings if any(s.stats is not None for s in scalings) else [Scaling(None)]
+
+    def scaling_note(self) -> dict[str, Any]:
+        """The ``scaling`` entry of the results: how the headline scores were scaled."""
+        if self.party_scalings[0].stats is None:
+            return {"kind": "none", "note": "raw feature values, as the clients train "
+                    "(--no-normalise)"}
+        return {"kind": "each-party", "parties": len(self.shares),
+                "note": "each party's own standardisation, as its fedge-client applies it; "
+                f"scores are the mean over the {len(self.shares)} parties"}
 
 
 def prepare(config: DemoConfig) -> Setup:
