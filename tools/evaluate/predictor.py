@@ -9,7 +9,6 @@ quantized probabilities are clipped to [0, 1] and each row rescaled to sum to 1.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,6 @@ from edge_client.model_file import archive_start
 from edge_client.runtime import Interpreter
 from tools.state import MODEL_FILE, StateWeights, state_model, state_weights
 
-log = logging.getLogger(__name__)
 Array = npt.NDArray[Any]
 
 
