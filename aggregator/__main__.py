@@ -19,7 +19,6 @@ from aggregator.config import AggregatorConfig, build_config
 from aggregator.fedavg import STRATEGIES
 from aggregator.modelfile import load_model_file
 from aggregator.run import begin
-from aggregator.service import AggregatorService
 from aggregator.stages import NO_STAGES, StageHook
 from aggregator.store import AggregatorStore
 from edge_client.errors import ConfigError
@@ -194,6 +193,8 @@ def serve(config: AggregatorConfig, stop: threading.Event,
         TransportError: the broker could not be reached in time.
     """
     assert config.model is not None  # check() requires it
+    from aggregator.service import AggregatorService  # needs prometheus_client: fedge[server]
+
     model_file = load_model_file(config.model)
     store = AggregatorStore(config.state_dir)
     run = begin(store, model_file.sha256, model_file.data, config.initial_weights)
@@ -222,6 +223,10 @@ def main(argv: Sequence[str] | None = None, stages: StageHook = NO_STAGES) -> in
         return serve(build_config(args), stop, stages)
     except ConfigError as e:
         print(f"fedge-aggregator: error: {e}", file=sys.stderr)
+        return 2
+    except ImportError as e:  # an edge-only install: the service's optional dependencies
+        print(f"fedge-aggregator needs fedge[server]: pip install 'fedge[server]' ({e})",
+              file=sys.stderr)
         return 2
     except TransportError as e:
         print(f"fedge-aggregator: error: {e}", file=sys.stderr)

@@ -44,6 +44,7 @@ from aggregator.stages import NO_STAGES, Stage, StageHook
 from aggregator.store import AggregatorStore
 from edge_client import protocol
 from edge_client.errors import ProtocolError
+from edge_client.model import embed_weights
 from edge_client.transfer import ReassemblyLimits
 from edge_client.transport import Message, Transport
 
@@ -320,9 +321,13 @@ class AggregatorService:
         self._publish_status(force=True)
 
     def _save_final(self) -> None:
+        """``final/weights.npz`` and ``final/model.tflite`` (trainable, the final weights
+        inside); an int8 inference model needs TensorFlow: ``fedge export --from-state``."""
+        weights = {k: np.asarray(v, np.float32) for k, v in self.model.weights.items()}
         buffer = io.BytesIO()
-        np.savez(buffer, **{k: np.asarray(v, np.float32) for k, v in self.model.weights.items()})
-        self.store.save_final({"weights.npz": buffer.getvalue()})
+        np.savez(buffer, **weights)
+        self.store.save_final({"weights.npz": buffer.getvalue(),
+                               "model.tflite": embed_weights(self.model_file.data, weights)})
         log.info("final model (version %d) in %s/final", self.model.version, self.store.root)
 
     def _close_round(self, outcome: str) -> None:

@@ -264,12 +264,19 @@ def load_series_csv(path: str | Path, *, window: int, stride: int | None = None,
     Raises:
         DataError: as :func:`load_table_csv`, or the window is longer than every series.
     """
-    stride = window if stride is None else stride
     table = _read_table(Path(path))
     table.index(label_column)
     names = _feature_names(table, features, (label_column, group_column, time_column))
+    x, y = _windows(table, names, _labels(table, label_column, task), window,
+                    window if stride is None else stride, group_column)
+    return LocalData(x, y, names, str(path))
+
+
+def _windows(table: _Table, names: tuple[str, ...], labels: Labels, window: int, stride: int,
+             group_column: str | None) -> tuple[Features, Labels]:
+    """The windows of a time-series table's ``names`` channels, within each group's run."""
+    path = table.path
     series = np.stack([_column(table, name) for name in names], axis=1)
-    labels = _labels(table, label_column, task)
     runs = _runs(table, group_column)
     parts = []
     for start, stop in runs:
@@ -283,19 +290,21 @@ def load_series_csv(path: str | Path, *, window: int, stride: int | None = None,
         raise DataError(f"{path}: window of {window} rows is longer than the series "
                         f"({longest} rows{' in the longest group' if group_column else ''})")
     y: Labels = np.concatenate([part[1] for part in parts])
-    return LocalData(x, y, names, str(path))
+    return x, y
 
 
-def _npz_arrays(path: Path) -> dict[str, npt.NDArray[Any]]:
+def _npz_arrays(path: Path, required: tuple[str, ...] = ("x", "y")
+                ) -> dict[str, npt.NDArray[Any]]:
     _check_file(path)
     try:
         archive = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise DataError(f"{path}: not a readable .npz archive ({error})") from error
     if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise DataError(f"{path}: a single array, not an .npz archive with 'x' and 'y'")
+        raise DataError(f"{path}: a single array, not an .npz archive with "
+                        f"{' and '.join(map(repr, required))}")
     with archive:
-        missing = sorted({"x", "y"} - set(archive.files))
+        missing = sorted(set(required) - set(archive.files))
         if missing:
             raise DataError(f"{path}: no array {missing} in the archive "
                             f"(has: {', '.join(archive.files) or 'nothing'})")
@@ -379,3 +388,57 @@ def load_data(path: str | Path, *, label_column: str | None = None,
     return load_series_csv(file, window=window, stride=stride, label_column=label,
                            features=features, group_column=group_column,
                            time_column=time_column, task=task)
+
+
+def _check_inputs(path: Path, x: npt.NDArray[Any]) -> None:
+    if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
+        raise DataError(f"{path}: array 'x' has dtype {x.dtype}, not numbers")
+    if x.ndim not in (2, 3, 4) or len(x) == 0:
+        raise DataError(f"{path}: 'x' must be 2-D, 3-D or 4-D with samples first; got {x.shape}")
+    if not np.isfinite(x).all():
+        index = np.argwhere(~np.isfinite(x))[0]
+        raise DataError(f"{path}: array 'x' index {tuple(map(int, index))}: not finite")
+
+
+def load_inputs(path: str | Path, *, label_column: str | None = None,
+                features: Sequence[str] | None = None, window: int | None = None,
+                stride: int | None = None, group_column: str | None = None,
+                time_column: str | None = DEFAULT_TIME) -> tuple[Features, tuple[str, ...]]:
+    """Read only the model inputs of a data file, which need not hold labels (for predictions).
+
+    The same formats and options as :func:`load_data`, but no label is required or read: a
+    CSV's label column (``label_column``, default ``"label"``), when the file has one, is
+    left out of the features, as in training; an ``.npz`` needs only ``x``. A time-series CSV
+    gives one row per window, as for training.
+
+    Returns:
+        ``x`` as :func:`load_data` would give it, and the feature (or channel) names.
+
+    Raises:
+        ConfigError: options that do not apply to the file's format.
+        DataError: the file cannot be read (named by file, line and column).
+    """
+    file = Path(path)
+    if file.suffix.lower() == ".npz":
+        if any(o is not None for o in (label_column, features, window, stride, group_column)):
+            raise ConfigError(f"{file}: label, feature and window options apply to CSV only")
+        arrays = _npz_arrays(file, ("x",))
+        _check_inputs(file, arrays["x"])
+        width = arrays["x"].shape[1]
+        names = tuple(str(n) for n in arrays.get("feature_names",
+                                                  [f"x{i}" for i in range(width)]))
+        return arrays["x"].astype(np.float32), names
+    if file.suffix.lower() != ".csv":
+        raise DataError(f"{file}: unknown data format {file.suffix!r} (expected .csv or .npz)")
+    table = _read_table(file)
+    label = DEFAULT_LABEL if label_column is None else label_column
+    if window is None:
+        if stride is not None or group_column is not None:
+            raise ConfigError(f"{file}: stride and group_column need a window")
+        names = _feature_names(table, features, (label,))
+        return np.stack([_column(table, n) for n in names], axis=1).astype(np.float32), names
+    names = _feature_names(table, features, (label, group_column, time_column))
+    no_labels = np.zeros(len(table.rows), np.int64)
+    x, _ = _windows(table, names, no_labels, window, window if stride is None else stride,
+                    group_column)
+    return x, names

@@ -15,10 +15,10 @@ from edge_client.config import ClientConfig
 from edge_client.data import LocalData, load_data
 from edge_client.errors import ConfigError
 from edge_client.model import TrainableModel
-from edge_client.normalise import compute_norm_stats, normalise
+from edge_client.normalise import NormStats, compute_norm_stats, normalise
 from edge_client.protocol import Manifest, Presence, Topics
 from edge_client.runtime import interpreter_class
-from edge_client.state import StateDir
+from edge_client.state import NORMALISATION_FILE, StateDir
 from edge_client.training import LocalSplit, Trainer
 from edge_client.transport import BrokerConfig, MqttTransport, TransportError, Will
 
@@ -32,17 +32,32 @@ def _version(dist: str) -> str:
         return "unknown"
 
 
-def prepare_data(config: ClientConfig) -> LocalData:
-    """Loads the local data file and (unless disabled) normalises it with local statistics."""
+def prepare_data(config: ClientConfig) -> tuple[LocalData, NormStats | None]:
+    """Loads the local data file and (unless disabled) standardises it with local statistics.
+
+    Returns:
+        The data the device trains on, and the statistics it was standardised with (None:
+        raw values, with ``--no-normalise`` or for image data, which is not standardised).
+    """
     if config.data is None:
         raise ConfigError("--data is required: the local data file to train on")
     data = load_data(config.data, label_column=config.label_column, features=config.features,
                      window=config.window, stride=config.stride,
                      group_column=config.group_column)
     if not config.normalise or data.x.ndim not in (2, 3):
-        return data
-    x = normalise(data.x, compute_norm_stats(data.x))
-    return LocalData(x, data.y, data.feature_names, data.source)
+        return data, None
+    stats = compute_norm_stats(data.x, features=data.feature_names)
+    return LocalData(normalise(data.x, stats), data.y, data.feature_names, data.source), stats
+
+
+def keep_norm_stats(state: StateDir, stats: NormStats | None) -> None:
+    """Keeps the statistics the device standardises with in its state dir
+    (``normalisation.json``), so ``fedge evaluate --client-state`` applies the same; removes
+    a file left from an earlier run when the device now trains on raw values."""
+    if stats is None:
+        (state.root / NORMALISATION_FILE).unlink(missing_ok=True)
+        return
+    state.write(NORMALISATION_FILE, stats.to_json().encode())
 
 
 def manifest_verifier(config: ClientConfig) -> Callable[[Manifest], None] | None:
@@ -70,7 +85,8 @@ def run_client(config: ClientConfig, stop: threading.Event) -> int:
     verify = manifest_verifier(config)
     state = StateDir(config.state_dir)
     client_id = state.client_id(config.client_id)
-    data = prepare_data(config)
+    data, stats = prepare_data(config)
+    keep_norm_stats(state, stats)
     split = LocalSplit.of(data.x, data.y, seed=config.seed or 0, holdout=config.holdout)
     runtime_name, _ = interpreter_class()
     topics = Topics(config.federation, config.prefix)

@@ -1,8 +1,8 @@
 """A trainable fedge model file on the device: metadata, training, evaluation, weights.
 
 :class:`TrainableModel` drives the file's signatures through
-:mod:`edge_client.runtime`; its metadata is read by :mod:`edge_client.model_file`
-(re-exported here), which needs no interpreter.
+:mod:`edge_client.runtime`; its metadata and embedded weights are read (and written) by
+:mod:`edge_client.model_file` (re-exported here), which needs no interpreter.
 
 Data conventions: ``x`` has shape ``(N, *metadata.input_shape)``; ``y`` has
 shape ``(N,)`` and holds class indices ``0..classes-1`` (binary: 0/1) or, for
@@ -24,11 +24,16 @@ from edge_client.model_file import (
     Array,
     ModelMetadata,
     WeightSpec,
+    embed_weights,
+    embedded_weights,
     read_metadata,
 )
 from edge_client.runtime import Interpreter
 
-__all__ = ["ModelMetadata", "TrainableModel", "WeightSpec", "read_metadata"]
+__all__ = [
+    "ModelMetadata", "TrainableModel", "WeightSpec", "embed_weights", "embedded_weights",
+    "read_metadata",
+]
 
 
 class TrainableModel:
@@ -49,9 +54,15 @@ class TrainableModel:
     ) -> None:
         """Load a model from its bytes or a path.
 
+        A file that carries weights (``weights.npz``, see
+        :func:`edge_client.model_file.embed_weights`) starts with them: they are set right
+        after loading, so :meth:`get_weights` returns them; otherwise the weights are the
+        file's initial ones.
+
         Raises:
-            ModelError: unreadable file, bad metadata, not trainable, or the
-                file's signatures disagree with its metadata.
+            ModelError: unreadable file, bad metadata, not trainable, the file's
+                signatures disagree with its metadata, or its embedded weights do not
+                fit it.
             ConfigError: no usable TFLite runtime.
         """
         data = model if isinstance(model, bytes) else _read_file(model)
@@ -62,11 +73,20 @@ class TrainableModel:
             )
         self._interpreter = Interpreter(data, num_threads=num_threads, runtime=runtime)
         self._check_signatures()
+        embedded = embedded_weights(data)
+        self._embedded = embedded is not None
+        if embedded is not None:
+            self.set_weights(embedded)
 
     @property
     def metadata(self) -> ModelMetadata:
         """The file's metadata."""
         return self._metadata
+
+    @property
+    def has_embedded_weights(self) -> bool:
+        """Whether the file carried trained weights (else it started from its initial ones)."""
+        return self._embedded
 
     @property
     def runtime(self) -> str:

@@ -7,6 +7,9 @@ file, fsync, rename, fsync of the dir)::
     model.tflite              the current trainable model file (checked by its SHA-256)
     global.bin                the last applied global weights message (encoded, as received)
     residual.bin              the quantization error-feedback residual (an encoded TensorSet)
+    normalisation.json        the statistics this device standardises its features with
+                              (NormStats JSON, "fedge-norm-stats/1"); absent when it trains
+                              on raw values. ``fedge evaluate --client-state`` applies them.
     outbox/RRRRRRRR-NONCE.bin an encoded update (round id in 8 digits, nonce in hex) kept
                               until the aggregator answered it or its round is over
 
@@ -25,6 +28,8 @@ from edge_client.files import atomic_write
 from edge_client.protocol import ID_RULE, is_id
 
 log = logging.getLogger(__name__)
+
+NORMALISATION_FILE = "normalisation.json"  # the device's standardisation (see the docstring)
 
 
 class StateDir:

@@ -180,3 +180,33 @@ def test_the_metrics_table_lists_exactly_the_registered_metrics() -> None:
     assert registered, "no metrics found on ServiceMetrics: is the test still reading it?"
     assert sorted(registered - documented) == [], "metrics missing from docs/aggregator.md"
     assert sorted(documented - registered) == [], "docs/aggregator.md lists unknown metrics"
+
+
+# ---------------------------------------------------------------- fedge commands
+
+
+def _fedge_subparsers() -> dict[str, argparse.ArgumentParser]:
+    from tools.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(sub.choices)
+
+
+def test_the_readme_names_every_fedge_command() -> None:
+    text = README.read_text()
+    assert sorted(c for c in _fedge_subparsers() if f"`{c}`" not in text
+                  and f"fedge {c}" not in text) == []
+
+
+def test_every_fedge_command_line_in_the_readme_and_docs_uses_real_flags() -> None:
+    commands, wrong = _fedge_subparsers(), []
+    for page in (README, ROOT / "docs" / "evaluate.md"):
+        for block in re.findall(r"```[a-z]*\n(.*?)```", page.read_text(), re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                found = re.search(r"\bfedge ([a-z-]+)(.*)", line)
+                if found is None or found[1] not in commands:
+                    continue
+                known = set(_options(commands[found[1]]))
+                flags = set(_FLAG.findall(found[2].split("#")[0]))
+                wrong += [f"{page.name}: fedge {found[1]} {f}" for f in sorted(flags - known)]
+    assert wrong == []

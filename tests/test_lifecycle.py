@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from client_kit import linear_data
 
+from edge_client.model import TrainableModel
 from edge_client.protocol import Manifest, Presence, Topics, Weights
 from edge_client.quantize import dequantize_update
 from edge_client.transport import BrokerConfig, MqttTransport
@@ -201,6 +202,9 @@ def test_every_client_sees_the_finish_exits_0_and_holds_the_final_model(
         got = dequantize_update(final.tensors)
         for name, arr in checkpoint(fed.tmp / "run-1", 2).items():
             np.testing.assert_array_equal(got[name], arr)
+    final_model = TrainableModel(fed.tmp / "run-1" / "final" / "model.tflite")
+    for name, arr in checkpoint(fed.tmp / "run-1", 2).items():  # deployable as it is
+        np.testing.assert_array_equal(final_model.get_weights()[name], arr)
 
 
 def test_presence_queued_from_an_earlier_run_is_not_taken_for_a_device_online(

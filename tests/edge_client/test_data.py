@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from edge_client.data import (
     load_data,
+    load_inputs,
     load_npz,
     load_series_csv,
     load_table_csv,
@@ -204,6 +205,34 @@ def test_dispatcher_rejects_options_that_do_not_apply(tmp_path: Path) -> None:
         load_data(write(tmp_path, "x", "d.parquet"))
 
 
+def test_inputs_are_read_without_labels_as_training_reads_them(tmp_path: Path) -> None:
+    labelled = write(tmp_path, "age,label,bmi\n40,1,22.5\n55,0,31\n")
+    x, names = load_inputs(labelled)
+    np.testing.assert_array_equal(x, load_data(labelled).x)
+    assert names == ("age", "bmi") and x.dtype == np.float32
+    bare = write(tmp_path, "age,bmi\n40,22.5\n", "bare.csv")
+    assert load_inputs(bare)[1] == ("age", "bmi")
+    assert load_inputs(bare, label_column="outcome")[1] == ("age", "bmi")  # absent: fine
+    assert load_inputs(labelled, features=["bmi"])[1] == ("bmi",)
+    series = write(tmp_path, SERIES, "series.csv")
+    windows, channels = load_inputs(series, window=2, group_column="session")
+    expected = load_data(series, window=2, group_column="session")
+    np.testing.assert_array_equal(windows, expected.x)
+    assert channels == expected.feature_names == ("acc_x", "hr")
+    np.savez(tmp_path / "x.npz", x=np.ones((3, 2)))
+    assert load_inputs(tmp_path / "x.npz")[1] == ("x0", "x1")
+
+
+def test_inputs_errors_name_the_file(tmp_path: Path) -> None:
+    np.savez(tmp_path / "y.npz", y=np.ones(3))
+    with pytest.raises(DataError, match=r"y\.npz: no array \['x'\]"):
+        load_inputs(tmp_path / "y.npz")
+    with pytest.raises(DataError, match='line 3, column "bmi": not a number'):
+        load_inputs(write(tmp_path, "age,bmi\n1,2\n3,x\n"))
+    with pytest.raises(ConfigError, match="apply to CSV only"):
+        load_inputs(tmp_path / "y.npz", window=3)
+
+
 def test_norm_stats_per_feature_and_per_channel() -> None:
     rng = np.random.default_rng(0)
     table = rng.normal([5.0, -2.0], [3.0, 0.5], size=(500, 2))
@@ -221,8 +250,17 @@ def test_norm_stats_per_feature_and_per_channel() -> None:
 def test_norm_stats_json_round_trip_holds_no_rows() -> None:
     stats = compute_norm_stats(np.arange(20, dtype=np.float64).reshape(10, 2))
     text = stats.to_json()
-    assert set(json.loads(text)) == {"format", "mean", "std", "count"}
+    assert set(json.loads(text)) == {"format", "mean", "std", "count", "features"}
     assert NormStats.from_json(text) == stats
+
+
+def test_norm_stats_keep_the_feature_names_and_read_files_without_them() -> None:
+    stats = compute_norm_stats(np.ones((4, 2)), features=("hr", "steps"))
+    assert NormStats.from_json(stats.to_json()).features == ("hr", "steps")
+    old = '{"format": "fedge-norm-stats/1", "mean": [0, 1], "std": [1, 2], "count": 3}'
+    assert NormStats.from_json(old) == NormStats((0.0, 1.0), (1.0, 2.0), 3)
+    with pytest.raises(DataError, match="1 feature names for 2 features"):
+        compute_norm_stats(np.ones((4, 2)), features=("hr",))
 
 
 @pytest.mark.parametrize("text", [
@@ -230,6 +268,10 @@ def test_norm_stats_json_round_trip_holds_no_rows() -> None:
     '{"format": "fedge-norm-stats/1", "mean": [0, 1], "std": [1], "count": 1}',
     '{"format": "fedge-norm-stats/1", "mean": [0], "std": [0], "count": 1}',
     '{"format": "fedge-norm-stats/1", "mean": [NaN], "std": [1], "count": 1}',
+    '{"format": "fedge-norm-stats/1", "mean": [0], "std": [1], "count": 1, "features": [3]}',
+    '{"format": "fedge-norm-stats/1", "mean": [0], "std": [1], "count": 1, "features": 5}',
+    '{"format": "fedge-norm-stats/1", "mean": [0], "std": [1], "count": 1, '
+    '"features": ["a", "b"]}',
 ])
 def test_norm_stats_from_bad_json_is_a_data_error(text: str) -> None:
     with pytest.raises(DataError, match=r"stats\.json"):

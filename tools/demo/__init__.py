@@ -14,13 +14,13 @@
 from tools.demo.command import add_parser, config_of, federate, run
 from tools.demo.config import DemoConfig
 from tools.demo.data import PARTITIONS, ClientShare, DemoDefaults, defaults_for
-from tools.demo.evaluate import Scaling, evaluate, local_only, train_alone, weights_of_checkpoint
+from tools.demo.evaluate import evaluate, local_only, train_alone, weights_of_checkpoint
 from tools.demo.plot import plot_rounds
 from tools.demo.prepare import Setup, prepare
 from tools.demo.report import build_result, print_table
 
 __all__ = [
-    "PARTITIONS", "ClientShare", "DemoConfig", "DemoDefaults", "Scaling", "Setup", "add_parser",
+    "PARTITIONS", "ClientShare", "DemoConfig", "DemoDefaults", "Setup", "add_parser",
     "build_result", "config_of", "defaults_for", "evaluate", "federate", "local_only",
     "plot_rounds", "prepare", "print_table", "run", "train_alone", "weights_of_checkpoint",
 ]

@@ -10,6 +10,7 @@ model as an int8 inference ``.tflite``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 from pathlib import Path
@@ -18,9 +19,11 @@ from typing import Any
 from tools.datasets import DATASETS
 from tools.demo.config import CODECS, STRATEGIES, WEIGHTINGS, DemoConfig
 from tools.demo.data import PARTITIONS
-from tools.demo.evaluate import evaluate, weights_of_checkpoint
+from tools.demo.evaluate import as_parties_see_it, scores, weights_of_checkpoint
 from tools.demo.prepare import Setup, prepare
 from tools.demo.report import build_result, print_table
+from tools.extras import require
+from tools.runtime.broker import mosquitto_available
 from tools.runtime.federation import FederationPlan, run_federation
 
 log = logging.getLogger(__name__)
@@ -99,23 +102,38 @@ def _plan(config: DemoConfig, s: Setup) -> FederationPlan:
 
 
 def _evaluate_version(s: Setup, state: Path, version: int) -> dict[str, Any]:
+    """The global model of ``version`` on the pooled test set, scaled as each party scales
+    (the mean over parties), and on each party's own test share."""
     weights = weights_of_checkpoint(state, version)
     ds = s.dataset
-    loss, acc = evaluate(s.model_file, weights, s.pooled_scaling(ds.x_test), ds.y_test)
-    per_client = {}
-    for c in s.shares:
-        if len(c.x_test):
-            c_loss, c_acc = evaluate(s.model_file, weights, c.scaling(c.x_test), c.y_test)
-            per_client[c.client_id] = {"accuracy": c_acc, "loss": c_loss}
-    return {"accuracy": acc, "loss": loss, "clients": per_client}
+    pooled = as_parties_see_it(s.model_file, weights, ds.x_test, ds.y_test, s.party_scalings)
+    per_client = {c.client_id: scores(s.model_file, weights, c.scaling(c.x_test), c.y_test)
+                  for c in s.shares if len(c.x_test)}
+    return {**pooled, "clients": per_client}
+
+
+def _require(config: DemoConfig) -> None:
+    """Raises MissingExtra, before anything starts, when the demo could not run to the end."""
+    modules = ["tensorflow", "prometheus_client", "matplotlib"]  # export, aggregator, plot
+    if config.progress:
+        modules.append("tqdm")
+    if config.broker is None and (config.embedded_broker or not mosquitto_available()):
+        modules.append("amqtt")
+    require("fedge demo", *modules)
 
 
 def federate(config: DemoConfig) -> dict[str, Any]:
     """Runs the federation and the baselines; returns the result (``tools.demo.report``).
 
     Writes only into ``config.out`` (data shares, state, logs, the int8 model); prints
-    nothing but the progress bar when ``config.progress`` asks for one.
+    nothing but the progress bar when ``config.progress`` asks for one (log records are
+    written above it, never through it).
+
+    Raises:
+        MissingExtra: TensorFlow, matplotlib, tqdm, prometheus_client or amqtt (when no
+            Mosquitto) is not installed.
     """
+    _require(config)
     s = prepare(config)
     state = config.out / "aggregator"
     evaluations: dict[int, dict[str, Any]] = {}
@@ -132,13 +150,20 @@ def federate(config: DemoConfig) -> dict[str, Any]:
         ev = evaluations[version]
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(acc=f"{ev['accuracy']:.3f}", clients=len(row.get("participants", [])))
+            auc = {} if ev["roc_auc"] is None else {"auc": f"{ev['roc_auc']:.3f}"}
+            bar.set_postfix(acc=f"{ev['accuracy']:.3f}", **auc,
+                            clients=len(row.get("participants", [])))
         else:
             log.info("round %s: %s, accuracy %.3f", row.get("round"), row.get("outcome"),
                      ev["accuracy"])
 
     try:
-        rows = run_federation(_plan(config, s), on_round)
+        with contextlib.ExitStack() as stack:
+            if bar is not None:
+                from tqdm.contrib.logging import logging_redirect_tqdm
+
+                stack.enter_context(logging_redirect_tqdm())
+            rows = run_federation(_plan(config, s), on_round)
     finally:
         if bar is not None:
             bar.close()

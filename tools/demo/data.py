@@ -12,7 +12,7 @@ import numpy.typing as npt
 from edge_client.errors import ConfigError
 from tools.datasets import Dataset, dirichlet_label_skew, iid, natural, quantity_skew
 from tools.demo.config import DemoConfig
-from tools.demo.evaluate import Scaling
+from tools.evaluate.scaling import Scaling
 
 PARTITIONS = ("natural", "iid", "dirichlet", "quantity")
 DEFAULT_ROUNDS = 10  # the README's reference run and `fedge bench results`
@@ -112,7 +112,8 @@ def share_data(ds: Dataset, d: DemoDefaults, folder: Path, rng: np.random.Genera
         path = folder / f"{cid}.npz"
         np.savez(path, x=x, y=y.astype(np.int64))
         shares.append(ClientShare(cid, path, x, y, ds.x_test[te], ds.y_test[te],
-                                  Scaling.fit(x, d.normalise), np.asarray(tr, dtype=np.int64)))
+                                  Scaling.fit(x, d.normalise, f"{cid}'s training data"),
+                                  np.asarray(tr, dtype=np.int64)))
     return shares
 
 

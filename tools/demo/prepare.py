@@ -19,7 +19,7 @@ import numpy.typing as npt
 from tools.datasets import Dataset, load_dataset
 from tools.demo.config import DemoConfig
 from tools.demo.data import ClientShare, DemoDefaults, defaults_for, pooled_training, share_data
-from tools.demo.evaluate import Scaling
+from tools.evaluate.scaling import Scaling
 
 Array = npt.NDArray[Any]
 
@@ -35,7 +35,23 @@ class Setup:
     model_path: Path
     pooled_x: Array  # the union of the clients' training data (the pooled baseline's)
     pooled_y: Array
-    pooled_scaling: Scaling
+    pooled_scaling: Scaling  # the centralised baseline's: statistics of all training data
+
+    @property
+    def party_scalings(self) -> list[Scaling]:
+        """Each party's own scaling, as its fedge-client applies it; one "none" when the
+        clients train on raw values."""
+        scalings = [c.scaling for c in self.shares]
+        return scalings if any(s.stats is not None for s in scalings) else [Scaling(None)]
+
+    def scaling_note(self) -> dict[str, Any]:
+        """The ``scaling`` entry of the results: how the headline scores were scaled."""
+        if self.party_scalings[0].stats is None:
+            return {"kind": "none", "note": "raw feature values, as the clients train "
+                    "(--no-normalise)"}
+        return {"kind": "each-party", "parties": len(self.shares),
+                "note": "each party's own standardisation, as its fedge-client applies it; "
+                f"scores are the mean over the {len(self.shares)} parties"}
 
 
 def prepare(config: DemoConfig) -> Setup:
@@ -56,4 +72,4 @@ def prepare(config: DemoConfig) -> Setup:
     model_path.write_bytes(model_file)
     pooled_x, pooled_y = pooled_training(ds, shares)
     return Setup(ds, d, shares, model_file, model_path, pooled_x, pooled_y,
-                 Scaling.fit(pooled_x, d.normalise))
+                 Scaling.fit(pooled_x, d.normalise, "the pooled training data"))

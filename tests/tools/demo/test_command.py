@@ -1,9 +1,11 @@
-"""``fedge demo`` through its CLI: JSON layout, a real PNG, the int8 model, no orphans."""
+"""``fedge demo`` through its CLI: JSON layout, a real PNG, the int8 model, no third-party
+chatter on stderr, no orphans."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,6 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from tools.chatter import NATIVE_CHATTER
 
 ROOT = Path(__file__).resolve().parents[3]
 pytestmark = pytest.mark.broker
@@ -61,8 +65,16 @@ def test_small_demo_writes_json_png_and_int8_model(tmp_path: Path, broker: str) 
     from edge_client.model import read_metadata
 
     assert read_metadata((out / "model-int8.tflite").read_bytes()).quantization == "int8"
-    assert "final global model" in res.stdout
+    assert "final global model (pooled test set): accuracy" in res.stdout
+    assert "inputs as the clients train on them: raw feature values" in res.stdout
+    assert "ROC AUC" in res.stdout  # a binary task
+    assert result["scaling"]["kind"] == "none"
+    assert all(0.0 <= row["roc_auc"] <= 1.0 for row in result["rounds"])
     assert f"broker: {broker}" in res.stderr
+    noise = [line for line in res.stderr.splitlines() if NATIVE_CHATTER.fullmatch(line.encode())
+             or any(word in line for word in ("oneDNN", "absl", "XNNPACK", " amqtt.",
+                                              "transitions", "tensorflow", "Traceback"))]
+    assert noise == [], noise
     assert _processes_mentioning(str(out)) == []
 
 
@@ -89,3 +101,15 @@ def test_a_failing_aggregator_stops_the_demo_and_every_process(tmp_path: Path) -
     assert res.returncode == 2, res.stderr[-2000:]
     assert "the aggregator exited with 2" in res.stderr and "--round-timeout" in res.stderr
     assert _processes_mentioning(str(out)) == []
+
+
+def test_log_lines_never_break_the_progress_bar(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    command = [c for c in _demo(out, "--rounds", "2") if c != "--no-progress"]
+    res = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    segments = re.split(r"[\r\n]", res.stderr)
+    assert any("round/s" in s for s in segments), "no progress bar drawn"
+    assert any("INFO tools.runtime.federation: broker:" in s for s in segments)
+    broken = [s for s in segments if "round/s" in s and "INFO" in s]
+    assert broken == [], broken

@@ -1,0 +1,202 @@
+"""``fedge export``: write a model file, from the model zoo or from an aggregator's state dir.
+
+From the zoo (needs fedge[author], TensorFlow): a trainable ``.tflite`` with the signatures
+train, infer, evaluate, get_weights and set_weights, and its initial weights.
+
+From a state dir (``--from-state DIR [--version N]``): the run's model with the weights of
+that version (default: the final ones, else the latest checkpoint's) embedded, the same
+file the aggregator writes as ``DIR/final/model.tflite``; no TensorFlow needed. ``--out
+FILE.npz`` writes the weights instead (float32 by name, as ``DIR/final/weights.npz``).
+
+``--inference-int8`` (needs TensorFlow) makes an int8-quantized inference model: written
+to ``--out``, or also to ``--inference-int8 OUT`` besides the trainable ``--out``. Its
+activation ranges are calibrated on ``--representative DATA`` (.npz with x, or a .csv read
+as fedge-client reads it; ``--client-state DIR`` standardises those examples as that
+device does, so they look like what the model saw). Without ``--representative`` the
+documented fallback calibrates on 256 standard-normal examples (seed 0): right for inputs
+standardised as fedge-client does by default, wrong for a model trained on raw values
+(--no-normalise); a note says so.
+
+examples:
+  fedge export --model cnn1d --input-shape 6,100 --classes 4 --batch-size 32 \\
+      --out cnn1d.tflite --optimizer adam
+  fedge export --from-state /var/lib/fedge-aggregator --version 20 --out v20.tflite
+  fedge export --from-state /var/lib/fedge-aggregator --out final-int8.tflite \\
+      --inference-int8 --representative calibration.csv --client-state ward-7-state
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from edge_client.errors import FedgeError
+from models import zoo
+from tools.export.from_state import export_from_state
+from tools.export.int8 import SAME_FILE, Calibration, int8_model
+from tools.extras import MissingExtra, require
+
+HELP = "write a trainable .tflite (zoo model, or a state dir's weights) or an int8 one"
+ZOO_FLAGS = ("model", "input_shape", "classes", "batch_size")
+
+
+class UsageError(Exception):
+    """A flag or input file is wrong; the message tells the user what to fix."""
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``export`` sub-command to a ``fedge`` sub-parser collection."""
+    parser = subparsers.add_parser("export", help=HELP, description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_arguments(parser)
+    parser.set_defaults(func=run)
+    result: argparse.ArgumentParser = parser
+    return result
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    z = parser.add_argument_group("from the model zoo (needs fedge[author])")
+    z.add_argument("--model", choices=zoo.NAMES, help="zoo model")
+    z.add_argument(
+        "--input-shape", type=_shape, metavar="SHAPE",
+        help="per-example input shape, comma-separated: 30 (logreg, mlp), "
+        "CHANNELS,TIME (cnn1d, e.g. 6,100), HEIGHT,WIDTH (cnn2d, e.g. 28,28)",
+    )  # fmt: skip
+    z.add_argument("--classes", type=int, metavar="K",
+                   help="0 = regression, 2 = binary, K >= 3 = multiclass")
+    z.add_argument("--batch-size", type=int, metavar="B",
+                   help="fixed batch size of the training signatures")
+    z.add_argument("--optimizer", choices=("sgd", "adam"), help="default: sgd")
+    z.add_argument("--seed", type=int, metavar="N",
+                   help="seed of the initial weights (default: 0)")
+    z.add_argument("--weights", type=Path, metavar="FILE.npz",
+                   help="weights for the int8 model, by name (default: the initial ones)")
+    s = parser.add_argument_group("from an aggregator's state dir (no TensorFlow needed)")
+    s.add_argument("--from-state", type=Path, metavar="DIR", help="the run's model and the "
+                   "weights of --version (default: final, else the latest checkpoint)")
+    s.add_argument("--version", type=int, metavar="N", help="a checkpoint of --from-state")
+    o = parser.add_argument_group("output")
+    o.add_argument("--out", required=True, type=Path, metavar="FILE",
+                   help="the .tflite to write (with --from-state, FILE.npz writes the weights)")
+    o.add_argument("--inference-int8", nargs="?", const=SAME_FILE, type=Path, metavar="OUT",
+                   help="an int8 inference model (needs fedge[author]): to --out, or given "
+                   "OUT, to OUT besides the trainable --out")
+    o.add_argument("--representative", type=Path, metavar="DATA", help="int8 calibration "
+                   "examples: .npz with x, or .csv (a 'label' column is left out); default: "
+                   "256 standard-normal examples (for standardised inputs)")
+    o.add_argument("--client-state", type=Path, metavar="DIR", help="standardise the "
+                   "--representative examples with this fedge-client state dir's statistics")
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"bad shape {text!r}: give positive integers separated by commas, e.g. 6,100"
+        ) from None
+    if any(d < 1 for d in shape):
+        raise argparse.ArgumentTypeError(f"bad shape {text!r}: every size must be at least 1")
+    return shape
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``fedge export`` with parsed arguments; return the exit status."""
+    try:
+        _check_flags(args)
+        if args.from_state is not None:
+            written = export_from_state(args.from_state, args.version, args.out,
+                                        args.inference_int8, _calibration(args))
+        else:
+            written = _export_zoo(args)
+    except MissingExtra as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except (UsageError, ValueError, FedgeError) as exc:
+        print(f"fedge export: error: {exc}", file=sys.stderr)
+        return 2
+    except (RuntimeError, OSError) as exc:
+        print(f"fedge export: failed: {exc}", file=sys.stderr)
+        return 1
+    for line in written:
+        print(line)
+    return 0
+
+
+def _check_flags(args: argparse.Namespace) -> None:
+    given = [f"--{f.replace('_', '-')}" for f in (*ZOO_FLAGS, "optimizer", "seed", "weights")
+             if getattr(args, f) is not None]
+    if args.from_state is not None:
+        if given:
+            raise UsageError(f"--from-state takes the model and weights from the state dir; "
+                             f"leave out {', '.join(given)}")
+        if args.out.suffix.lower() == ".npz" and args.inference_int8 is not None:
+            raise UsageError("--out FILE.npz writes weights; an int8 model needs a .tflite")
+        return
+    if args.version is not None:
+        raise UsageError("--version N picks a checkpoint of --from-state DIR; give both")
+    missing = [f"--{f.replace('_', '-')}" for f in ZOO_FLAGS if getattr(args, f) is None]
+    if missing:
+        raise UsageError(f"give {', '.join(missing)} (a zoo model), or --from-state DIR (a "
+                         "run's model and weights)")
+    if args.out.suffix.lower() == ".npz":
+        raise UsageError("--out FILE.npz (the weights) needs --from-state DIR")
+
+
+def _calibration(args: argparse.Namespace) -> Calibration:
+    if args.representative is not None and args.inference_int8 is None:
+        raise UsageError("--representative calibrates the int8 model: add --inference-int8")
+    if args.client_state is not None and (args.representative is None
+                                          or args.inference_int8 is None):
+        raise UsageError("--client-state standardises the --representative examples of "
+                         "--inference-int8; give both")
+    return Calibration(args.representative, args.client_state)
+
+
+def _export_zoo(args: argparse.Namespace) -> list[str]:
+    spec = zoo.build(args.model, args.input_shape, args.classes)  # fail before TF loads
+    int8_weights = None
+    if args.inference_int8 is not None and args.weights is not None:
+        int8_weights = _load_weights(args.weights)
+    calibration = _calibration(args)
+    require("fedge export", "tensorflow")
+    from models import export  # TensorFlow takes seconds to import; only now is it needed
+
+    seed = 0 if args.seed is None else args.seed
+    written = []
+    if args.inference_int8 is not None:
+        weights = int8_weights or zoo.initial_weights(spec, seed)
+        blob = int8_model(spec.name, spec.input_shape, spec.classes, weights, calibration)
+        target = args.out if args.inference_int8 == SAME_FILE else args.inference_int8
+        target.write_bytes(blob)
+        written.append(f"wrote {target} ({len(blob):,} bytes, int8)")
+        if args.inference_int8 == SAME_FILE:
+            return written
+    data = export.export_trainable(args.model, args.input_shape, args.classes,
+                                   args.batch_size, args.optimizer or "sgd", seed)
+    args.out.write_bytes(data)
+    return [*written, f"wrote {args.out} ({len(data):,} bytes)"]
+
+
+def _load_weights(path: Path) -> dict[str, Any]:
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read {path}: {exc}") from exc
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point for ``python -m tools.export.command``."""
+    parser = argparse.ArgumentParser(prog="fedge export", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
