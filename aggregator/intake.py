@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import cbor2
 import numpy as np
 
 from aggregator.reasons import Reason, Rejection
-from aggregator.validation import ReceivedUpdate, UpdateLimits
-from edge_client.errors import ConfigError, ProtocolError
+from aggregator.validation import Counts, ReceivedUpdate, UpdateLimits
+from edge_client.errors import ConfigError, ProtocolError, ValidationError
 from edge_client.protocol import (
     MAX_CHUNK_BYTES,
     Chunk,
@@ -25,6 +26,7 @@ from edge_client.protocol import (
     parse_update_transfer_id,
 )
 from edge_client.quantize import dequantize_update
+from edge_client.score_counts import counts_from_dict
 from edge_client.transfer import (
     DEFAULT_MAX_BUFFERED_BYTES,
     DEFAULT_MAX_TRANSFERS,
@@ -172,11 +174,19 @@ def decode_update(payload: bytes, sender: str, codec: str, transfer_id: str = ""
     if update.codec != codec:
         return Refused(to, Rejection(
             Reason.CODEC, f"update uses codec {update.codec}, the round asks for {codec}"))
-    return Arrived(received(update, payload))
+    try:
+        return Arrived(received(update, payload))
+    except ValidationError as e:
+        return Refused(to, Rejection(Reason.EVALUATION, f"update from {sender}: {e}"))
 
 
 def received(update: Update, payload: bytes) -> ReceivedUpdate:
-    """The core's view of a decoded update: dequantized float32 delta, nonce in hex."""
+    """The core's view of a decoded update: dequantized float32 delta, nonce in hex,
+    evaluation counts parsed.
+
+    Raises:
+        ValidationError: the evaluation counts do not decode.
+    """
     with np.errstate(over="ignore"):  # int8 × a huge scale may overflow: validation says "inf"
         delta = dequantize_update(update.tensors)
     return ReceivedUpdate(
@@ -185,4 +195,15 @@ def received(update: Update, payload: bytes) -> ReceivedUpdate:
         nonce=update.nonce.hex(), num_samples=update.num_samples,
         delta=delta, metrics=dict(update.metrics),
         bytes_received=len(payload), payload=payload, run_id=update.run_id,
+        evaluation=_evaluation(update.evaluation),
     )
+
+
+def _evaluation(data: bytes) -> Counts | None:
+    if not data:
+        return None
+    try:
+        document = cbor2.loads(data, allow_indefinite=False, max_depth=8)
+    except (cbor2.CBORError, ValueError, TypeError, OverflowError, RecursionError) as e:
+        raise ValidationError(f"evaluation counts are not CBOR ({e})") from None
+    return counts_from_dict(document)

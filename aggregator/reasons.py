@@ -43,6 +43,7 @@ class Reason(str, Enum):
     NAN = "nan"
     INF = "inf"
     NORM = "norm"  # L2 norm of the whole delta above the bound
+    EVALUATION = "evaluation"  # evaluation counts that do not decode or do not add up
 
 
 @dataclass(frozen=True)

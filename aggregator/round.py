@@ -33,6 +33,7 @@ from aggregator.history import OpenRound
 from aggregator.reasons import Reason, Rejection
 from aggregator.schedule import Action, Admitted, Announce, Event, Phase, RoundsConfig, RoundState
 from aggregator.validation import (
+    Counts,
     ReceivedUpdate,
     TensorSpec,
     UpdateLimits,
@@ -41,6 +42,7 @@ from aggregator.validation import (
 )
 from edge_client.errors import FedgeError
 from edge_client.protocol import Update
+from edge_client.score_counts import combine, scores_from_counts
 
 
 class Journal(Protocol):
@@ -95,6 +97,9 @@ class Round:
         self.state = state or schedule.initial_state()
         self._sum: Accumulator = strategy.accumulator()
         self._counted: dict[str, _Counted] = {}
+        self._evaluation: Counts | None = None
+        self._sites_evaluated = 0
+        self._base_version = self.state.weights_version
         self.traffic = OpenRound(self.state.round_id, tuple(sorted(self.state.selected)),
                                  self._started_at(now))
 
@@ -103,12 +108,14 @@ class Round:
         """Decide about one update (see the module docstring)."""
         if self._resent(update):
             return Decision(True, resent=True)
-        rejection = (
+        rejection: Rejection | None = (
             check_identity(update, self.config.federation, self.config.model_sha256,
                            self.config.run_id)
             or schedule.admission(self.state, update.client_id, update.round_id,
                                   update.base_version)
             or check_content(update, self.spec, self.limits))
+        if rejection is None:
+            _, rejection = self._with_evaluation(update)
         if rejection is not None:
             self.count_rejection(rejection.reason)
             return Decision(False, rejection)
@@ -185,8 +192,12 @@ class Round:
 
     def record(self, outcome: str, version: int, now: float) -> dict[str, Any]:
         """The history line of the round closing with ``outcome`` (see :class:`OpenRound`)."""
-        summary = {"participants": list(self.participants), "samples": self.samples,
-                   "metrics": self.metrics()}
+        summary: dict[str, Any] = {"participants": list(self.participants),
+                                   "samples": self.samples, "metrics": self.metrics()}
+        if self._evaluation is not None:  # the round's base model, on every site's test data
+            summary["evaluation"] = {"of_version": self._base_version,
+                                     "sites": self._sites_evaluated,
+                                     **scores_from_counts(self._evaluation)}
         return self.traffic.record(summary, outcome, version, now)
 
     # -- inside -------------------------------------------------------------------
@@ -195,7 +206,20 @@ class Round:
         self._fold(update)
         return actions
 
+    def _with_evaluation(self, update: ReceivedUpdate) -> tuple[Counts | None, Rejection | None]:
+        """The round's evaluation counts with ``update``'s added, or why they cannot be."""
+        if update.evaluation is None or self._evaluation is None:
+            return update.evaluation or self._evaluation, None
+        try:
+            return combine(self._evaluation, update.evaluation), None  # type: ignore[arg-type]
+        except FedgeError as e:
+            return None, Rejection(Reason.EVALUATION, f"evaluation counts of "
+                                   f"{update.client_id!r} do not add to the round's: {e}")
+
     def _fold(self, update: ReceivedUpdate) -> None:
+        if update.evaluation is not None:
+            self._evaluation, _ = self._with_evaluation(update)
+            self._sites_evaluated += 1
         self._sum.add(update.delta, update.num_samples)
         self._counted[update.client_id] = _Counted(update.nonce, update.num_samples,
                                                    dict(update.metrics))
@@ -206,6 +230,8 @@ class Round:
             if isinstance(action, Announce):  # a new round: empty sum, fresh counts
                 self._sum = self.strategy.accumulator()
                 self._counted = {}
+                self._evaluation, self._sites_evaluated = None, 0
+                self._base_version = action.base_version
                 self.traffic = OpenRound(action.round_id, action.selected, now)
         return actions
 

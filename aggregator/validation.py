@@ -21,6 +21,9 @@ import numpy.typing as npt
 
 from aggregator.reasons import Reason, Rejection
 from edge_client.errors import ConfigError
+from edge_client.score_counts import ConfusionCounts, ThresholdCounts
+
+Counts = ThresholdCounts | ConfusionCounts
 
 
 @dataclass(frozen=True)
@@ -37,8 +40,9 @@ class ReceivedUpdate:
     delta: Mapping[str, npt.NDArray[Any]]
     metrics: Mapping[str, float]
     bytes_received: int
-    payload: bytes = b""
-    run_id: str = ""  # the wire bytes, as stored in the state dir when accepted
+    payload: bytes = b""  # the wire bytes, as stored in the state dir when accepted
+    run_id: str = ""
+    evaluation: Counts | None = None  # the base model scored on the site's test data
 
 
 @dataclass(frozen=True)

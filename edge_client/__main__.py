@@ -80,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "with statistics computed on this device)")
     g.add_argument("--group-column", metavar="COLUMN", help="time-series CSV: windows never "
                    "span two values of this column (e.g. session)")
+    g.add_argument("--eval-data", type=Path, metavar="FILE", help="a labelled test file of "
+                   "this site (same columns as --data, scaled the same): every round, the "
+                   "global model the round starts from is scored on it and only counts are "
+                   "sent (confusion counts at fixed thresholds), which the aggregator adds "
+                   "into a federated accuracy and ROC AUC over every site's test data")
     g.add_argument("--holdout", type=float, metavar="F", help="share of the local samples "
                    "held out to evaluate on (never trained on), in [0, 0.9]; 0 trains on "
                    f"all; default {d.holdout:g}")

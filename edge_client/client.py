@@ -91,8 +91,10 @@ class EdgeClient:
 
     def __init__(self, settings: ClientSettings, transport: Transport, state: StateDir,
                  data: LocalSplit, load_model: Callable[[bytes], Trainer], *,
-                 clock: Callable[[], float] = time.time, rng: np.random.Generator) -> None:
+                 clock: Callable[[], float] = time.time, rng: np.random.Generator,
+                 test: tuple[Array, Array] | None = None) -> None:
         self.s, self.t, self.state, self.data = settings, transport, state, data
+        self.test = test  # --eval-data: the global model's counts on it go with each update
         self._load_model, self._clock, self._rng = load_model, clock, rng
         self._chunks = Reassembler()
         self.manifest: Manifest | None = None
@@ -359,7 +361,7 @@ class EdgeClient:
         if residual and set(residual) != set(self._global):
             residual = {}  # a new model architecture: the old residual does not apply
         return train_round(self.model, self.data, r, client_id=self.s.client_id,
-                           residual=residual, rng=self._rng)
+                           residual=residual, rng=self._rng, test=self.test)
 
     def _send_pending(self) -> None:
         p, r, m, now = self._pending, self.round, self.manifest, self._clock()

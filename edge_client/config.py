@@ -47,6 +47,7 @@ class ClientConfig:
     verify_key: Path | None = None
     seed: int | None = None
     normalise: bool = True
+    eval_data: Path | None = None  # a labelled test file: its counts go to the aggregator
     holdout: float = 0.2  # share of the local samples kept for the client's own evaluation
     # a new process starts its broker session fresh: what an earlier one left queued in it
     # (an earlier run's manifests, rounds, chunks) must not reach this one; nothing needed

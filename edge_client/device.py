@@ -50,6 +50,18 @@ def prepare_data(config: ClientConfig) -> tuple[LocalData, NormStats | None]:
     return LocalData(normalise(data.x, stats), data.y, data.feature_names, data.source), stats
 
 
+def prepare_test_data(config: ClientConfig, stats: NormStats | None) -> LocalData | None:
+    """``--eval-data``, read like ``--data`` and scaled with the training data's statistics."""
+    if config.eval_data is None:
+        return None
+    data = load_data(config.eval_data, label_column=config.label_column,
+                     features=config.features, window=config.window, stride=config.stride,
+                     group_column=config.group_column)
+    if stats is None:
+        return data
+    return LocalData(normalise(data.x, stats), data.y, data.feature_names, data.source)
+
+
 def keep_norm_stats(state: StateDir, stats: NormStats | None) -> None:
     """Keeps the statistics the device standardises with in its state dir
     (``normalisation.json``), so ``fedge evaluate --client-state`` applies the same; removes
@@ -88,6 +100,7 @@ def run_client(config: ClientConfig, stop: threading.Event) -> int:
     data, stats = prepare_data(config)
     keep_norm_stats(state, stats)
     split = LocalSplit.of(data.x, data.y, seed=config.seed or 0, holdout=config.holdout)
+    test = prepare_test_data(config, stats)
     runtime_name, _ = interpreter_class()
     topics = Topics(config.federation, config.prefix)
 
@@ -112,7 +125,8 @@ def run_client(config: ClientConfig, stop: threading.Event) -> int:
         return TrainableModel(blob, num_threads=config.threads)
 
     client = EdgeClient(settings, transport, state, split, load_model,
-                        rng=np.random.default_rng(config.seed))
+                        rng=np.random.default_rng(config.seed),
+                        test=None if test is None else (test.x, test.y))
     transport.on_connect_hooks.append(client.announce_presence.set)
     log.info("client %s: %d local samples (%d for training), broker %s, federation %s",
              client_id, len(data), len(split.x_train), config.broker, config.federation)

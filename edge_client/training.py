@@ -14,11 +14,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import cbor2
 import numpy as np
 import numpy.typing as npt
 
+from edge_client.model_file import ModelMetadata
 from edge_client.protocol import Round, Update
 from edge_client.quantize import quantize_update
+from edge_client.score_counts import (
+    ConfusionCounts,
+    ThresholdCounts,
+    confusion_counts,
+    threshold_counts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +44,9 @@ class Trainer(Protocol):
     def get_weights(self) -> dict[str, Array]: ...
     def set_weights(self, weights: Mapping[str, Array]) -> None: ...
     def check_data(self, x: Array, y: Array | None = None) -> None: ...
+    def predict(self, x: Array) -> Array: ...
+    @property
+    def metadata(self) -> ModelMetadata: ...
 
 
 @dataclass(frozen=True)
@@ -73,9 +84,29 @@ def _finite(value: float) -> float:
     return float(value) if math.isfinite(value) else -1.0
 
 
+def evaluation_counts(model: Trainer, task: str, x: Array, y: Array,
+                      weights: Mapping[str, Array]) -> bytes:
+    """The counts a site reports on its test data for the model with ``weights``
+    (:mod:`edge_client.score_counts`: sums the aggregator adds exactly), as canonical CBOR;
+    empty for regression (no exact-sum scores yet)."""
+    if task == "regression" or len(x) == 0:
+        return b""
+    model.set_weights(weights)
+    probs = np.asarray(model.predict(x), np.float64)
+    labels = np.asarray(y).astype(np.int64).reshape(-1)
+    if task == "binary":
+        p = probs[:, -1] if probs.ndim == 2 else probs.reshape(-1)
+        counts: ThresholdCounts | ConfusionCounts = threshold_counts(labels, np.clip(p, 0, 1))
+    else:
+        probs = probs / probs.sum(axis=1, keepdims=True)
+        counts = confusion_counts(labels, probs)
+    return bytes(cbor2.dumps(counts.to_dict(), canonical=True))
+
+
 def train_round(model: Trainer, data: LocalSplit, announcement: Round, *, client_id: str,
                 residual: Mapping[str, npt.NDArray[np.float32]], rng: np.random.Generator,
-                nonce: bytes | None = None) -> TrainedUpdate:
+                nonce: bytes | None = None,
+                test: tuple[Array, Array] | None = None) -> TrainedUpdate:
     """Evaluates the global model, trains E epochs, and quantizes the delta with error feedback.
 
     The model must hold the round's base (global) weights when called; it holds the
@@ -84,11 +115,17 @@ def train_round(model: Trainer, data: LocalSplit, announcement: Round, *, client
     Metrics sent (aggregates over the local data only): ``global_loss`` and
     ``global_accuracy`` (the received global model on the local hold-out), ``train_loss``
     (last epoch), ``eval_loss`` and ``eval_accuracy`` (after training, hold-out), and
-    ``num_eval``. Accuracy is -1 for regression.
+    ``num_eval``. Accuracy is -1 for regression. With ``test`` (``--eval-data``), the
+    update also carries the received global model's evaluation counts on it
+    (:func:`evaluation_counts`).
     """
     hp = announcement.hyperparameters
     base = model.get_weights()
     g_loss, g_acc = model.evaluate(data.x_eval, data.y_eval)
+    evaluation = b""
+    if test is not None:  # the global model on this site's test file, before training
+        evaluation = evaluation_counts(model, model.metadata.task, test[0], test[1], base)
+        model.set_weights(base)
     losses = model.fit(data.x_train, data.y_train, epochs=hp.epochs, lr=hp.learning_rate,
                        mu=hp.mu, rng=rng)
     e_loss, e_acc = model.evaluate(data.x_eval, data.y_eval)
@@ -106,7 +143,7 @@ def train_round(model: Trainer, data: LocalSplit, announcement: Round, *, client
         client_id=client_id, base_version=announcement.weights_version,
         model_sha256=announcement.model_sha256, nonce=nonce or os.urandom(16),
         num_samples=len(data.x_train), metrics=metrics, codec=announcement.codec,
-        tensors=tensors, run_id=announcement.run_id,
+        tensors=tensors, run_id=announcement.run_id, evaluation=evaluation,
     )
     log.info("round %d: trained %d samples x %d epochs, loss %.4f -> %.4f, hold-out acc %.3f",
              announcement.round_id, len(data.x_train), hp.epochs, g_loss, e_loss, e_acc)

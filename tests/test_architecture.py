@@ -24,7 +24,7 @@ ALLOWED: dict[str, set[str]] = {
 AGGREGATOR_MAY_USE = {"edge_client", "edge_client.protocol", "edge_client.quantize",
                       "edge_client.transport", "edge_client.transfer", "edge_client.errors",
                       "edge_client.model", "edge_client.signing", "edge_client.settings",
-                      "edge_client.files"}
+                      "edge_client.files", "edge_client.score_counts", "edge_client.scoring"}
 
 
 def _imports(path: Path) -> list[str]:

@@ -43,6 +43,7 @@ M = TypeVar("M", bound="Message")
 FINISH_REASONS = ("", "rounds")
 PHASES = ("waiting", "collecting", "finished")
 MAX_RUN_ID = 32
+MAX_EVALUATION_BYTES = 128 * 1024  # a site's evaluation counts (edge_client.score_counts)
 
 
 def _run_id(value: str) -> None:
@@ -266,10 +267,13 @@ class Update(Message):
     codec: str
     tensors: tuple[Tensor, ...]
     run_id: str = ""
+    evaluation: bytes = b""  # canonical CBOR of the base model's evaluation counts, or empty
 
     def _check(self) -> None:
         _id_field(self.federation, "federation")
         _run_id(self.run_id)
+        _check(len(self.evaluation) <= MAX_EVALUATION_BYTES, "evaluation",
+               f"over {MAX_EVALUATION_BYTES} bytes")
         _range(self.round_id, "round_id", 0, 2**53)
         _id_field(self.client_id, "client_id")
         _range(self.base_version, "base_version", 0, 2**53)
