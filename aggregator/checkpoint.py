@@ -16,9 +16,8 @@ import numpy.typing as npt
 from aggregator.fedavg import ServerState
 from aggregator.global_model import GlobalModel
 from aggregator.store import AggregatorStore
-from aggregator.validation import TensorSpec
 from edge_client.errors import ConfigError, FedgeError
-from edge_client.protocol import Weights
+from edge_client.protocol import TensorSpec, Weights
 from edge_client.quantize import dequantize_update
 
 Arrays = dict[str, npt.NDArray[Any]]

@@ -11,10 +11,9 @@ from typing import Any
 import numpy.typing as npt
 
 from aggregator.checkpoint import as_float32
-from aggregator.validation import TensorSpec
 from edge_client.errors import ConfigError, FedgeError
 from edge_client.model import ModelMetadata, TrainableModel, read_metadata
-from edge_client.protocol import MAX_TRANSFER_BYTES
+from edge_client.protocol import MAX_TRANSFER_BYTES, TensorSpec
 
 log = logging.getLogger(__name__)
 

@@ -25,9 +25,9 @@ from aggregator.global_model import GlobalModel
 from aggregator.intake import received
 from aggregator.schedule import Phase, RoundState, extended, initial_state
 from aggregator.store import AggregatorStore
-from aggregator.validation import ReceivedUpdate, TensorSpec
+from aggregator.validation import ReceivedUpdate
 from edge_client.errors import ConfigError, FedgeError
-from edge_client.protocol import Update
+from edge_client.protocol import TensorSpec, Update
 
 log = logging.getLogger(__name__)
 

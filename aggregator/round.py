@@ -35,13 +35,12 @@ from aggregator.schedule import Action, Admitted, Announce, Event, Phase, Rounds
 from aggregator.validation import (
     Counts,
     ReceivedUpdate,
-    TensorSpec,
     UpdateLimits,
     check_content,
     check_identity,
 )
 from edge_client.errors import FedgeError
-from edge_client.protocol import Update
+from edge_client.protocol import TensorSpec, Update
 from edge_client.score_counts import combine, scores_from_counts
 
 

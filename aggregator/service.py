@@ -43,7 +43,7 @@ from aggregator.schedule import Action, Phase
 from aggregator.stages import NO_STAGES, Stage, StageHook
 from aggregator.store import AggregatorStore
 from edge_client import protocol
-from edge_client.errors import ProtocolError
+from edge_client.errors import ModelError, ProtocolError
 from edge_client.model import embed_weights
 from edge_client.transfer import ReassemblyLimits
 from edge_client.transport import Message, Transport
@@ -326,8 +326,13 @@ class AggregatorService:
         weights = {k: np.asarray(v, np.float32) for k, v in self.model.weights.items()}
         buffer = io.BytesIO()
         np.savez(buffer, **weights)
-        self.store.save_final({"weights.npz": buffer.getvalue(),
-                               "model.tflite": embed_weights(self.model_file.data, weights)})
+        files = {"weights.npz": buffer.getvalue()}
+        try:
+            files["model.tflite"] = embed_weights(self.model_file.data, weights)
+        except ModelError as e:  # the weights are kept; the deployable file can be made later
+            log.error("final/model.tflite not written (%s); `fedge export --from-state %s` "
+                      "makes it from final/weights.npz", e, self.store.root)
+        self.store.save_final(files)
         log.info("final model (version %d) in %s/final", self.model.version, self.store.root)
 
     def _close_round(self, outcome: str) -> None:

@@ -21,6 +21,7 @@ import numpy.typing as npt
 
 from aggregator.reasons import Reason, Rejection
 from edge_client.errors import ConfigError
+from edge_client.protocol import TensorSpec
 from edge_client.score_counts import ConfusionCounts, ThresholdCounts
 
 Counts = ThresholdCounts | ConfusionCounts
@@ -43,23 +44,6 @@ class ReceivedUpdate:
     payload: bytes = b""  # the wire bytes, as stored in the state dir when accepted
     run_id: str = ""
     evaluation: Counts | None = None  # the base model scored on the site's test data
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """Name, shape and dtype of one model weight."""
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: str = "float32"
-
-    @classmethod
-    def of(cls, weights: Mapping[str, npt.NDArray[Any]]) -> tuple[TensorSpec, ...]:
-        """The spec of a set of weights (e.g. the global model), in name order."""
-        return tuple(
-            cls(name, tuple(int(d) for d in arr.shape), str(arr.dtype))
-            for name, arr in sorted(weights.items())
-        )
 
 
 @dataclass(frozen=True)

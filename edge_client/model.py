@@ -23,7 +23,6 @@ from edge_client.model_file import (
     SIGNATURES,
     Array,
     ModelMetadata,
-    WeightSpec,
     embed_weights,
     embedded_weights,
     read_metadata,
@@ -31,7 +30,7 @@ from edge_client.model_file import (
 from edge_client.runtime import Interpreter
 
 __all__ = [
-    "ModelMetadata", "TrainableModel", "WeightSpec", "embed_weights", "embedded_weights",
+    "ModelMetadata", "TrainableModel", "embed_weights", "embedded_weights",
     "read_metadata",
 ]
 

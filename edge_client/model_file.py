@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edge_client.errors import ModelError
-from edge_client.runtime import TensorSpec
+from edge_client.protocol import TensorSpec
 
 FORMAT, FORMAT_VERSION, MEMBER = "fedge-model", 1, "fedge.json"
 WEIGHTS_MEMBER = "weights.npz"  # trained weights inside the file (embed_weights)
@@ -36,15 +36,6 @@ SIGNATURES = ("train", "infer", "evaluate", "get_weights", "set_weights")
 DTYPES = frozenset({"float32", "float16", "int8", "uint8", "int16", "int32", "int64", "bool"})
 
 Array = npt.NDArray[Any]
-
-
-@dataclass(frozen=True)
-class WeightSpec:
-    """Name, per-tensor shape and dtype of one model weight."""
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: str
 
 
 @dataclass(frozen=True)
@@ -61,7 +52,7 @@ class ModelMetadata:
     label_encoding: str
     optimizer: str | None
     learning_rate: float | None
-    weights: tuple[WeightSpec, ...]
+    weights: tuple[TensorSpec, ...]
     signatures: dict[str, dict[str, dict[str, TensorSpec]]]
     hyperparameters: dict[str, float] = field(default_factory=dict)
     quantization: str = "none"
@@ -113,14 +104,14 @@ def _dtype(doc: Any) -> str:
 
 def _tensors(doc: Any, key: str) -> dict[str, TensorSpec]:
     return {
-        name: TensorSpec(_shape(t, f"{key} {name!r}"), np.dtype(_dtype(t)))
+        name: TensorSpec(name, _shape(t, f"{key} {name!r}"), _dtype(t))
         for name, t in _get(doc, key, dict).items()
     }
 
 
-def _weights(doc: Any) -> tuple[WeightSpec, ...]:
+def _weights(doc: Any) -> tuple[TensorSpec, ...]:
     specs = tuple(
-        WeightSpec(_get(w, "name", str), _shape(w, "weight"), _dtype(w))
+        TensorSpec(_get(w, "name", str), _shape(w, "weight"), _dtype(w))
         for w in _get(doc, "weights", list)
     )
     if len({w.name for w in specs}) != len(specs):
@@ -297,7 +288,7 @@ def embed_weights(data: bytes, weights: Mapping[str, Array]) -> bytes:
     return data[: archive_start(data)] + archive.getvalue()
 
 
-def _read_npy(npz: zipfile.ZipFile, spec: WeightSpec) -> Array:
+def _read_npy(npz: zipfile.ZipFile, spec: TensorSpec) -> Array:
     """One weight of an embedded ``weights.npz``; its header is checked before any read."""
     where = f"embedded {WEIGHTS_MEMBER}: {spec.name!r}"
     with npz.open(f"{spec.name}.npy") as f:

@@ -19,13 +19,13 @@ import os
 import sys
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from edge_client.errors import ConfigError, ModelError
+from edge_client.protocol import TensorSpec
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +38,6 @@ RUNTIMES: dict[str, str] = {
 }
 
 Array = npt.NDArray[Any]
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """Shape and dtype of one signature input or output."""
-
-    shape: tuple[int, ...]
-    dtype: np.dtype[Any]
 
 
 def _import_interpreter(name: str) -> Any:
@@ -141,12 +133,12 @@ class Interpreter:
     def inputs(self, signature: str) -> dict[str, TensorSpec]:
         """Shapes and dtypes of the inputs of ``signature``."""
         details = self._runner(signature).get_input_details()
-        return {name: _spec(d) for name, d in details.items()}
+        return {name: _spec(name, d) for name, d in details.items()}
 
     def outputs(self, signature: str) -> dict[str, TensorSpec]:
         """Shapes and dtypes of the outputs of ``signature``."""
         details = self._runner(signature).get_output_details()
-        return {name: _spec(d) for name, d in details.items()}
+        return {name: _spec(name, d) for name, d in details.items()}
 
     def run(self, signature: str, inputs: Mapping[str, Array]) -> dict[str, Array]:
         """Run ``signature`` on named inputs; return its named outputs (copies).
@@ -193,5 +185,6 @@ class Interpreter:
             ) from None
 
 
-def _spec(detail: Mapping[str, Any]) -> TensorSpec:
-    return TensorSpec(tuple(int(d) for d in detail["shape"]), np.dtype(detail["dtype"]))
+def _spec(name: str, detail: Mapping[str, Any]) -> TensorSpec:
+    return TensorSpec(name, tuple(int(d) for d in detail["shape"]),
+                      str(np.dtype(detail["dtype"])))

@@ -13,8 +13,8 @@ from aggregator.fedavg import Strategy
 from aggregator.intake import received
 from aggregator.round import Decision, Round
 from aggregator.schedule import Action, Aggregate, Event, RoundsConfig, RoundState, SkipRound
-from aggregator.validation import ReceivedUpdate, TensorSpec, UpdateLimits
-from edge_client.protocol import Update
+from aggregator.validation import ReceivedUpdate, UpdateLimits
+from edge_client.protocol import TensorSpec, Update
 from edge_client.quantize import quantize_update
 
 WEIGHTS = {"dense/kernel": np.zeros((4, 3), np.float32), "dense/bias": np.zeros(3, np.float32)}

@@ -73,7 +73,7 @@ from edge_client.protocol.messages import (
     Update,
     Weights,
 )
-from edge_client.protocol.tensor import Tensor
+from edge_client.protocol.tensor import Tensor, TensorSpec
 from edge_client.protocol.topics import TopicRef, Topics, is_clear, parse_topic
 
 __all__ = [
@@ -114,6 +114,7 @@ __all__ = [
     "Status",
     "Tensor",
     "TensorSet",
+    "TensorSpec",
     "TopicRef",
     "Topics",
     "UnsupportedVersion",

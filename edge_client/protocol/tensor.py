@@ -7,6 +7,7 @@ against the caps and the data length before any array is made from it.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,28 @@ from edge_client.protocol.limits import (
     _short,
     _text,
 )
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, shape and dtype of one tensor: a model weight, or a signature's input or output.
+
+    The one description of a tensor that carries no values: the model file's metadata
+    lists its weights and signatures with it, the runtime reports what a signature takes,
+    and the aggregator checks every update's delta against the model's.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+
+    @classmethod
+    def of(cls, weights: Mapping[str, npt.NDArray[Any]]) -> tuple[TensorSpec, ...]:
+        """The spec of a set of weights (e.g. the global model), in name order."""
+        return tuple(
+            cls(name, tuple(int(d) for d in arr.shape), str(arr.dtype))
+            for name, arr in sorted(weights.items())
+        )
 
 
 @dataclass(frozen=True)
