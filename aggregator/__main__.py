@@ -138,6 +138,12 @@ def _aggregation_options(g: argparse._ArgumentGroup, d: AggregatorConfig) -> Non
                    f"by its num_samples or equally; default {d.weighting}")
     g.add_argument("--max-samples-per-client", type=int, metavar="N",
                    help="cap on one update's weight (its num_samples is clipped); default none")
+    g.add_argument("--weight-cap-factor", type=float, metavar="K", help="an update weighs at "
+                   "most K x the median sample count the round's accepted updates claim; "
+                   f"0 = off; default {d.weight_cap_factor:g}")
+    g.add_argument("--clip-factor", type=float, metavar="K", help="clip (scale down) a delta "
+                   "longer than K x the median L2 norm of the round's accepted deltas; 0 = off; "
+                   f"default {d.clip_factor:g}")
     g.add_argument("--max-num-samples", type=int, metavar="N", help="credibility bound: an "
                    f"update claiming more samples is rejected; default {d.max_num_samples}")
     g.add_argument("--max-update-norm", type=float, metavar="X", help="reject an update whose "

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from aggregator.bounds import InfluenceBounds
 from aggregator.fedavg import STRATEGIES, Strategy
 from aggregator.intake import IntakeLimits
 from aggregator.schedule import RoundsConfig
@@ -71,6 +72,8 @@ class AggregatorConfig:
     server_lr: float | None = None
     weighting: str = "samples"
     max_samples_per_client: int | None = None
+    weight_cap_factor: float = 3.0  # one site weighs at most 3x its round's median site
+    clip_factor: float = 3.0  # one delta is clipped to 3x its round's median delta norm
     max_num_samples: int = 1_000_000
     max_update_norm: float = 1000.0
     max_payload: int = DEFAULT_MAX_PAYLOAD
@@ -134,6 +137,11 @@ class AggregatorConfig:
         except ProtocolError as e:
             raise ConfigError(f"--epochs/--batch-size/--lr/--mu: {e}") from None
 
+    def bounds(self) -> InfluenceBounds:
+        """The bounds on one party's influence (``--weight-cap-factor``, ``--clip-factor``)."""
+        return InfluenceBounds(weight_factor=self.weight_cap_factor,
+                               norm_factor=self.clip_factor)
+
     def limits(self) -> IntakeLimits:
         """Bounds every update must respect, and the resource caps of the update intake."""
         return IntakeLimits(
@@ -160,7 +168,8 @@ BOUNDS = Bounds(
         "round_timeout": (0.0, 1e7, False), "lr": (0.0, 1000.0, False),
         "mu": (0.0, 1e6, True), "server_lr": (0.0, 1e6, False),
         "max_update_norm": (0.0, 1e30, False), "fraction": (0.0, 1.0, False),
-        "transfer_timeout": (0.0, 1e7, False),
+        "transfer_timeout": (0.0, 1e7, False), "weight_cap_factor": (0.0, 1e6, True),
+        "clip_factor": (0.0, 1e6, True),
     },
     choices={
         "codec": CODECS, "strategy": STRATEGIES, "weighting": ("samples", "uniform"),
@@ -220,4 +229,6 @@ def check(c: AggregatorConfig) -> None:
                           f"--max-transfer-bytes {c.max_transfer_bytes}: no update would fit")
     c.strategy_config()
     c.limits()
+    if 0 < c.weight_cap_factor < 1 or 0 < c.clip_factor < 1:
+        raise ConfigError("--weight-cap-factor and --clip-factor must be 0 (off) or >= 1")
     c.rounds_config("0" * 64)

@@ -1,21 +1,23 @@
 """The round: every decision about updates, computed once, in one pure object.
 
-A :class:`Round` owns the round state machine's state (:mod:`aggregator.schedule`), the
-running sum of the open round's accepted updates (:mod:`aggregator.fedavg`), their
-nonces, sample counts and metrics, and the round's traffic counts (its history line).
+A :class:`Round` owns the round state machine's state (:mod:`aggregator.schedule`), what
+the open round counted (each accepted update's nonce, sample count, delta norm, metrics
+and evaluation counts) and the round's traffic counts (its history line). Its aggregate
+(:meth:`Round.delta`) folds the stored updates in acceptance order (memory O(model)),
+each weighed and clipped within the round's influence bounds (:mod:`aggregator.bounds`).
 The service hands it what arrives and carries out what it returns:
 
 * :meth:`Round.admit` ``(update, now) -> Decision``: a re-sent update (same client,
   round and nonce as an accepted one) is accepted again without counting twice; any
   other update is checked once, cheapest first (identity, admission to the round,
   sample count, tensors), **stored through the journal port** and only then counted
-  (folded into the sum, its client marked accepted). A journal failure counts nothing.
+  (its client marked accepted). A journal failure counts nothing.
 * :meth:`Round.seen` (presence) and :meth:`Round.tick` (time passes) return the
   schedule's actions: announce, extend, aggregate, skip, finish.
 
 It does no I/O but through the journal (``AggregatorStore`` in the service, a dict in
-unit tests) and takes the clock as an argument. Folding the same updates in the same
-order gives bit-identical sums, which is how a restart reproduces an uninterrupted run.
+unit tests) and takes the clock as an argument. The aggregate is folded from the same
+stored bytes in the same order before and after a restart: bit-identical.
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ import numpy as np
 import numpy.typing as npt
 
 from aggregator import schedule
+from aggregator.bounds import InfluenceBounds, Plan, plan
 from aggregator.fedavg import Accumulator, Strategy
 from aggregator.history import OpenRound
+from aggregator.intake import received
 from aggregator.reasons import Reason, Rejection
 from aggregator.schedule import Action, Admitted, Announce, Event, Phase, RoundsConfig, RoundState
 from aggregator.validation import (
@@ -38,6 +42,7 @@ from aggregator.validation import (
     UpdateLimits,
     check_content,
     check_identity,
+    delta_norm,
 )
 from edge_client.errors import FedgeError
 from edge_client.protocol import TensorSpec, Update
@@ -53,6 +58,10 @@ class Journal(Protocol):
 
     def accepted_payload(self, round_id: int, client_id: str) -> bytes | None:
         """The stored accepted update of ``client_id`` in ``round_id``, or None."""
+        ...
+
+    def accepted(self, round_id: int) -> list[tuple[str, bytes]]:
+        """Every accepted update of ``round_id`` as (client id, wire bytes), in order."""
         ...
 
 
@@ -81,6 +90,7 @@ class _Counted:
     nonce: str
     num_samples: int
     metrics: Mapping[str, float]
+    norm: float
 
 
 class Round:
@@ -88,13 +98,14 @@ class Round:
 
     def __init__(self, config: RoundsConfig, strategy: Strategy, spec: tuple[TensorSpec, ...],
                  limits: UpdateLimits, journal: Journal, state: RoundState | None = None, *,
-                 now: float = 0.0) -> None:
-        """A round in ``state`` (a fresh run when None), its sum empty; ``now`` is when its
-        traffic counts start when it is restored mid-way."""
+                 now: float = 0.0, bounds: InfluenceBounds | None = None) -> None:
+        """A round in ``state`` (a fresh run when None), nothing counted; ``now`` is when
+        its traffic counts start when it is restored mid-way; ``bounds`` limit one
+        party's influence (:mod:`aggregator.bounds`; default factors 3)."""
         self.config, self.strategy, self.spec, self.limits = config, strategy, spec, limits
         self.journal = journal
+        self.bounds = bounds or InfluenceBounds()
         self.state = state or schedule.initial_state()
-        self._sum: Accumulator = strategy.accumulator()
         self._counted: dict[str, _Counted] = {}
         self._evaluation: Counts | None = None
         self._sites_evaluated = 0
@@ -173,9 +184,29 @@ class Round:
                 weights[name] = weights.get(name, 0.0) + c.num_samples
         return {name: sums[name] / weights[name] for name in sorted(sums)}
 
+    def plan(self) -> Plan:
+        """The weights and delta scales :meth:`delta` uses (:func:`aggregator.bounds.plan`)."""
+        return plan(self.bounds, {c: u.num_samples for c, u in self._counted.items()},
+                    {c: u.norm for c, u in self._counted.items()})
+
     def delta(self) -> Mapping[str, npt.NDArray[np.float64]]:
-        """The aggregated delta of the counted updates; ValidationError when there is none."""
-        return self._sum.result()
+        """The aggregate of the counted updates, each weighed and clipped as :meth:`plan`
+        says, folded from the journal in acceptance order (memory O(model) for the means).
+
+        Raises:
+            ValidationError: nothing was counted.
+        """
+        bounded = self.plan()
+        acc: Accumulator = self.strategy.accumulator()
+        for client_id, payload in self.journal.accepted(self.traffic.round_id):
+            if client_id not in self._counted:
+                continue
+            delta = received(Update.decode(payload), payload).delta
+            scale = bounded.scales[client_id]
+            if scale < 1.0:
+                delta = {k: v * np.float32(scale) for k, v in delta.items()}
+            acc.add(delta, bounded.weights[client_id])
+        return acc.result()
 
     def count_bytes(self, size: int) -> None:
         """A message of ``size`` bytes arrived during the round."""
@@ -193,6 +224,8 @@ class Round:
         """The history line of the round closing with ``outcome`` (see :class:`OpenRound`)."""
         summary: dict[str, Any] = {"participants": list(self.participants),
                                    "samples": self.samples, "metrics": self.metrics()}
+        if self._counted:
+            summary["bounds"] = self.plan().report()
         if self._evaluation is not None:  # the round's base model, on every site's test data
             summary["evaluation"] = {"of_version": self._base_version,
                                      "sites": self._sites_evaluated,
@@ -219,15 +252,13 @@ class Round:
         if update.evaluation is not None:
             self._evaluation, _ = self._with_evaluation(update)
             self._sites_evaluated += 1
-        self._sum.add(update.delta, update.num_samples)
         self._counted[update.client_id] = _Counted(update.nonce, update.num_samples,
-                                                   dict(update.metrics))
+                                                   dict(update.metrics), delta_norm(update.delta))
 
     def _step(self, event: Event, now: float) -> tuple[Action, ...]:
         self.state, actions = schedule.step(self.config, self.state, event, now)
         for action in actions:
-            if isinstance(action, Announce):  # a new round: empty sum, fresh counts
-                self._sum = self.strategy.accumulator()
+            if isinstance(action, Announce):  # a new round: nothing counted, fresh counts
                 self._counted = {}
                 self._evaluation, self._sites_evaluated = None, 0
                 self._base_version = action.base_version

@@ -103,7 +103,7 @@ class AggregatorService:
         self.model = restored.model
         self.round = Round(config.rounds_config(model_file.sha256, run_id), self.strategy,
                            model_file.spec, config.limits(), _TimedJournal(self.store, stages),
-                           restored.state, now=clock())
+                           restored.state, now=clock(), bounds=config.bounds())
         self._stored = restored.accepted
         self._recorded = set(restored.recorded_rounds)
         self._finishing = False  # the last round closed in this process
@@ -427,6 +427,9 @@ class _TimedJournal:
 
     def accepted_payload(self, round_id: int, client_id: str) -> bytes | None:
         return self.store.accepted_payload(round_id, client_id)
+
+    def accepted(self, round_id: int) -> list[tuple[str, bytes]]:
+        return self.store.accepted(round_id)
 
 
 def _summary(record: dict[str, Any]) -> dict[str, float]:

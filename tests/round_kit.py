@@ -37,9 +37,11 @@ class MemoryJournal:
     def accepted_payload(self, round_id: int, client_id: str) -> bytes | None:
         return self.saved.get((round_id, client_id))
 
-    def accepted(self, round_id: int) -> list[ReceivedUpdate]:
-        return [received(Update.decode(p), p) for (r, _), p in self.saved.items()
-                if r == round_id]
+    def accepted(self, round_id: int) -> list[tuple[str, bytes]]:
+        return [(c, p) for (r, c), p in self.saved.items() if r == round_id]
+
+    def updates(self, round_id: int) -> list[ReceivedUpdate]:
+        return [received(Update.decode(p), p) for _, p in self.accepted(round_id)]
 
 
 def update(config: RoundsConfig, client: str, round_id: int, base_version: int, *,
@@ -99,7 +101,7 @@ class Driver:
 
         state = RoundState.from_dict(json.loads(json.dumps(self.state.to_dict())))
         self.round = Round(self.config, self.strategy, SPEC, LIMITS, self.journal, state)
-        stored = self.journal.accepted(state.round_id) if state.phase.value == "collecting" \
+        stored = self.journal.updates(state.round_id) if state.phase.value == "collecting" \
             else []
         self._record(self.round.restore(stored, 0.0), 0.0)
 

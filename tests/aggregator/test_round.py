@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from round_kit import Driver, update
 
+from aggregator.bounds import InfluenceBounds
 from aggregator.reasons import Reason
 from aggregator.schedule import RoundsConfig, Tick
 from aggregator.validation import ReceivedUpdate, UpdateLimits, delta_norm
@@ -156,9 +157,48 @@ def test_a_re_sent_update_is_accepted_again_but_counted_once() -> None:
 
 def test_the_aggregate_is_the_sample_weighted_mean_of_what_was_counted() -> None:
     rnd = announced()
+    rnd.round.bounds = InfluenceBounds(weight_factor=0, norm_factor=0)  # the plain mean
     a, b, _ = sorted(rnd.state.selected)
     rnd.admit(update(CONFIG, a, 1, 0, samples=100, value=0.1), 1.0)
     rnd.admit(update(CONFIG, b, 1, 0, samples=300, value=0.5), 1.0)
     expected = (100 * 0.1 + 300 * 0.5) / 400
     np.testing.assert_allclose(rnd.round.delta()["dense/kernel"], expected, rtol=1e-6)
     assert rnd.round.samples == 400 and rnd.round.metrics() == {"loss": pytest.approx(0.4)}
+
+
+def test_one_liar_cannot_control_the_model_with_default_bounds() -> None:
+    """Issue 14, finding 1: 2 honest devices (~100 samples, delta norm ~0.1) and 1 claiming
+    10⁶ samples with a delta of norm 999: the global change stays below norm 1."""
+    config = RoundsConfig(federation="ward-7", model_sha256="ab" * 32, total_rounds=1,
+                          min_clients=3, clients_per_round=3, round_timeout=30.0)
+    d = Driver(config)
+    limits = UpdateLimits(max_norm=1000.0, max_num_samples=1_000_000)  # the flag defaults
+    d.round.limits = limits
+    for client in ("alice", "bob", "mallory"):
+        d.round.seen(client, True, 0.0)
+    d.send(Tick(), 0.0)
+    honest_value = 0.1 / np.sqrt(24)  # the kit: 12 weights of v and 3 of -2v, norm v·√24
+    liar_value = 999 / np.sqrt(24)
+    for client, samples, value in (("alice", 100, honest_value), ("bob", 110, honest_value),
+                                   ("mallory", 1_000_000, liar_value)):
+        decision = d.round.admit(update(config, client, 1, 0, samples=samples, value=value),
+                                 1.0)
+        assert decision.accepted, decision.rejection
+    delta = d.round.delta()
+    change = float(np.sqrt(sum(float(np.sum(v * v)) for v in delta.values())))
+    assert change <= 1.0
+    report = d.round.record("aggregated", 1, 2.0)["bounds"]
+    assert report["capped"]["mallory"] == {"claimed": 1_000_000, "weight": 330}
+    assert set(report["clipped"]) == {"mallory"} and report["clip_norm"] == pytest.approx(
+        0.3, rel=1e-3)
+
+
+def test_with_everyone_in_bounds_it_is_exact_fedavg() -> None:
+    d = announced()
+    a, b, c = sorted(d.state.selected)
+    for client, samples, value in ((a, 100, 0.1), (b, 150, 0.12), (c, 200, 0.08)):
+        d.round.admit(update(CONFIG, client, 1, 0, samples=samples, value=value), 1.0)
+    expected = (100 * 0.1 + 150 * 0.12 + 200 * 0.08) / 450
+    np.testing.assert_allclose(d.round.delta()["dense/kernel"], expected, rtol=1e-6)
+    report = d.round.record("aggregated", 1, 2.0)["bounds"]
+    assert report["capped"] == {} and report["clipped"] == {}

@@ -26,7 +26,7 @@ def test_a_new_state_dir_begins_a_run_with_a_fresh_session_and_keeps_it(tmp_path
 def test_another_model_on_a_run_is_refused_with_what_to_do(tmp_path: Path) -> None:
     store = AggregatorStore(tmp_path)
     begin(store, SHA_A, b"a", None)
-    with pytest.raises(ConfigError, match="A new model is a new run.*--state-dir"):
+    with pytest.raises(ConfigError, match=r"A new model is a new run.*--state-dir"):
         begin(store, SHA_B, b"b", None)
 
 
@@ -52,5 +52,5 @@ def test_initial_weights_must_be_the_models(tmp_path: Path) -> None:
     assert weights["dense/kernel"].dtype == np.float32
     with pytest.raises(ConfigError, match="do not fit the model"):
         load_initial_weights(path, {**spec, "dense/bias": (3,)})
-    with pytest.raises(ConfigError, match="not a readable .npz"):
+    with pytest.raises(ConfigError, match=r"not a readable \.npz"):
         load_initial_weights(tmp_path / "missing.npz", spec)
