@@ -186,7 +186,8 @@ def test_one_liar_cannot_control_the_model_with_default_bounds() -> None:
         assert decision.accepted, decision.rejection
     delta = d.round.delta()
     change = float(np.sqrt(sum(float(np.sum(v * v)) for v in delta.values())))
-    assert change <= 1.0
+    assert change <= 1.0, change
+    assert change == pytest.approx((100 * 0.1 + 110 * 0.1 + 330 * 0.3) / 540, rel=1e-3)
     report = d.round.record("aggregated", 1, 2.0)["bounds"]
     assert report["capped"]["mallory"] == {"claimed": 1_000_000, "weight": 330}
     assert set(report["clipped"]) == {"mallory"} and report["clip_norm"] == pytest.approx(
