@@ -48,15 +48,16 @@ demo: $(STAMP)
 bench: $(STAMP) mosquitto
 	$(VENV)/bin/fedge bench all
 
-# Not part of `make test`: builds a Debian 12 arm64 userland under build/aarch64 (Debian's own
-# packages, a private apt state), installs fedge[edge] there from aarch64 wheels, and runs the
-# edge client under qemu-user against the x86 aggregator (tests/aarch64/). Cached: a second
-# run reuses the sysroot and the wheels.
-AARCH64_CACHE ?= build/aarch64
+# Not part of `make test`: builds a Debian arm64 userland under build/aarch64-SUITE (Debian's
+# own packages, a private apt state), installs fedge[edge] there from aarch64 wheels, and runs
+# the edge client under qemu-user against the x86 aggregator (tests/aarch64/). Cached: a second
+# run reuses the sysroot, the wheels and the venv. AARCH64_SUITE=trixie: Debian 13, Python 3.13.
+AARCH64_SUITE ?= bookworm
+AARCH64_CACHE ?= build/aarch64-$(AARCH64_SUITE)
 
 test-aarch64: $(STAMP) mosquitto
 	@start=$$(date +%s); \
-	$(PY) tests/aarch64/target.py --cache $(AARCH64_CACHE) && \
+	$(PY) tests/aarch64/target.py --suite $(AARCH64_SUITE) --cache $(AARCH64_CACHE) && \
 	FEDGE_AARCH64_TARGET=$(abspath $(AARCH64_CACHE))/target.json TF_CPP_MIN_LOG_LEVEL=2 \
 		$(VENV)/bin/pytest tests/aarch64 -W "ignore::UserWarning:tensorflow.lite.python.interpreter"; \
 	code=$$?; \

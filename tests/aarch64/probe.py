@@ -75,8 +75,10 @@ def main(job_dir: Path) -> int:
             out["jobs"][job["name"]] = trainable(blob, data, job)
         else:
             out["jobs"][job["name"]] = inference(blob, data)
+    runtime = next(iter(out["jobs"].values()))["runtime"]
     out.update(machine=platform.machine(), python=platform.python_version(),
-               numpy=np.__version__, tflite_runtime=importlib.metadata.version("tflite-runtime"),
+               numpy=np.__version__, runtime=runtime,
+               runtime_version=importlib.metadata.version(runtime.replace("_", "-")),
                tensorflow_loaded="tensorflow" in sys.modules)
     (job_dir / f"out-{platform.machine()}.json").write_text(json.dumps(out))
     return 0
