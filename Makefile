@@ -57,7 +57,7 @@ AARCH64_CACHE ?= build/aarch64-$(AARCH64_SUITE)
 
 test-aarch64: $(STAMP) mosquitto
 	@start=$$(date +%s); \
-	$(PY) tests/aarch64/target.py --suite $(AARCH64_SUITE) --cache $(AARCH64_CACHE) && \
+	PYTHONPATH=tests$${PYTHONPATH:+:$$PYTHONPATH} $(PY) -m aarch64.target --suite $(AARCH64_SUITE) --cache $(AARCH64_CACHE) && \
 	FEDGE_AARCH64_TARGET=$(abspath $(AARCH64_CACHE))/target.json TF_CPP_MIN_LOG_LEVEL=2 \
 		$(VENV)/bin/pytest tests/aarch64 -W "ignore::UserWarning:tensorflow.lite.python.interpreter"; \
 	code=$$?; \

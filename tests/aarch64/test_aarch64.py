@@ -31,7 +31,7 @@ if not os.environ.get(TARGET_ENV):
     pytest.skip(f"the aarch64 device checks run with `make test-aarch64` (${TARGET_ENV} unset)",
                 allow_module_level=True)
 
-from aarch64.target import Target  # noqa: E402
+from aarch64.device import Target  # noqa: E402
 from client_kit import linear_data  # noqa: E402
 
 from aggregator.store import AggregatorStore  # noqa: E402
