@@ -6,12 +6,13 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fedge-installed
 PACKAGES := edge_client aggregator models tools
 
-.PHONY: demo test lint typecheck pytest bench mosquitto clean help
+.PHONY: demo test lint typecheck pytest bench mosquitto clean help test-aarch64
 
 help:
 	@echo "make demo   - create .venv, install fedge, run the seed demo on an embedded broker"
 	@echo "make test   - install what tests need (incl. mosquitto when root), ruff, mypy --strict, pytest"
 	@echo "make bench  - run every benchmark and write docs/results.md"
+	@echo "make test-aarch64 - the edge client on an emulated 64-bit ARM Debian 12 (qemu-user): install, train, one round"
 
 # Installs once; re-runs only when pyproject.toml or constraints.txt change.
 $(STAMP): pyproject.toml constraints.txt
@@ -46,6 +47,22 @@ demo: $(STAMP)
 
 bench: $(STAMP) mosquitto
 	$(VENV)/bin/fedge bench all
+
+# Not part of `make test`: builds a Debian arm64 userland under build/aarch64-SUITE (Debian's
+# own packages, a private apt state), installs fedge[edge] there from aarch64 wheels, and runs
+# the edge client under qemu-user against the x86 aggregator (tests/aarch64/). Cached: a second
+# run reuses the sysroot, the wheels and the venv. AARCH64_SUITE=trixie: Debian 13, Python 3.13.
+AARCH64_SUITE ?= bookworm
+AARCH64_CACHE ?= build/aarch64-$(AARCH64_SUITE)
+
+test-aarch64: $(STAMP) mosquitto
+	@start=$$(date +%s); \
+	PYTHONPATH=tests$${PYTHONPATH:+:$$PYTHONPATH} $(PY) -m aarch64.target --suite $(AARCH64_SUITE) --cache $(AARCH64_CACHE) && \
+	FEDGE_AARCH64_TARGET=$(abspath $(AARCH64_CACHE))/target.json TF_CPP_MIN_LOG_LEVEL=2 \
+		$(VENV)/bin/pytest tests/aarch64 -W "ignore::UserWarning:tensorflow.lite.python.interpreter"; \
+	code=$$?; \
+	echo "make test-aarch64: $$([ $$code = 0 ] && echo passed || echo FAILED) in $$(( $$(date +%s) - start )) s"; \
+	exit $$code
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
