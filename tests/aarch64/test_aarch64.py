@@ -38,7 +38,7 @@ from aggregator.store import AggregatorStore  # noqa: E402
 from edge_client.protocol import Update  # noqa: E402
 from edge_client.quantize import dequantize_update  # noqa: E402
 from models.zoo import NAMES, build, initial_weights  # noqa: E402
-from tools.broker import MosquittoBroker  # noqa: E402
+from tools.runtime.broker import MosquittoBroker  # noqa: E402
 
 pytestmark = [pytest.mark.aarch64, pytest.mark.slow]
 PROBE = Path(__file__).resolve().with_name("probe.py")
