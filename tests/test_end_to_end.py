@@ -17,7 +17,7 @@ from tools.runtime.broker import MosquittoBroker
 from tools.runtime.fleet import Fleet
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.broker
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
 TIMEOUT = 4.0
 
 

@@ -74,6 +74,7 @@ def byte_mutations(draw: st.DrawFn) -> tuple[type[Message], bytes]:
     return cls, bytes(buffer)
 
 
+@pytest.mark.slow
 @settings(FUZZ, max_examples=4000)
 @given(byte_mutations())
 def test_mutated_golden_messages(case: tuple[type[Message], bytes]) -> None:
@@ -115,6 +116,7 @@ def field_mutations(draw: st.DrawFn) -> tuple[type[Message], bytes]:
     return cls, cbor2.dumps(body)
 
 
+@pytest.mark.slow
 @settings(FUZZ, max_examples=3000)
 @given(field_mutations())
 def test_field_mutations(case: tuple[type[Message], bytes]) -> None:

@@ -138,6 +138,7 @@ def test_device_without_tensorflow_trains_every_model_like_tf_lite(
             np.testing.assert_allclose(device[f"{job}/w/{k}"], v, atol=1e-4, err_msg=k)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["mlp", "cnn1d"])
 def test_int8_model_predicts_like_the_float_model_on_a_device(
     name: str, tmp_path: Path, make_data: Callable[..., tuple[Array, Array]]

@@ -28,7 +28,7 @@ from aggregator.modelfile import ModelFile
 from tools.runtime.broker import MosquittoBroker
 from tools.runtime.fleet import Fleet
 
-pytestmark = pytest.mark.broker
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
 HERE = Path(__file__).resolve().parent
 TRAINING = {"epochs": 1, "lr": 0.1, "codec": "int8"}
 

@@ -28,7 +28,7 @@ from aggregator.modelfile import ModelFile
 from edge_client.protocol import Chunk, Presence, Round, Tensor, Topics, Update
 from edge_client.transfer import split
 
-pytestmark = pytest.mark.broker
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
 SAMPLES = {"dev-a": 120, "dev-b": 30, "dev-c": 350}
 SMALL_CHUNKS = 260  # bytes per MQTT payload: a 363-byte update travels in 6 chunks

@@ -31,7 +31,7 @@ from aggregator.modelfile import ModelFile
 from tools.runtime.broker import MosquittoBroker
 from tools.runtime.fleet import Child, Fleet
 
-pytestmark = pytest.mark.broker
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
 TRAINING = {"epochs": 1, "lr": 0.1, "codec": "int8"}
 
 

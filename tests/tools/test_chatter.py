@@ -77,6 +77,7 @@ def _noise(stderr: str) -> list[str]:
             if NATIVE_CHATTER.fullmatch(line.encode()) or "oneDNN" in line or "absl" in line]
 
 
+@pytest.mark.slow  # two real exports with TensorFlow
 def test_export_prints_no_tensorflow_banners_unless_verbose(tmp_path: Path) -> None:
     args = [sys.executable, "-m", "tools", "export", "--model", "logreg", "--input-shape", "4",
             "--classes", "2", "--batch-size", "4", "--out", str(tmp_path / "m.tflite")]

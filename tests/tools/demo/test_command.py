@@ -17,7 +17,7 @@ import pytest
 from tools.chatter import NATIVE_CHATTER
 
 ROOT = Path(__file__).resolve().parents[3]
-pytestmark = pytest.mark.broker
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
 
 def _processes_mentioning(text: str) -> list[str]:

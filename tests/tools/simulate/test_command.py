@@ -15,6 +15,8 @@ import pytest
 
 from aggregator.history import read_history
 
+pytestmark = pytest.mark.slow  # real processes: seconds each
+
 ROOT = Path(__file__).resolve().parents[3]
 
 
