@@ -8,6 +8,7 @@
 - :mod:`tools.export`: ``fedge export``, a trainable ``.tflite`` from the model zoo or an
   aggregator state dir's weights, and int8 inference models.
 - :mod:`tools.evaluate`: ``fedge evaluate`` and ``fedge predict``, the final model on new data.
+- :mod:`tools.status`: ``fedge status``, a federation's state from the retained topics.
 - :mod:`tools.state`: reads an aggregator's state dir (its model file, any version's weights).
 - :mod:`tools.extras`: which pip extra a command needs, said before it starts.
 - :mod:`tools.reliability`: ``fedge reliability-report``, docs/reliability.md.
