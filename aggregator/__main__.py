@@ -207,6 +207,7 @@ def serve(config: AggregatorConfig, stop: threading.Event,
     transport = MqttTransport(config.broker_config(fresh_session=run.new))
     service = AggregatorService(config, transport, model_file, store=store, stages=stages,
                                 run=run)
+    transport.on_connect_hooks.append(service.republish.set)
     try:
         service.metrics.serve(config.metrics_port, config.metrics_host)
     except OSError as e:

@@ -107,6 +107,9 @@ class AggregatorService:
         self._stored = restored.accepted
         self._recorded = set(restored.recorded_rounds)
         self._finishing = False  # the last round closed in this process
+        #: set on every (re)connect: the broker may have lost the retained state
+        #: (a restart without persistence), so the next tick publishes it again
+        self.republish = threading.Event()
         self._status_due, self._status_at = True, -1e18
         history = self.store.history()
         self._last_round = _summary(history[-1]) if history else {}
@@ -152,12 +155,18 @@ class AggregatorService:
         """Subscribe, publish the current state, re-count the open round's stored updates."""
         self.transport.subscribe(self.topics.presence_filter())
         self.transport.subscribe(self.topics.update_filter())
+        self.republish.clear()  # the connection that just came up gets it now
         self._publish_current()
         self._carry_out(self.round.restore(self._stored, self.clock()))
         self._stored = ()
 
     def tick(self) -> None:
-        """Let time pass: deadlines are checked against the clock."""
+        """Let time pass: deadlines are checked against the clock; after a reconnect the
+        retained state goes out again."""
+        if self.republish.is_set():
+            self.republish.clear()
+            log.info("reconnected: publishing the retained state again")
+            self._publish_current()
         self._carry_out(self.round.tick(self.clock()))
         self._publish_status()
 
