@@ -22,6 +22,7 @@ from aggregator.run import begin
 from aggregator.stages import NO_STAGES, StageHook
 from aggregator.store import AggregatorStore
 from edge_client.errors import ConfigError
+from edge_client.files import hold_lock
 from edge_client.protocol import CODECS
 from edge_client.transport import MqttTransport, TransportError
 
@@ -186,12 +187,20 @@ def serve(config: AggregatorConfig, stop: threading.Event,
           stages: StageHook = NO_STAGES) -> int:
     """Load the model, connect, and run the service until it finishes or ``stop`` is set.
 
+    Holds the state directory's lock throughout, so a second aggregator on it is refused.
     ``stages`` receives the service's stage timings (``fedge bench round``).
 
     Raises:
-        ConfigError: bad model file, state directory, TLS files or metrics port.
+        ConfigError: bad model file, state directory (or one in use), TLS files or
+            metrics port.
         TransportError: the broker could not be reached in time.
     """
+    with hold_lock(config.state_dir, "--state-dir", "fedge-aggregator"):
+        return _serve(config, stop, stages)
+
+
+def _serve(config: AggregatorConfig, stop: threading.Event, stages: StageHook) -> int:
+    """:func:`serve` once this process holds the state directory."""
     assert config.model is not None  # check() requires it
     from aggregator.service import AggregatorService  # needs prometheus_client: fedge[server]
 
