@@ -11,7 +11,7 @@ from collections.abc import Callable
 import numpy as np
 
 from edge_client.client import ClientSettings, EdgeClient
-from edge_client.config import ClientConfig
+from edge_client.config import ClientConfig, check_exposure
 from edge_client.data import LocalData, load_data
 from edge_client.errors import ConfigError
 from edge_client.files import hold_lock
@@ -96,12 +96,16 @@ def manifest_verifier(config: ClientConfig) -> Callable[[Manifest], None] | None
 def run_client(config: ClientConfig, stop: threading.Event) -> int:
     """Runs the edge client until done or stopped; returns the exit code.
 
-    Holds the state directory's lock throughout: a second client on it would send and
+    Refuses a broker off loopback without ``--verify-key`` (:func:`check_exposure`), and
+    holds the state directory's lock throughout: a second client on it would send and
     delete the same outbox entries.
 
     Raises:
-        ConfigError: a bad setting, or a state directory in use by another ``fedge-client``.
+        ConfigError: a bad setting, an exposed broker without ``--insecure``, or a state
+            directory in use by another ``fedge-client``.
     """
+    for warning in check_exposure(config):
+        log.warning("%s", warning)
     verify = manifest_verifier(config)  # a bad key stops the start before the state dir
     with hold_lock(config.state_dir, "--state-dir", "fedge-client"):
         return _run(config, stop, verify)
