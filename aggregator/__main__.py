@@ -15,13 +15,14 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from aggregator.config import AggregatorConfig, build_config
+from aggregator.config import AggregatorConfig, build_config, check_exposure
 from aggregator.fedavg import STRATEGIES
 from aggregator.modelfile import load_model_file
 from aggregator.run import begin
 from aggregator.stages import NO_STAGES, StageHook
 from aggregator.store import AggregatorStore
 from edge_client.errors import ConfigError
+from edge_client.files import hold_lock
 from edge_client.protocol import CODECS
 from edge_client.transport import MqttTransport, TransportError
 
@@ -94,6 +95,10 @@ def _broker_options(g: argparse._ArgumentGroup, d: AggregatorConfig) -> None:
     g.add_argument("--signing-key", type=Path, metavar="PEM", help="Ed25519 private key "
                    "(signing.key from `fedge provision`) that signs every manifest, so devices "
                    "given signing.pub accept only this aggregator's models; default unsigned")
+    g.add_argument("--insecure", action="store_true", default=None, help="run on a broker "
+                   "that is not on loopback without TLS (mqtts://) or without --signing-key, "
+                   "which is refused otherwise: anyone on the network could read the updates "
+                   "and forge this aggregator's models (see docs/security.md)")
 
 
 def _round_options(g: argparse._ArgumentGroup, d: AggregatorConfig) -> None:
@@ -192,12 +197,23 @@ def serve(config: AggregatorConfig, stop: threading.Event,
           stages: StageHook = NO_STAGES) -> int:
     """Load the model, connect, and run the service until it finishes or ``stop`` is set.
 
+    Refuses an exposed broker without TLS or signing (:func:`check_exposure`) and holds
+    the state directory's lock throughout, so a second aggregator on it is refused.
     ``stages`` receives the service's stage timings (``fedge bench round``).
 
     Raises:
-        ConfigError: bad model file, state directory, TLS files or metrics port.
+        ConfigError: bad model file, state directory (or one in use), TLS files or
+            metrics port; an exposed broker without ``--insecure``.
         TransportError: the broker could not be reached in time.
     """
+    for warning in check_exposure(config):
+        log.warning("%s", warning)
+    with hold_lock(config.state_dir, "--state-dir", "fedge-aggregator"):
+        return _serve(config, stop, stages)
+
+
+def _serve(config: AggregatorConfig, stop: threading.Event, stages: StageHook) -> int:
+    """:func:`serve` once this process holds the state directory."""
     assert config.model is not None  # check() requires it
     from aggregator.service import AggregatorService  # needs prometheus_client: fedge[server]
 

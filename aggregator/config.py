@@ -11,7 +11,7 @@ shared with the client).
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -30,14 +30,14 @@ from edge_client.protocol import (
     ProtocolError,
     Topics,
 )
-from edge_client.settings import Bounds, build_settings
+from edge_client.settings import Bounds, build_settings, provision_hint
 from edge_client.transfer import (
     DEFAULT_MAX_BUFFERED_BYTES,
     DEFAULT_MAX_PAYLOAD,
     DEFAULT_MAX_TRANSFERS,
     DEFAULT_MAX_TRANSFERS_PER_SENDER,
 )
-from edge_client.transport import BrokerConfig
+from edge_client.transport import BrokerConfig, resolve_host
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,9 @@ class AggregatorConfig:
     password: str | None = None
     mqtt_version: str = "5"
     signing_key: Path | None = None  # Ed25519 private key (PEM) that signs every manifest
+    # off: a broker other processes can reach needs TLS and --signing-key (check_exposure),
+    # since on an open one anyone reads every update and can publish models as this service
+    insecure: bool = False
     federation: str = "default"
     prefix: str = "fedge"
     rounds: int = 10
@@ -232,3 +235,38 @@ def check(c: AggregatorConfig) -> None:
     if 0 < c.weight_cap_factor < 1 or 0 < c.clip_factor < 1:
         raise ConfigError("--weight-cap-factor and --clip-factor must be 0 (off) or >= 1")
     c.rounds_config("0" * 64)
+
+
+def check_exposure(c: AggregatorConfig,
+                   resolve: Callable[[str], list[str]] = resolve_host) -> list[str]:
+    """Secure by default: a broker off this machine's loopback needs TLS and signing.
+
+    On a broker that other machines reach, plain ``mqtt://`` lets anyone on the network
+    read every device's update (and change it), and unsigned manifests let anyone who
+    can publish there make devices load a model of theirs. ``--insecure`` runs anyway.
+
+    Returns:
+        The warnings to log (``--insecure`` on an exposed broker); [] when nothing is at risk.
+
+    Raises:
+        ConfigError: the broker is not on loopback and TLS or ``--signing-key`` is missing,
+            without ``--insecure``; the message names what is missing and what to run.
+    """
+    broker = c.broker_config()
+    if broker.on_loopback(resolve):
+        return []
+    host, _, tls = broker.endpoint()
+    missing = {what: risk for what, risk, present in (
+        ("TLS (an mqtts:// --broker)", "every device's update would cross the network in "
+         "clear text", tls),
+        ("--signing-key", "devices could not tell this aggregator's models from forged ones",
+         c.signing_key is not None)) if not present}
+    if not missing:
+        return []
+    said = (f"--broker {c.broker} is not a loopback address and this aggregator has no "
+            f"{' and no '.join(missing)}: {', and '.join(missing.values())}")
+    if c.insecure:
+        return [f"--insecure: {said}"]
+    raise ConfigError(f"{said}. To protect the federation, "
+                      f"{provision_hint(c.federation, host)}; to run like this anyway "
+                      "(a closed test network), pass --insecure")

@@ -1,7 +1,9 @@
 """The aggregator's state directory: nothing accepted is ever lost.
 
-Layout (every file written atomically: temp, fsync, rename, fsync of the dir)::
+Layout (every file but ``lock`` written atomically: temp, fsync, rename, fsync of the dir)::
 
+    lock                               flock of the running aggregator, with its pid
+                                       (``edge_client.files.hold_lock``, taken in __main__)
     run.json                           the run: its id, its model's SHA-256, when it began
     model.tflite                       a copy of the run's model file
     round.json                         the round state machine's snapshot (after every change)

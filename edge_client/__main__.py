@@ -21,15 +21,17 @@ environment:
   FEDGE_PASSWORD      the MQTT password (never put it in a flag or the config file)
 
 examples:
-  fedge-client --broker mqtt://gateway.local:1883 --federation cardio \\
-      --data visits.csv --label-column outcome --state-dir /var/lib/fedge
+  fedge-client --federation cardio --data visits.csv --label-column outcome \\
+      --state-dir /var/lib/fedge
   fedge-client --config /etc/fedge/client.toml --once
   fedge-client --broker mqtts://broker:8883 --ca ca.pem --cert device.pem \\
       --key device.key --verify-key signing.pub --client-id dev-1 \\
       --data wrist.csv --window 100 --stride 50 --label-column activity
 
+A broker that is not on loopback needs --verify-key (or --insecure): see docs/security.md.
+
 exit status: 0 when done (--once / --max-rounds / the run finished), 2 on a configuration
-or data error, 130 on Ctrl-C.
+or data error (also: --state-dir in use by another fedge-client), 130 on Ctrl-C.
 """
 
 
@@ -103,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "public key(s), PEM (signing.pub from `fedge provision`): a manifest not "
                    "signed by it is refused and the current model kept; needs the "
                    "cryptography package")
+    g.add_argument("--insecure", action="store_true", default=None, help="run on a broker "
+                   "that is not on loopback without --verify-key, which is refused otherwise: "
+                   "anyone who can publish there could make this device train their model "
+                   "(see docs/security.md)")
     g = p.add_argument_group("device")
     g.add_argument("--state-dir", type=Path, metavar="DIR", help="where the client id, "
                    f"current model, residual and unsent updates are kept; "

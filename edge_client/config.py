@@ -11,12 +11,14 @@ from flags or TOML. Every error names the flag it is about (the reader is
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_client.settings import Bounds, build_settings
+from edge_client.errors import ConfigError
+from edge_client.settings import Bounds, build_settings, provision_hint
 from edge_client.transfer import DEFAULT_MAX_PAYLOAD
+from edge_client.transport import BrokerConfig, resolve_host
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,9 @@ class ClientConfig:
     threads: int = 1  # a small device: one interpreter thread leaves a core for the rest
     max_payload: int = DEFAULT_MAX_PAYLOAD
     verify_key: Path | None = None
+    # off: on a broker other machines reach, a device needs --verify-key (check_exposure),
+    # since without it anyone who can publish there makes it load and train their model
+    insecure: bool = False
     seed: int | None = None
     normalise: bool = True
     eval_data: Path | None = None  # a labelled test file: its counts go to the aggregator
@@ -72,3 +77,39 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str] | None = None)
             password in the config file.
     """
     return build_settings(ClientConfig, args, env, section="client", bounds=BOUNDS)
+
+
+def check_exposure(c: ClientConfig,
+                   resolve: Callable[[str], list[str]] = resolve_host) -> list[str]:
+    """Secure by default: on a broker off this machine's loopback, a device needs
+    ``--verify-key``; without it anyone who can publish there makes it load, train and
+    run a model and weights of theirs. ``--insecure`` runs anyway.
+
+    Returns:
+        The warnings to log: ``--insecure`` on an exposed broker, or plain ``mqtt://``
+        there (this device's updates cross the network in clear text).
+
+    Raises:
+        ConfigError: the broker is not on loopback and ``--verify-key`` is missing, without
+            ``--insecure``; the message says what to run instead.
+    """
+    broker = BrokerConfig(url=c.broker, client_id="check")
+    try:
+        host, _, tls = broker.endpoint()
+    except ConfigError as e:
+        raise ConfigError(f"--broker: {e}") from None
+    if broker.on_loopback(resolve):
+        return []
+    warnings = [] if tls else [
+        f"--broker {c.broker} is plain mqtt:// and not a loopback address: this device's "
+        "updates cross the network in clear text; use mqtts:// (see `fedge provision`)"]
+    if c.verify_key is not None:
+        return warnings
+    said = (f"--broker {c.broker} is not a loopback address and there is no --verify-key: "
+            "anyone who can publish on the broker could make this device load and train a "
+            "model and weights of theirs")
+    if c.insecure:
+        return [f"--insecure: {said}", *warnings]
+    raise ConfigError(f"{said}. To protect the federation, {provision_hint(c.federation, host)} "
+                      "(a device gets --verify-key signing.pub); to run like this anyway "
+                      "(a closed test network), pass --insecure")

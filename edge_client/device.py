@@ -11,9 +11,10 @@ from collections.abc import Callable
 import numpy as np
 
 from edge_client.client import ClientSettings, EdgeClient
-from edge_client.config import ClientConfig
+from edge_client.config import ClientConfig, check_exposure
 from edge_client.data import LocalData, load_data
 from edge_client.errors import ConfigError
+from edge_client.files import hold_lock
 from edge_client.model import TrainableModel
 from edge_client.normalise import NormStats, compute_norm_stats, normalise
 from edge_client.protocol import Manifest, Presence, Topics
@@ -93,8 +94,26 @@ def manifest_verifier(config: ClientConfig) -> Callable[[Manifest], None] | None
 
 
 def run_client(config: ClientConfig, stop: threading.Event) -> int:
-    """Runs the edge client until done or stopped; returns the exit code."""
-    verify = manifest_verifier(config)
+    """Runs the edge client until done or stopped; returns the exit code.
+
+    Refuses a broker off loopback without ``--verify-key`` (:func:`check_exposure`), and
+    holds the state directory's lock throughout: a second client on it would send and
+    delete the same outbox entries.
+
+    Raises:
+        ConfigError: a bad setting, an exposed broker without ``--insecure``, or a state
+            directory in use by another ``fedge-client``.
+    """
+    for warning in check_exposure(config):
+        log.warning("%s", warning)
+    verify = manifest_verifier(config)  # a bad key stops the start before the state dir
+    with hold_lock(config.state_dir, "--state-dir", "fedge-client"):
+        return _run(config, stop, verify)
+
+
+def _run(config: ClientConfig, stop: threading.Event,
+         verify: Callable[[Manifest], None] | None) -> int:
+    """:func:`run_client` once this process holds the state directory."""
     state = StateDir(config.state_dir)
     client_id = state.client_id(config.client_id)
     data, stats = prepare_data(config)

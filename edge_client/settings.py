@@ -62,6 +62,13 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def provision_hint(federation: str, host: str) -> str:
+    """What to run instead of ``--insecure``: the command that makes a protected federation
+    (said by both commands when they refuse a broker other machines can reach)."""
+    return (f"run `fedge provision --out DIR --federation {federation} --device-ids ID,... "
+            f"--broker-host {host}` and start with the commands it writes to DIR/README.txt")
+
+
 def read_toml(path: Path, section: str) -> dict[str, Any]:
     """The keys of a TOML config, ``-`` turned into ``_``, from ``[section]`` if it has one.
 

@@ -1,8 +1,10 @@
 """The client's state directory: what must survive a restart or a power cut.
 
-Layout (every file written atomically by :func:`edge_client.files.atomic_write`: temp
-file, fsync, rename, fsync of the dir)::
+Layout (every file but ``lock`` written atomically by :func:`edge_client.files.atomic_write`:
+temp file, fsync, rename, fsync of the dir)::
 
+    lock                      flock of the running client, with its pid (taken by
+                              ``device.run_client``: one process per state dir)
     client_id                 the id generated once on first start
     model.tflite              the current trainable model file (checked by its SHA-256)
     global.bin                the last applied global weights message (encoded, as received)

@@ -11,6 +11,7 @@ has persisted the message.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import queue
 import random
@@ -100,6 +101,48 @@ class BrokerConfig:
         except ValueError as e:
             raise ConfigError(f"broker URL {self.url!r}: {e}") from None
         return u.hostname, port, tls
+
+    def on_loopback(self, resolve: Callable[[str], list[str]] | None = None) -> bool:
+        """Whether the broker is on this machine's loopback interface, so that only
+        processes of this machine can reach it (see :func:`is_loopback`).
+
+        Raises:
+            ConfigError: the URL is not ``mqtt://host[:port]`` or ``mqtts://host[:port]``.
+        """
+        return is_loopback(self.endpoint()[0], resolve or resolve_host)
+
+
+def resolve_host(host: str) -> list[str]:
+    """The IP addresses ``host`` resolves to; [] when it does not resolve."""
+    try:
+        return [str(info[4][0]) for info in socket.getaddrinfo(host, None)]
+    except (OSError, UnicodeError):
+        return []
+
+
+def is_loopback(host: str, resolve: Callable[[str], list[str]] = resolve_host) -> bool:
+    """Whether ``host`` is ``localhost``, an address in 127.0.0.0/8 or ``::1``, or a name
+    that resolves to such addresses only. A name that does not resolve is not loopback:
+    the answer errs on the side that asks for TLS and signing."""
+    name = host.rstrip(".").lower()
+    if name == "localhost":
+        return True
+    literal = _loopback_address(name)
+    if literal is not None:
+        return literal
+    addresses = resolve(host)
+    return bool(addresses) and all(_loopback_address(a) for a in addresses)
+
+
+def _loopback_address(text: str) -> bool | None:
+    """Whether the IP address ``text`` is a loopback one; None when it is not an address."""
+    try:
+        address = ipaddress.ip_address(text.split("%", 1)[0])  # fe80::1%eth0: drop the zone
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback  # ::ffff:127.0.0.1
+    return address.is_loopback
 
 
 @dataclass(frozen=True)

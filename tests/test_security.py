@@ -9,11 +9,15 @@ real service, devices are the real client (process or in-process) or scripted.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
+import ipaddress
 import logging
 import queue
 import shutil
+import socket
 import ssl
+import struct
 import subprocess
 import sys
 import tempfile
@@ -57,6 +61,7 @@ from edge_client.transfer import split
 from edge_client.transport import BrokerConfig, MqttTransport
 from tools import provision
 from tools.runtime.broker import MosquittoBroker, free_port, mosquitto_available
+from tools.runtime.fleet import Fleet
 
 pytestmark = pytest.mark.broker
 ROOT = Path(__file__).resolve().parents[1]
@@ -516,3 +521,58 @@ def test_unusable_keys_stop_the_start_with_the_reason(model_path: Path, tmp_path
     assert wrong.returncode == 2 and "no PEM public key" in wrong.stderr, wrong.stderr
     assert missing.returncode == 2, missing.stderr
     assert "--verify-key needs the cryptography package" in missing.stderr
+
+
+# -- secure by default: an open broker other machines reach ------------------------------
+def own_address() -> str | None:
+    """A non-loopback IPv4 address of one of this machine's interfaces (asked of the
+    kernel, no traffic), or None."""
+    for _, name in socket.if_nameindex():
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:  # SIOCGIFADDR
+                packed = fcntl.ioctl(s.fileno(), 0x8915, struct.pack("256s", name.encode()[:15]))
+            except OSError:
+                continue
+        address = socket.inet_ntoa(packed[20:24])
+        if not ipaddress.ip_address(address).is_loopback:
+            return address
+    return None
+
+
+@pytest.mark.broker
+@pytest.mark.slow
+def test_on_an_open_broker_of_the_network_both_refuse_to_start_unless_insecure(
+        model_path: Path, tmp_path: Path, namespace: str) -> None:
+    """Issue 14.11: an anonymous plain-MQTT broker on a network address used to be fine."""
+    address = own_address()
+    if address is None:
+        pytest.skip("this machine has no non-loopback IPv4 address to listen on")
+    x, y = linear_data(40, seed=0)
+    np.savez(tmp_path / "data.npz", x=x, y=y)
+    port = free_port()
+    with MosquittoBroker(extra_config=f"listener {port} {address}"), \
+            Fleet(tmp_path / "logs") as fleet:  # anonymous, plain MQTT, on the network
+        url = f"mqtt://{address}:{port}"
+        common = ["--broker", url, "--federation", namespace]
+        agg = [*common, "--model", str(model_path), "--state-dir", str(tmp_path / "agg"),
+               "--rounds", "1", "--min-clients", "1", "--round-timeout", "20"]
+        dev = [*common, "--data", str(tmp_path / "data.npz"), "--client-id", "dev-1",
+               "--state-dir", str(tmp_path / "dev"), "--max-rounds", "1"]
+        refused = [fleet.start("aggregator", "aggregator", agg),
+                   fleet.start("device", "edge_client", dev)]
+        codes = [child.proc.wait(30) for child in refused]
+        logs = [child.log_path.read_text() for child in refused]
+        assert codes == [2, 2], logs
+        assert (f"fedge-aggregator: error: --broker {url} is not a loopback address and this "
+                "aggregator has no TLS (an mqtts:// --broker) and no --signing-key") in logs[0]
+        assert (f"fedge-client: error: --broker {url} is not a loopback address and there is "
+                "no --verify-key") in logs[1]
+        assert all("fedge provision --out DIR" in log and "--insecure" in log for log in logs)
+        assert not (tmp_path / "agg").exists() and not (tmp_path / "dev").exists()
+        insecure = [fleet.start("aggregator-insecure", "aggregator", [*agg, "--insecure"]),
+                    fleet.start("device-insecure", "edge_client", [*dev, "--insecure"])]
+        codes = [child.proc.wait(60) for child in insecure]
+        logs = [child.log_path.read_text() for child in insecure]
+        assert codes == [0, 0], logs
+        assert all(f"WARNING {who}: --insecure: --broker {url}" in log
+                   for who, log in zip(("aggregator", "edge_client.device"), logs, strict=True))

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from aggregator.__main__ import build_parser
-from aggregator.config import AggregatorConfig, build_config
+from aggregator.config import AggregatorConfig, build_config, check_exposure
 from edge_client.errors import ConfigError
 
 
@@ -77,3 +77,64 @@ def test_hyperparameters_default_to_the_model_file(tmp_path: Path) -> None:
     assert (h.epochs, h.batch_size, h.learning_rate, h.mu) == (2, 16, 0.05, 0.0)
     with pytest.raises(ConfigError, match="--epochs/--batch-size/--lr/--mu"):
         c.hyperparameters(batch_size=0, learning_rate=None)  # a model file saying batch 0
+
+
+# -- secure by default: an exposed broker needs TLS and --signing-key ---------------------
+def no_dns(host: str) -> list[str]:
+    raise AssertionError(f"{host} should not need a lookup")
+
+
+@pytest.mark.parametrize("broker", [
+    "mqtt://127.0.0.1:1883", "mqtt://127.3.4.5:1", "mqtt://localhost:1883",
+    "mqtt://LOCALHOST.:1883", "mqtt://[::1]:1883", "mqtt://[::ffff:127.0.0.1]:1883"])
+def test_a_loopback_broker_needs_neither_tls_nor_signing(tmp_path: Path, broker: str) -> None:
+    assert check_exposure(config(tmp_path, "--broker", broker), resolve=no_dns) == []
+
+
+@pytest.mark.parametrize(("flags", "missing"), [
+    (["--broker", "mqtt://192.0.2.2:1883"], "no TLS (an mqtts:// --broker) and no --signing-key"),
+    (["--broker", "mqtts://192.0.2.2:8883"], "no --signing-key: devices could not tell"),
+    (["--broker", "mqtt://[fd00::2]:1883", "--signing-key", "KEY"],
+     "no TLS (an mqtts:// --broker): every device's update would cross the network"),
+    (["--broker", "mqtt://0.0.0.0:1883", "--signing-key", "KEY"], "no TLS"),
+])
+def test_an_exposed_broker_without_tls_or_signing_is_refused_saying_what_to_run(
+        tmp_path: Path, flags: list[str], missing: str) -> None:
+    (tmp_path / "signing.key").write_text("")
+    flags = [str(tmp_path / "signing.key") if f == "KEY" else f for f in flags]
+    c = config(tmp_path, *flags)
+    with pytest.raises(ConfigError) as refused:
+        check_exposure(c, resolve=no_dns)
+    text = str(refused.value)
+    assert text.startswith(f"--broker {c.broker} is not a loopback address and this "
+                           f"aggregator has {missing}"), text
+    assert "run `fedge provision --out DIR --federation default" in text
+    assert text.endswith("pass --insecure")
+    warned = check_exposure(config(tmp_path, *flags, "--insecure"), resolve=no_dns)
+    assert len(warned) == 1 and warned[0].startswith("--insecure: --broker "), warned
+
+
+def test_tls_and_a_signing_key_make_an_exposed_broker_fine(tmp_path: Path) -> None:
+    (tmp_path / "signing.key").write_text("")
+    c = config(tmp_path, "--broker", "mqtts://broker.hospital.example:8883",
+               "--signing-key", str(tmp_path / "signing.key"))
+    assert check_exposure(c, resolve=lambda host: ["192.0.2.7"]) == []
+
+
+@pytest.mark.parametrize(("resolved", "refused"), [
+    (["127.0.1.1"], False), (["127.0.0.1", "::1"], False),
+    (["127.0.0.1", "192.0.2.7"], True), ([], True)])  # [] = the name does not resolve
+def test_a_name_is_loopback_only_when_every_address_it_resolves_to_is(
+        tmp_path: Path, resolved: list[str], refused: bool) -> None:
+    c = config(tmp_path, "--broker", "mqtt://broker.lan:1883")
+    if refused:
+        with pytest.raises(ConfigError, match="is not a loopback address"):
+            check_exposure(c, resolve=lambda host: resolved)
+    else:
+        assert check_exposure(c, resolve=lambda host: resolved) == []
+
+
+def test_insecure_comes_from_the_toml_file_too(tmp_path: Path) -> None:
+    c = config(tmp_path, toml='broker = "mqtt://192.0.2.2:1883"\ninsecure = true\n')
+    assert c.insecure and check_exposure(c, resolve=no_dns)
+    assert not AggregatorConfig().insecure

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from edge_client.errors import ConfigError
-from edge_client.transport import BrokerConfig, MqttTransport, TransportError, Will
+from edge_client.transport import (
+    BrokerConfig,
+    MqttTransport,
+    TransportError,
+    Will,
+    is_loopback,
+)
 from tools.runtime.broker import MosquittoBroker
 
 pytestmark = pytest.mark.broker
@@ -83,6 +89,20 @@ def test_last_will_is_published_when_client_vanishes(
 def test_bad_url_is_a_clear_config_error() -> None:
     with pytest.raises(ConfigError, match="mqtt://host:port"):
         MqttTransport(BrokerConfig(url="http://x:1", client_id="c"))
+
+
+@pytest.mark.parametrize(("host", "resolved", "loopback"), [
+    ("127.0.0.1", None, True), ("127.255.0.9", None, True), ("::1", None, True),
+    ("localhost", None, True), ("::ffff:127.0.0.1", None, True), ("fe80::1%lo", None, False),
+    ("192.0.2.2", None, False), ("0.0.0.0", None, False), ("::", None, False),
+    ("box", ["127.0.1.1", "::1"], True), ("box", ["127.0.0.1", "fd00::2"], False),
+    ("box", [], False), ("box", ["not an address"], False)])
+def test_loopback_is_an_address_in_127_0_0_0_8_or_1_or_a_name_resolving_only_there(
+        host: str, resolved: list[str] | None, loopback: bool) -> None:
+    def resolve(name: str) -> list[str]:
+        assert resolved is not None, f"{name} is an address: no lookup"
+        return resolved
+    assert is_loopback(host, resolve) is loopback
 
 
 def test_publish_while_the_broker_is_down_says_so_and_is_delivered_after_it_is_back(

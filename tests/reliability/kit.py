@@ -92,12 +92,16 @@ class AggregatorProcess:
     metrics_port: int = field(default_factory=free_port)
     children: list[Child] = field(default_factory=list)
 
+    def argv(self, **override: object) -> list[str]:
+        """The process's flags (``override``: flag name → value, e.g. another metrics port)."""
+        flags = {"broker": self.broker_url, "federation": self.federation, "model": self.model,
+                 "state-dir": self.state_dir, "metrics-port": self.metrics_port, **self.flags,
+                 **override}
+        return [part for name, value in flags.items() for part in (f"--{name}", str(value))]
+
     def start(self) -> Child:
         """Start (or restart) the process."""
-        flags = {"broker": self.broker_url, "federation": self.federation, "model": self.model,
-                 "state-dir": self.state_dir, "metrics-port": self.metrics_port, **self.flags}
-        args = [part for name, value in flags.items() for part in (f"--{name}", str(value))]
-        child = self.fleet.start(f"aggregator-{len(self.children)}", "aggregator", args)
+        child = self.fleet.start(f"aggregator-{len(self.children)}", "aggregator", self.argv())
         self.children.append(child)
         return child
 

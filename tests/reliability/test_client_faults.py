@@ -22,11 +22,12 @@ from reliability.kit import (
     kill_process,
     start_client,
     told_accepted,
+    wait_for,
 )
 
 from aggregator.modelfile import ModelFile
 from tools.runtime.broker import MosquittoBroker
-from tools.runtime.fleet import Fleet
+from tools.runtime.fleet import Child, Fleet
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 HERE = Path(__file__).resolve().parent
@@ -123,3 +124,48 @@ def test_thirty_percent_dropout(aggregator: AggregatorFactory, durable_broker: M
     scenario.observe(check_federation(agg.state_dir, model_file, 2,
                                       accepted=told_accepted(live)))
     scenario.observe("aggregator exit 0")
+
+
+@pytest.mark.slow
+@pytest.mark.fault(
+    name="two clients on one state directory",
+    injected="a second real `python -m edge_client` with the same flags (same --state-dir) "
+             "while the first waits for a round; then SIGKILL to the first and the same "
+             "command again, its lock file left behind; then an aggregator (1 round)",
+    expected="the second exits 2 at once: '--state-dir DIR is in use by another "
+             "fedge-client (pid N)' (two would send and delete the same outbox entries); "
+             "the restart after kill -9 takes the lock, trains the round and exits 0")
+def test_a_second_client_on_a_state_directory_is_refused(
+        aggregator: AggregatorFactory, durable_broker: MosquittoBroker, fleet: Fleet,
+        namespace: str, tmp_path: Path, model_file: ModelFile, scenario: Scenario) -> None:
+    first = start_client(fleet, tmp_path, durable_broker.url, namespace, "ward-1", seed=1,
+                         rounds=1)
+    args = [str(a) for a in first.proc.args][3:]  # python -m edge_client ARGS
+    lock = tmp_path / "state-ward-1" / "lock"
+
+    def running(child: Child) -> bool | None:  # it logs its data once it holds the state dir
+        assert child.proc.poll() is None, child.tail(20)
+        return True if "local samples" in child.log_path.read_text(errors="replace") else None
+    wait_for(lambda: running(first), 30, "the first client to start")
+    second = fleet.start("ward-1-twice", "edge_client", args)
+    try:
+        code = second.proc.wait(30)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"the second client runs:\n{second.tail(20)}") from None
+    refusal = (f"--state-dir {tmp_path / 'state-ward-1'} is in use by another fedge-client "
+               f"(pid {first.proc.pid})")
+    assert code == 2 and refusal in second.tail(5), second.tail(20)
+    scenario.observe(f"the second exited {code}: {refusal}")
+    kill_process(first.proc.pid)
+    first.proc.wait(10)
+    assert lock.read_text() == f"{first.proc.pid}\n"  # left behind by the killed client
+    rebooted = fleet.start("ward-1-rebooted", "edge_client", args)
+    wait_for(lambda: running(rebooted), 30, "the restarted client to start")
+    assert lock.read_text() == f"{rebooted.proc.pid}\n"
+    agg = aggregator(rounds=1, min_clients=1, round_timeout=20, **TRAINING)
+    assert rebooted.proc.wait(60) == 0, rebooted.tail(30)
+    assert agg.wait_exit(30) == 0, agg.child.tail(30)
+    assert "round 1: update accepted" in rebooted.log_path.read_text()
+    scenario.observe("killed, restarted over the stale lock file: " + check_federation(
+        agg.state_dir, model_file, 1, accepted=[(1, "ward-1")]))
+    scenario.observe("client and aggregator exit 0")

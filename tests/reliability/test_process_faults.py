@@ -26,9 +26,10 @@ from reliability.kit import (
     told_accepted,
     wait_for,
 )
+from update_kit import make_update
 
 from aggregator.modelfile import ModelFile
-from tools.runtime.broker import MosquittoBroker
+from tools.runtime.broker import MosquittoBroker, free_port
 from tools.runtime.fleet import Child, Fleet
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
@@ -193,3 +194,52 @@ def test_broker_hangs_across_a_deadline(aggregator: AggregatorFactory,
                      if left < 0 else f"round 3 reached devices {left:.1f} s before its "
                      "deadline")
     assert left > 0.9 * timeout, f"round 3 arrived with {left:.2f} s left of {timeout} s"
+
+
+@pytest.mark.slow
+@pytest.mark.fault(
+    name="two aggregators on one state directory",
+    injected="a second `python -m aggregator` with the same flags (but its own metrics port) "
+             "while the first runs round 1 of 2; later SIGKILL to the first in round 2 and "
+             "the same command again, its lock file left behind; 3 scripted devices",
+    expected="the second exits 2 at once: '--state-dir DIR is in use by another "
+             "fedge-aggregator (pid N)'; the restart after kill -9 is not blocked by the "
+             "stale lock file; both rounds recorded once; exit 0")
+def test_a_second_aggregator_on_a_state_directory_is_refused(
+        aggregator: AggregatorFactory, devices: Callable[..., ScriptedDevice],
+        model_file: ModelFile, scenario: Scenario) -> None:
+    """Two used to record every round twice and both exit 0 (issue 14.8)."""
+    samples = {"dev-a": 120, "dev-b": 30, "dev-c": 350}
+    devs = [devices(name, n) for name, n in samples.items()]
+    agg = aggregator(rounds=2, min_clients=3, round_timeout=30, codec="int8")
+    first = agg.child
+    devs[0].wait_round(1)
+    rival = agg.fleet.start("rival-aggregator", "aggregator",
+                            agg.argv(**{"metrics-port": free_port()}))
+    try:
+        code = rival.proc.wait(30)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"the second aggregator runs:\n{rival.tail(20)}") from None
+    refusal = f"--state-dir {agg.state_dir} is in use by another fedge-aggregator " \
+              f"(pid {first.proc.pid})"
+    assert code == 2 and refusal in rival.tail(5), rival.tail(20)
+    scenario.observe(f"the second exited {code}: {refusal}")
+
+    def answer(round_id: int) -> None:
+        for d in devs:
+            u = make_update(d.wait_round(round_id), d.client_id, samples[d.client_id],
+                            model_file)
+            d.send(u)
+            assert d.wait_reply(u.nonce, timeout=40).accepted
+    answer(1)
+    agg.wait_state(lambda s: s["round_id"] == 2 and s["phase"] == "collecting", 30,
+                   "round 2 to open")
+    agg.kill9()
+    assert (agg.state_dir / "lock").read_text() == f"{first.proc.pid}\n"
+    agg.start()
+    answer(2)
+    assert agg.wait_exit(30) == 0, agg.child.tail(30)
+    assert agg.alive is False and "in use" not in agg.child.tail(200)
+    scenario.observe("killed in round 2, restarted over the stale lock file; " + check_federation(
+        agg.state_dir, model_file, 2, accepted=[(r, d.client_id) for r in (1, 2) for d in devs]))
+    scenario.observe("aggregator exit 0")

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from packet_kit import publish_streamed
 from reliability.kit import (
     AggregatorFactory,
     Scenario,
@@ -31,6 +32,7 @@ from aggregator.modelfile import ModelFile
 from edge_client.errors import ConfigError
 from edge_client.protocol import Chunk, Reply
 from edge_client.transfer import ReassemblyLimits, split
+from tools.runtime.broker import MosquittoBroker
 
 MiB = 1024 * 1024
 SAMPLES = {"dev-a": 120, "dev-b": 30, "dev-c": 350}
@@ -166,3 +168,35 @@ def test_oversized_and_excess_transfers_are_refused_before_allocation(
                          agg.state_dir, model_file, 1,
                          accepted=[(1, u.client_id) for u in updates]))
     scenario.observe("aggregator exit 0")
+
+
+@pytest.mark.broker
+@pytest.mark.slow
+@pytest.mark.fault(
+    name="a 200 MB message on update/+",
+    injected="one raw MQTT PUBLISH of 200,000,000 bytes on update/dev-a to the broker "
+             "tools/runtime/broker.py starts (the demo's and the tests'), then a good update",
+    expected="the broker disconnects the sender after the packet's header (max_packet_size "
+             "= the largest chunk + 128 KiB); the aggregator never receives it and its RSS "
+             "stays flat; the good update is accepted and the round aggregates")
+def test_a_200_mb_message_is_refused_by_the_broker_before_the_aggregator_sees_it(
+        aggregator: AggregatorFactory, devices: Callable[..., ScriptedDevice],
+        durable_broker: MosquittoBroker, model_file: ModelFile, scenario: Scenario) -> None:
+    """It used to be read whole by the broker and the aggregator (RSS 711 MB; issue 14.10)."""
+    agg = aggregator(rounds=1, min_clients=1, round_timeout=20, codec="int8")
+    device = devices("dev-a", 120)
+    r = device.wait_round(1)
+    before = agg.rss()
+    sent = publish_streamed(durable_broker.port, device.topics.update("dev-a"), 200_000_000)
+    scenario.observe(f"the broker hung up after {sent / MiB:.1f} MiB of 190.7 MiB")
+    assert sent < 32 * MiB, f"the broker took {sent} bytes"
+    update = make_update(r, "dev-a", 120, model_file)
+    device.send(update)
+    assert device.wait_reply(update.nonce).accepted
+    grown = agg.rss() - before
+    scenario.observe(f"aggregator RSS grew {grown / MiB:.1f} MiB; the good update accepted")
+    assert grown < 16 * MiB, f"RSS grew by {grown} bytes"
+    assert agg.wait_exit(30) == 0, agg.child.tail(30)
+    (line,) = agg.history()
+    assert line["rejections"] == {} and line["participants"] == ["dev-a"], line
+    scenario.observe("round aggregated, no rejection (nothing arrived); aggregator exit 0")

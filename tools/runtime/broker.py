@@ -4,6 +4,11 @@
 127.0.0.1 port with a generated config; :class:`EmbeddedBroker` runs the
 pure-Python ``amqtt`` broker in-process (MQTT 3.1.1 only) for machines that
 have no Mosquitto. Both bind to loopback only.
+
+Mosquitto refuses a packet larger than :data:`MAX_PACKET_BYTES` (``max_packet_size``) as
+soon as its header says so, and disconnects the sender: without it, one 200 MB publish
+was read whole by the broker and delivered to the aggregator, whose memory grew to
+711 MB before it could refuse it. amqtt has no such setting; it is a fallback for demos.
 """
 
 from __future__ import annotations
@@ -23,8 +28,16 @@ from types import TracebackType
 from typing import Any
 
 from edge_client.errors import ConfigError
+from edge_client.protocol import MAX_CHUNK_BYTES
 
 log = logging.getLogger(__name__)
+
+#: room for everything of a PUBLISH packet but its payload: fixed header (at most 5 bytes),
+#: topic (at most 65,537 bytes with its length), packet id and MQTT 5 properties
+PACKET_HEADROOM = 128 * 1024
+#: Mosquitto's ``max_packet_size``: fedge's largest payload (a chunk of MAX_CHUNK_BYTES,
+#: 8 MiB) fits; anything larger is refused by its header before the broker reads it
+MAX_PACKET_BYTES = MAX_CHUNK_BYTES + PACKET_HEADROOM
 
 
 def free_port() -> int:
@@ -60,7 +73,8 @@ class MosquittoBroker:
     Args:
         persistence: keep retained messages and durable sessions across
             :meth:`restart` (written to a private temporary directory).
-        extra_config: more lines for ``mosquitto.conf`` (e.g. ``max_packet_size``).
+        extra_config: more lines for ``mosquitto.conf`` (e.g. a smaller ``max_packet_size``:
+            the last value of a setting wins).
         port: a fixed port; default a free one.
         config_file: run with this config (e.g. from ``fedge provision --port P --bind
             127.0.0.1``) instead of a generated one; its listener must be on ``port``, and
@@ -100,6 +114,7 @@ class MosquittoBroker:
             f"listener {self.port} 127.0.0.1",
             "allow_anonymous true",
             "max_queued_messages 0",
+            f"max_packet_size {MAX_PACKET_BYTES}",
             "log_dest stderr",
             "log_type error",
             "log_type warning",
