@@ -14,7 +14,9 @@ __all__ = [
     "device",  # wires a ClientConfig into a running client
     "errors",  # the roots of the one exception tree
     "files",  # the one atomic write
+    "flatbuffer",  # a bounds-checked reader of the TFLite flatbuffer
     "model",  # a trainable .tflite model on the runtime
+    "model_check",  # what a model file passes before an interpreter sees it
     "model_file",  # the metadata a .tflite file carries
     "normalise",  # normalisation statistics computed on the device
     "protocol",  # THE wire format: topics, messages, ids, strict CBOR

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from edge_client.errors import ConfigError, ModelError
+from edge_client.model_check import check_model_file
 from edge_client.model_file import (
     SIGNATURES,
     Array,
@@ -53,24 +54,28 @@ class TrainableModel:
     ) -> None:
         """Load a model from its bytes or a path.
 
-        A file that carries weights (``weights.npz``, see
-        :func:`edge_client.model_file.embed_weights`) starts with them: they are set right
-        after loading, so :meth:`get_weights` returns them; otherwise the weights are the
-        file's initial ones.
+        The file passes :func:`edge_client.model_check.check_model_file` (size, metadata
+        bounds, flatbuffer structure, memory, metadata against flatbuffer) before the
+        interpreter is given its flatbuffer. A file that carries weights (``weights.npz``,
+        see :func:`edge_client.model_file.embed_weights`) starts with them: they are set
+        right after loading, so :meth:`get_weights` returns them; otherwise the weights
+        are the file's initial ones.
 
         Raises:
-            ModelError: unreadable file, bad metadata, not trainable, the file's
-                signatures disagree with its metadata, or its embedded weights do not
-                fit it.
+            ModelError: unreadable file, a check failed, not trainable, the file's
+                signatures disagree with its metadata, its embedded weights do not fit
+                it, or the runtime cannot load it (out of memory included).
             ConfigError: no usable TFLite runtime.
         """
         data = model if isinstance(model, bytes) else _read_file(model)
-        self._metadata = read_metadata(data)
+        checked = check_model_file(data)
+        self._metadata = checked.metadata
         if self._metadata.kind != "trainable":
             raise ModelError(
                 f"the model file is of kind {self._metadata.kind!r}; only 'trainable' files train"
             )
-        self._interpreter = Interpreter(data, num_threads=num_threads, runtime=runtime)
+        self._interpreter = Interpreter(checked.flatbuffer, num_threads=num_threads,
+                                        runtime=runtime)
         self._check_signatures()
         embedded = embedded_weights(data)
         self._embedded = embedded is not None

@@ -120,7 +120,10 @@ class Interpreter:
             names = list(self._interpreter.get_signature_list())
             self._runners = {n: self._interpreter.get_signature_runner(n) for n in names}
             self._inputs: dict[str, dict[str, TensorSpec]] = {}
-        except (ValueError, RuntimeError, MemoryError) as exc:
+        except MemoryError as exc:  # std::bad_alloc while building the interpreter
+            raise ModelError(f"{self.runtime} ran out of memory loading the model "
+                             f"({exc or 'std::bad_alloc'})") from exc
+        except (ValueError, RuntimeError) as exc:
             hint = " (tensorflow was imported before tflite_runtime here)" if clash else ""
             raise ModelError(f"{self.runtime} cannot load the model: {exc}{hint}") from exc
         log.debug("loaded a model with signatures %s on %s", names, self.runtime)
@@ -154,11 +157,14 @@ class Interpreter:
         self._check_inputs(signature, inputs)
         try:
             outputs = runner(**inputs)
+            return {name: np.array(value) for name, value in outputs.items()}
+        except MemoryError as exc:  # std::bad_alloc: the tensors are allocated on first call
+            raise ModelError(f"{self.runtime}: signature {signature!r} ran out of memory "
+                             f"allocating its tensors ({exc or 'std::bad_alloc'})") from exc
         except (ValueError, RuntimeError, SystemError) as exc:
             # tflite_runtime on numpy 2 fails with a SystemError ("returned a result
             # with an exception set"); name it instead of crashing the caller.
             raise ModelError(f"{self.runtime}: signature {signature!r} failed: {exc}") from exc
-        return {name: np.array(value) for name, value in outputs.items()}
 
     def _check_inputs(self, signature: str, inputs: Mapping[str, Array]) -> None:
         specs = self._inputs.get(signature)
