@@ -13,6 +13,7 @@ import numpy.typing as npt
 from aggregator.checkpoint import as_float32
 from edge_client.errors import ConfigError, FedgeError
 from edge_client.model import ModelMetadata, TrainableModel, read_metadata
+from edge_client.probe import probe_model
 from edge_client.protocol import MAX_TRANSFER_BYTES, TensorSpec
 
 log = logging.getLogger(__name__)
@@ -48,8 +49,12 @@ class ModelFile:
 def load_model_file(path: Path) -> ModelFile:
     """Read and check ``--model``; the initial weights come from the file's interpreter.
 
+    The file passes the same checks and crash-proof probe as on a device
+    (:func:`edge_client.probe.probe_model`) before this process loads it.
+
     Raises:
-        ConfigError: unreadable, not a fedge model file, not trainable, or too large.
+        ConfigError: unreadable, not a fedge model file, not trainable, too large, out of
+            the model bounds, or refused by the probe (a crash names its signal).
     """
     try:
         data = Path(path).read_bytes()
@@ -62,6 +67,7 @@ def load_model_file(path: Path) -> ModelFile:
         if metadata.kind != "trainable":
             raise ConfigError(f"a {metadata.kind!r} model cannot be trained; "
                               "export it with `fedge export`")
+        probe_model(data)
         weights = TrainableModel(data, num_threads=1).get_weights()
     except FedgeError as e:
         raise ConfigError(f"--model {path}: {e}") from None

@@ -2,9 +2,9 @@
 
 Nothing is re-exported here: import from the modules, whose names are the public
 names of the package. The aggregator may import only the wire modules (``protocol``,
-``transfer``, ``quantize``, ``signing``, ``errors``, ``transport``, ``model``, the
-shared ``settings`` and ``files``, and ``scoring``/``score_counts`` to sum sites'
-evaluation counts); nothing here imports from the rest of fedge.
+``transfer``, ``quantize``, ``signing``, ``errors``, ``transport``, ``model`` and
+``probe``, the shared ``settings`` and ``files``, and ``scoring``/``score_counts`` to sum
+sites' evaluation counts); nothing here imports from the rest of fedge.
 """
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "model_check",  # what a model file passes before an interpreter sees it
     "model_file",  # the metadata a .tflite file carries
     "normalise",  # normalisation statistics computed on the device
+    "probe",  # the crash-proof first load of a model file, in a child process
     "protocol",  # THE wire format: topics, messages, ids, strict CBOR
     "quantize",  # update codecs and error feedback
     "runtime",  # the only adapter over a TFLite interpreter

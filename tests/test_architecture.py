@@ -23,8 +23,9 @@ ALLOWED: dict[str, set[str]] = {
 # and the code both sides share (settings: the config reader; files: the atomic write)
 AGGREGATOR_MAY_USE = {"edge_client", "edge_client.protocol", "edge_client.quantize",
                       "edge_client.transport", "edge_client.transfer", "edge_client.errors",
-                      "edge_client.model", "edge_client.signing", "edge_client.settings",
-                      "edge_client.files", "edge_client.score_counts", "edge_client.scoring"}
+                      "edge_client.model", "edge_client.probe", "edge_client.signing",
+                      "edge_client.settings", "edge_client.files", "edge_client.score_counts",
+                      "edge_client.scoring"}
 
 
 def _imports(path: Path) -> list[str]:
