@@ -8,6 +8,7 @@ sites' evaluation counts); nothing here imports from the rest of fedge.
 """
 
 __all__ = [
+    "admission",  # which model files a device loads: checked, probed once, refusals kept
     "client",  # the participation loop, written against small ports
     "config",  # ClientConfig, built once by __main__
     "data",  # local data files: CSV, NPZ, time-series CSV

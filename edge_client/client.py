@@ -9,6 +9,12 @@ delta in chunks, and waits for the aggregator's reply. It talks to a
 :class:`~edge_client.state.StateDir`, and loads models through a factory, so tests
 can run it on in-memory fakes.
 
+Model files: every one passes :class:`~edge_client.admission.ModelAdmission` (checks,
+a crash-proof probe in a child process on its first load, refusals remembered in the
+state dir) before it is loaded or stored; a stored model that fails at start is moved
+aside, and a manifest naming a refused model is not followed: the device keeps running
+and waits for another model.
+
 Runs: every manifest, round and reply names the run it belongs to. A model file or
 weights that complete before a manifest names them (a device's old broker session
 delivers what an earlier run queued, in any order) are **held**, not dropped, until a
@@ -35,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_client.admission import ModelAdmission
 from edge_client.errors import FedgeError, ModelError, ProtocolError
 from edge_client.protocol import (
     Manifest,
@@ -47,7 +54,7 @@ from edge_client.protocol import (
     update_transfer_id,
 )
 from edge_client.quantize import dequantize_update, residual_from_bytes, residual_to_bytes
-from edge_client.state import StateDir
+from edge_client.state import MODEL_FILE, StateDir
 from edge_client.training import Array, LocalSplit, TrainedUpdate, Trainer, train_round
 from edge_client.transfer import DEFAULT_MAX_PAYLOAD, Reassembler, split
 from edge_client.transport import Message, Transport, TransportError
@@ -92,10 +99,15 @@ class EdgeClient:
     def __init__(self, settings: ClientSettings, transport: Transport, state: StateDir,
                  data: LocalSplit, load_model: Callable[[bytes], Trainer], *,
                  clock: Callable[[], float] = time.time, rng: np.random.Generator,
-                 test: tuple[Array, Array] | None = None) -> None:
+                 test: tuple[Array, Array] | None = None,
+                 probe: Callable[[bytes], None] | None = None) -> None:
+        """``probe`` checks a new model file in a child process (see
+        :func:`edge_client.probe.probe_model`); None loads it directly (in-memory tests)."""
         self.s, self.t, self.state, self.data = settings, transport, state, data
         self.test = test  # --eval-data: the global model's counts on it go with each update
-        self._load_model, self._clock, self._rng = load_model, clock, rng
+        self._clock, self._rng = clock, rng
+        self.admission = ModelAdmission(state, load_model, probe, clock=clock)
+        self._refusals_told: set[str] = set()
         self._chunks = Reassembler()
         self.manifest: Manifest | None = None
         self.round: Round | None = None
@@ -119,13 +131,19 @@ class EdgeClient:
 
     # -- state across restarts ---------------------------------------------
     def _restore(self) -> None:
-        blob = self.state.read("model.tflite")
+        blob = self.state.read(MODEL_FILE)
         if blob is not None:
+            digest = hashlib.sha256(blob).hexdigest()
             try:
-                self._install_model(blob, hashlib.sha256(blob).hexdigest())
+                self._install_model(blob, digest, stored=True)
             except FedgeError as e:
                 self.fatal = None  # a new model may come from the federation
-                log.warning("ignoring the stored model: %s", e)
+                if self.admission.refusal(digest) is None:
+                    log.warning("ignoring the stored model: %s", e)
+                else:
+                    aside = self.state.set_aside(MODEL_FILE)
+                    log.error("moved the stored model aside to %s, never to be loaded "
+                              "again: %s", aside, e)
         stored = self.state.read("global.bin")
         if stored is not None and self.model is not None:
             try:
@@ -192,6 +210,9 @@ class EdgeClient:
             log.warning("no model yet: waiting for a trusted manifest on %s (is the "
                         "aggregator of federation %r running?)", self.s.topics.manifest(),
                         self.s.topics.federation)
+        elif self.admission.refusal(m.model_sha256) is not None:
+            log.warning("no model yet: run %s names model %s…, which this device refused; "
+                        "waiting for another model", m.run_id or "-", m.model_sha256[:12])
         else:
             log.warning("no model yet: run %s names model %s…; %d chunk(s) received, %d "
                         "held transfer(s) do not match it", m.run_id or "-",
@@ -240,7 +261,15 @@ class EdgeClient:
             log.info("run %s of federation %s%s", m.run_id or "-", m.federation,
                      " (finished)" if m.finished else "")
         self.manifest = m
-        if m.model_sha256 != self.model_sha:
+        refusal = self.admission.refusal(m.model_sha256)
+        if refusal is not None:
+            if m.model_sha256 not in self._refusals_told:
+                self._refusals_told.add(m.model_sha256)
+                log.error("the manifest names model %s…, which was refused earlier (%s); "
+                          "not downloading it, waiting for another model (delete "
+                          "%s/models.refused to try it again)", m.model_sha256[:12], refusal,
+                          self.state.root)
+        elif m.model_sha256 != self.model_sha:
             log.info("new model %s… announced; downloading", m.model_sha256[:12])
             self._subscribe(self.s.topics.model_filter(m.model_sha256), replaces="model")
         if m.weights_version != self.version:
@@ -281,8 +310,8 @@ class EdgeClient:
             self._hold(kind, digest, payload)
             return
         if kind == "model":
-            self._install_model(payload, digest)
-            self.state.write("model.tflite", payload)
+            if not self._install_model_safely(payload, digest):
+                return
             if self._weights_pending is not None:
                 self._apply_weights(self._weights_pending)
         else:
@@ -304,14 +333,28 @@ class EdgeClient:
             self.state.write(FINAL_WEIGHTS, payload)
             self.final_saved = True
 
-    def _install_model(self, blob: bytes, digest: str) -> None:
-        model = self._load_model(blob)
+    def _install_model_safely(self, blob: bytes, digest: str) -> bool:
+        """Installs and stores a model from the federation; False when it was refused
+        (logged and remembered by the admission: the device waits for another one)."""
+        try:
+            self._install_model(blob, digest)
+        except ModelError:
+            if self.fatal is not None:
+                raise
+            return False
+        self.admission.keep(blob, digest)
+        return True
+
+    def _install_model(self, blob: bytes, digest: str, *, stored: bool = False) -> None:
+        model = self.admission.load(blob, digest, stored=stored)
         try:
             model.check_data(self.data.x_train, self.data.y_train)
         except ModelError as e:
             self.fatal = ModelError(f"the federation's model does not fit the local data: {e}")
             raise self.fatal from e
         self.model, self.model_sha, self.version = model, digest, None
+        if stored:
+            self.admission.keep(blob, digest)  # marks a file stored by an older fedge probed
         log.info("model %s… loaded", digest[:12])
 
     def _apply_weights(self, weights: Weights) -> None:

@@ -17,6 +17,7 @@ from edge_client.errors import ConfigError
 from edge_client.files import hold_lock
 from edge_client.model import TrainableModel
 from edge_client.normalise import NormStats, compute_norm_stats, normalise
+from edge_client.probe import probe_model
 from edge_client.protocol import Manifest, Presence, Topics
 from edge_client.runtime import interpreter_class
 from edge_client.state import NORMALISATION_FILE, StateDir
@@ -145,7 +146,7 @@ def _run(config: ClientConfig, stop: threading.Event,
 
     client = EdgeClient(settings, transport, state, split, load_model,
                         rng=np.random.default_rng(config.seed),
-                        test=None if test is None else (test.x, test.y))
+                        test=None if test is None else (test.x, test.y), probe=probe_model)
     transport.on_connect_hooks.append(client.announce_presence.set)
     log.info("client %s: %d local samples (%d for training), broker %s, federation %s",
              client_id, len(data), len(split.x_train), config.broker, config.federation)

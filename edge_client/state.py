@@ -6,7 +6,14 @@ temp file, fsync, rename, fsync of the dir)::
     lock                      flock of the running client, with its pid (taken by
                               ``device.run_client``: one process per state dir)
     client_id                 the id generated once on first start
-    model.tflite              the current trainable model file (checked by its SHA-256)
+    model.tflite              the current trainable model file (checked by its SHA-256);
+                              stored only once it passed the checks and the probe
+    model.probed              the SHA-256 (hex) of model.tflite once it passed the probe,
+                              so a restart loads it without probing it again
+    model.tflite.refused      a stored model that failed the checks at start, moved aside
+    models.refused            JSON list of the model files this device refused
+                              ({"sha256", "reason", "at"}, newest last, at most 64): never
+                              loaded or downloaded again; delete the file to try them again
     global.bin                the last applied global weights message (encoded, as received)
     residual.bin              the quantization error-feedback residual (an encoded TensorSet)
     normalisation.json        the statistics this device standardises its features with
@@ -20,10 +27,12 @@ Raw samples never go here: they stay where the user keeps them.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
 from pathlib import Path
+from typing import Any
 
 from edge_client.errors import ConfigError
 from edge_client.files import atomic_write
@@ -32,6 +41,8 @@ from edge_client.protocol import ID_RULE, is_id
 log = logging.getLogger(__name__)
 
 NORMALISATION_FILE = "normalisation.json"  # the device's standardisation (see the docstring)
+MODEL_FILE, PROBED_FILE, REFUSED_FILE = "model.tflite", "model.probed", "models.refused"
+MAX_REFUSED = 64  # refusals kept: a hostile broker can make up new files without end
 
 
 class StateDir:
@@ -75,6 +86,38 @@ class StateDir:
     def write(self, name: str, data: bytes) -> None:
         """Atomically replaces a state file."""
         atomic_write(self.root / name, data)
+
+    # -- model files refused for good ----------------------------------------
+    def _refusals(self) -> list[dict[str, Any]]:
+        raw = self.read(REFUSED_FILE)
+        try:
+            entries = json.loads(raw) if raw is not None else []
+            if not all(isinstance(e["sha256"], str) and isinstance(e["reason"], str)
+                       for e in entries):
+                raise ValueError("an entry without a sha256 and a reason")
+            return list(entries)
+        except (ValueError, TypeError, KeyError) as e:
+            log.warning("ignoring unreadable %s: %s", self.root / REFUSED_FILE, e)
+            return []
+
+    def refused_models(self) -> dict[str, str]:
+        """The SHA-256s of the model files refused so far, with the reason of each.
+
+        An unreadable ``models.refused`` is logged and read as empty: it only saves work.
+        """
+        return {e["sha256"]: e["reason"] for e in self._refusals()}
+
+    def refuse_model(self, sha256: str, reason: str, at: float) -> None:
+        """Remembers that the model file ``sha256`` is refused (the newest 64 are kept)."""
+        entries = [e for e in self._refusals() if e["sha256"] != sha256]
+        entries.append({"sha256": sha256, "reason": reason, "at": at})
+        self.write(REFUSED_FILE, json.dumps(entries[-MAX_REFUSED:], indent=1).encode())
+
+    def set_aside(self, name: str) -> Path:
+        """Renames state file ``name`` to ``name.refused`` (replacing an older one)."""
+        target = self.root / f"{name}.refused"
+        os.replace(self.root / name, target)
+        return target
 
     # -- the outbox: updates the aggregator has not answered yet ------------
     def outbox_put(self, round_id: int, nonce: str, payload: bytes) -> Path:

@@ -13,10 +13,12 @@ import pytest
 from client_kit import ScriptedAggregator, linear_data
 from import_block import blocked_env
 from membus import MemoryBroker
+from model_kit import truncated
 
 from edge_client.client import ClientSettings, EdgeClient
 from edge_client.errors import ModelError
 from edge_client.model import TrainableModel
+from edge_client.probe import probe_model
 from edge_client.protocol import Topics
 from edge_client.state import StateDir
 from edge_client.training import LocalSplit, train_round
@@ -100,6 +102,51 @@ def test_model_that_does_not_fit_the_data_is_a_clear_error(
     client, _ = _memory_client(bus, tmp_path, logreg_file, x[:, :3], y)  # 3 features, not 4
     with pytest.raises(ModelError, match=r"does not fit the local data.*shape \(N, 4\)"):
         client.run(threading.Event(), poll=0.05)
+
+
+def test_refused_models_are_set_aside_remembered_and_never_fetched_again(
+    tmp_path: Path, logreg_file: bytes, make_aggregator: Any
+) -> None:
+    """A stored model failing the checks is moved aside; a refused one a manifest names is
+    not downloaded after a restart; the client keeps waiting and trains on a good one."""
+    bad = truncated(logreg_file)
+    state = StateDir(tmp_path / "state")
+    state.write("model.tflite", bad)
+    bus = MemoryBroker()
+    weights = TrainableModel(logreg_file).get_weights()
+    agg = make_aggregator(transport=bus.connect("agg"), topics=Topics("ward"), model=bad,
+                          weights=weights)
+    agg.publish_all()
+    x, y = linear_data(40, seed=1)
+
+    def client() -> EdgeClient:
+        return EdgeClient(ClientSettings(client_id="dev1", topics=Topics("ward"), once=True),
+                          bus.connect("dev1"), StateDir(tmp_path / "state"),
+                          LocalSplit.of(x, y, seed=0), TrainableModel,
+                          rng=np.random.default_rng(0), probe=probe_model)
+
+    first = client()
+    assert first.model is None and state.read("model.tflite") is None
+    assert state.read("model.tflite.refused") == bad
+    assert list(state.refused_models()) == [agg.sha]
+    second = client()
+    stop = threading.Event()
+    thread = threading.Thread(target=lambda: second.run(stop, poll=0.05))
+    thread.start()
+    try:
+        good = make_aggregator(transport=agg.transport, topics=Topics("ward"),
+                               model=logreg_file, weights=weights)
+        good.transport.subscribe(good.topics.update_filter())
+        filters: list[str] = second.t.filters  # type: ignore[attr-defined]
+        while not [f for f in filters if "/weights/" in f]:  # subscribed after the model's
+            thread.join(0.01)  # (the retained manifest naming the refused model was read)
+        assert not [f for f in filters if "/model/" in f], filters  # not downloaded again
+        good.publish_all(round_id=2)
+        (update,) = good.collect(1, timeout=30)
+        thread.join(30)
+    finally:
+        stop.set()
+    assert update.model_sha256 == good.sha and state.read("model.tflite") == logreg_file
 
 
 def _client_cmd(broker: MosquittoBroker, ns: str, data: Path, state: Path,
