@@ -77,7 +77,7 @@ def _python_stderr_on(fd: int) -> io.TextIOWrapper | None:
     except (AttributeError, OSError, ValueError):  # replaced, e.g. by a test's capture
         return None
     return io.TextIOWrapper(io.FileIO(fd, "w", closefd=False), encoding=sys.stderr.encoding,
-                            errors="backslashreplace", line_buffering=True, write_through=True)
+                            errors="backslashreplace", line_buffering=True)  # a line: one write
 
 
 @contextlib.contextmanager
