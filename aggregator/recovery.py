@@ -41,12 +41,14 @@ class Restored:
         model: the global model of ``state.weights_version``.
         accepted: the open round's stored updates, in acceptance order.
         recorded_rounds: rounds that already have a history line.
+        last_record: the newest history line ({} before the first).
     """
 
     state: RoundState
     model: GlobalModel
     accepted: tuple[ReceivedUpdate, ...]
     recorded_rounds: frozenset[int]
+    last_record: dict[str, Any]
 
 
 def restore(store: AggregatorStore, federation: str,
@@ -73,12 +75,13 @@ def restore(store: AggregatorStore, federation: str,
         model = GlobalModel.build(federation, 0, initial_weights, ServerState())
         checkpoint.save(store, model)
     accepted = _accepted(store, state)
-    recorded = frozenset(int(r["round"]) for r in store.history() if "round" in r)
+    history = store.history()
+    recorded = frozenset(int(r["round"]) for r in history if "round" in r)
     if state.round_id or accepted:
         log.info("restored round=%d phase=%s version=%d accepted=%d stored=%d",
                  state.round_id, state.phase.value, model.version, len(state.accepted),
                  len(accepted))
-    return Restored(state, model, accepted, recorded)
+    return Restored(state, model, accepted, recorded, history[-1] if history else {})
 
 
 def _round_state(store: AggregatorStore) -> RoundState:

@@ -122,10 +122,13 @@ class Round:
             check_identity(update, self.config.federation, self.config.model_sha256,
                            self.config.run_id)
             or schedule.admission(self.state, update.client_id, update.round_id,
-                                  update.base_version)
-            or check_content(update, self.spec, self.limits))
+                                  update.base_version))
+        norm, evaluation = 0.0, None
+        if rejection is None:  # the norm is checked here and bounds the delta at close
+            norm = delta_norm(update.delta)
+            rejection = check_content(update, self.spec, self.limits, norm)
         if rejection is None:
-            _, rejection = self._with_evaluation(update)
+            evaluation, rejection = self._with_evaluation(update)
         if rejection is not None:
             self.count_rejection(rejection.reason)
             return Decision(False, rejection)
@@ -134,7 +137,7 @@ class Round:
         except (OSError, FedgeError) as e:
             self.count_rejection(Reason.STORE)
             return Decision(False, Rejection(Reason.STORE, str(e)), stored=False)
-        return Decision(True, actions=self._count(update, now))
+        return Decision(True, actions=self._count(update, now, norm, evaluation))
 
     def seen(self, client_id: str, online: bool, now: float) -> tuple[Action, ...]:
         """A client's presence changed."""
@@ -152,10 +155,11 @@ class Round:
         """
         actions: tuple[Action, ...] = ()
         for update in stored:
+            norm, (evaluation, _) = delta_norm(update.delta), self._with_evaluation(update)
             if update.client_id in self.state.accepted:
-                self._fold(update)
+                self._fold(update, norm, evaluation)
             else:
-                actions += self._count(update, now)
+                actions += self._count(update, now, norm, evaluation)
         return actions
 
     # -- what the round holds ---------------------------------------------------
@@ -233,9 +237,10 @@ class Round:
         return self.traffic.record(summary, outcome, version, now)
 
     # -- inside -------------------------------------------------------------------
-    def _count(self, update: ReceivedUpdate, now: float) -> tuple[Action, ...]:
+    def _count(self, update: ReceivedUpdate, now: float, norm: float,
+               evaluation: Counts | None) -> tuple[Action, ...]:
         actions = self._step(Admitted(update.client_id), now)
-        self._fold(update)
+        self._fold(update, norm, evaluation)
         return actions
 
     def _with_evaluation(self, update: ReceivedUpdate) -> tuple[Counts | None, Rejection | None]:
@@ -248,12 +253,14 @@ class Round:
             return None, Rejection(Reason.EVALUATION, f"evaluation counts of "
                                    f"{update.client_id!r} do not add to the round's: {e}")
 
-    def _fold(self, update: ReceivedUpdate) -> None:
+    def _fold(self, update: ReceivedUpdate, norm: float, evaluation: Counts | None) -> None:
+        """Counts ``update``: its delta ``norm``, and ``evaluation``, the round's counts with
+        its own added (:meth:`_with_evaluation`)."""
         if update.evaluation is not None:
-            self._evaluation, _ = self._with_evaluation(update)
+            self._evaluation = evaluation
             self._sites_evaluated += 1
         self._counted[update.client_id] = _Counted(update.nonce, update.num_samples,
-                                                   dict(update.metrics), delta_norm(update.delta))
+                                                   dict(update.metrics), norm)
 
     def _step(self, event: Event, now: float) -> tuple[Action, ...]:
         self.state, actions = schedule.step(self.config, self.state, event, now)

@@ -111,8 +111,7 @@ class AggregatorService:
         #: (a restart without persistence), so the next tick publishes it again
         self.republish = threading.Event()
         self._status_due, self._status_at = True, -1e18
-        history = self.store.history()
-        self._last_round = _summary(history[-1]) if history else {}
+        self._last_round = _summary(restored.last_record) if restored.last_record else {}
         self._saved = self.round.state.to_dict()
 
     # -- the loop -----------------------------------------------------------

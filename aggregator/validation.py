@@ -87,9 +87,11 @@ def check_identity(update: ReceivedUpdate, federation: str, model_sha256: str,
 
 
 def check_content(update: ReceivedUpdate, spec: tuple[TensorSpec, ...],
-                  limits: UpdateLimits) -> Rejection | None:
-    """The sample count, then every tensor (names, dtypes, shapes, NaN/Inf, L2 norm)."""
-    return _num_samples(update.num_samples, limits) or _tensors(update.delta, spec, limits)
+                  limits: UpdateLimits, norm: float | None = None) -> Rejection | None:
+    """The sample count, then every tensor (names, dtypes, shapes, NaN/Inf, L2 norm);
+    ``norm``: the delta's :func:`delta_norm` when the caller has it already."""
+    return _num_samples(update.num_samples, limits) or _tensors(update.delta, spec, limits,
+                                                                norm)
 
 
 def _num_samples(num_samples: int, limits: UpdateLimits) -> Rejection | None:
@@ -102,7 +104,8 @@ def _num_samples(num_samples: int, limits: UpdateLimits) -> Rejection | None:
 
 
 def _tensors(
-    delta: Mapping[str, npt.NDArray[Any]], spec: tuple[TensorSpec, ...], limits: UpdateLimits
+    delta: Mapping[str, npt.NDArray[Any]], spec: tuple[TensorSpec, ...], limits: UpdateLimits,
+    norm: float | None,
 ) -> Rejection | None:
     expected = {t.name for t in spec}
     missing, unexpected = sorted(expected - delta.keys()), sorted(delta.keys() - expected)
@@ -112,7 +115,7 @@ def _tensors(
         found = _tensor(t, delta[t.name])
         if found is not None:
             return found
-    norm = delta_norm(delta)
+    norm = delta_norm(delta) if norm is None else norm
     if norm > limits.max_norm:
         return Rejection(Reason.NORM, f"L2 norm of the delta {norm:.4g} exceeds {limits.max_norm}")
     return None
