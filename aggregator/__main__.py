@@ -93,8 +93,9 @@ def _broker_options(g: argparse._ArgumentGroup, d: AggregatorConfig) -> None:
     g.add_argument("--password-file", type=Path, metavar="FILE",
                    help="read the MQTT password from this file")
     g.add_argument("--signing-key", type=Path, metavar="PEM", help="Ed25519 private key "
-                   "(signing.key from `fedge provision`) that signs every manifest, so devices "
-                   "given signing.pub accept only this aggregator's models; default unsigned")
+                   "(signing.key from `fedge provision`) that signs every manifest, round and "
+                   "reply, so devices given signing.pub act only on this aggregator's models, "
+                   "rounds and replies; default unsigned")
     g.add_argument("--insecure", action="store_true", default=None, help="run on a broker "
                    "that is not on loopback without TLS (mqtts://) or without --signing-key, "
                    "which is refused otherwise: anyone on the network could read the updates "

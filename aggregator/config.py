@@ -54,7 +54,7 @@ class AggregatorConfig:
     username: str | None = None
     password: str | None = None
     mqtt_version: str = "5"
-    signing_key: Path | None = None  # Ed25519 private key (PEM) that signs every manifest
+    signing_key: Path | None = None  # Ed25519 key (PEM): signs manifests, rounds, replies
     # off: a broker other processes can reach needs TLS and --signing-key (check_exposure),
     # since on an open one anyone reads every update and can publish models as this service
     insecure: bool = False

@@ -15,6 +15,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from aggregator.schedule import RoundState
 from edge_client.protocol import (
@@ -23,6 +24,7 @@ from edge_client.protocol import (
     Manifest,
     Reply,
     Round,
+    SignedMessage,
     Status,
     Topics,
     weights_transfer_id,
@@ -34,14 +36,16 @@ from edge_client.transport import Transport, TransportError
 log = logging.getLogger(__name__)
 
 KEY_ID = "aggregator"  # the key id of an unsigned manifest (no --signing-key)
+S = TypeVar("S", bound=SignedMessage)
 
 
 @dataclass(frozen=True)
 class RunMessages:
     """Builds the manifest and round announcements of one federation run.
 
-    With a ``signing_key`` every manifest carries its key id and an Ed25519 signature,
-    which covers the model file and the weights through their SHA-256.
+    With a ``signing_key`` every manifest, round and reply carries its key id and an
+    Ed25519 signature; the manifest's covers the model file and the weights through their
+    SHA-256.
     """
 
     federation: str
@@ -61,31 +65,43 @@ class RunMessages:
             model_size=self.model_size, weights_version=weights_version,
             weights_sha256=weights_sha256, round_id=round_id, codec="fp32", key_id=KEY_ID,
             run_id=self.run_id, finished=finished)
-        return manifest if self.signing_key is None else self.signing_key.sign(manifest)
+        return self._signed(manifest)
 
     def round(self, state: RoundState) -> Round:
         """The announcement of the round ``state`` is collecting (with its current deadline)."""
         if state.deadline is None:
             raise ValueError(f"round {state.round_id} is not collecting: no deadline")
-        return Round(
+        return self._signed(Round(
             federation=self.federation, round_id=state.round_id,
             weights_version=state.weights_version, model_sha256=self.model_sha256,
             deadline=state.deadline, hyperparameters=self.hyperparameters, codec=self.codec,
-            selected=tuple(sorted(state.selected)), run_id=self.run_id)
+            selected=tuple(sorted(state.selected)), run_id=self.run_id))
+
+    def reply(self, round_id: int, client_id: str, nonce: bytes, accepted: bool, reason: str,
+              run_id: str | None = None) -> Reply:
+        """The answer to one update (of run ``run_id``; this run's when None)."""
+        return self._signed(Reply(
+            federation=self.federation, round_id=round_id, client_id=client_id, nonce=nonce,
+            accepted=accepted, reason=reason, run_id=self.run_id if run_id is None else run_id))
+
+    def _signed(self, message: S) -> S:
+        return message if self.signing_key is None else self.signing_key.sign(message)
 
 
 def manifest_signing_key(path: Path | None) -> SigningKey | None:
-    """The key of ``--signing-key`` (its id logged), or None: manifests go out unsigned.
+    """The key of ``--signing-key`` (its id logged), or None: manifests, rounds and replies
+    go out unsigned.
 
     Raises:
         ConfigError: the file is not an unencrypted Ed25519 private key.
     """
     if path is None:
-        log.warning("manifests are NOT signed: devices cannot tell this aggregator's models "
-                    "from forged ones (pass --signing-key)")
+        log.warning("manifests, rounds and replies are NOT signed: devices cannot tell this "
+                    "aggregator's models, rounds and replies from forged ones (pass "
+                    "--signing-key)")
         return None
     key = load_signing_key(path)
-    log.info("manifests are signed with key id %s", key.key_id)
+    log.info("manifests, rounds and replies are signed with key id %s", key.key_id)
     return key
 
 

@@ -266,10 +266,8 @@ class AggregatorService:
 
     def _reply(self, to: Addressee, accepted: bool, reason: str) -> None:
         with self.stages.stage(Stage.REPLY):
-            self.publisher.reply(protocol.Reply(
-                federation=self.config.federation, round_id=to.round_id,
-                client_id=to.client_id, nonce=to.nonce, accepted=accepted, reason=reason,
-                run_id=self.run_info.run_id if to.run_id is None else to.run_id))
+            self.publisher.reply(self.messages.reply(to.round_id, to.client_id, to.nonce,
+                                                     accepted, reason, to.run_id))
 
     # -- what the round decided ---------------------------------------------------
     def _carry_out(self, actions: tuple[Action, ...]) -> None:

@@ -102,9 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--password-file", type=Path, metavar="FILE",
                    help="read the MQTT password from this file")
     g.add_argument("--verify-key", type=Path, metavar="PEM", help="the aggregator's Ed25519 "
-                   "public key(s), PEM (signing.pub from `fedge provision`): a manifest not "
-                   "signed by it is refused and the current model kept; needs the "
-                   "cryptography package")
+                   "public key(s), PEM (signing.pub from `fedge provision`): a manifest, round "
+                   "or reply not signed by it is refused (the current model kept, the round "
+                   "not trained, the update kept pending); needs the cryptography package")
     g.add_argument("--insecure", action="store_true", default=None, help="run on a broker "
                    "that is not on loopback without --verify-key, which is refused otherwise: "
                    "anyone who can publish there could make this device train their model "

@@ -1,7 +1,7 @@
 """The participation loop of an edge device, written against small ports.
 
 :class:`EdgeClient` reads the retained manifest (refusing one whose signature does not
-verify, when given ``verify_manifest``: it then keeps its model and weights), fetches
+verify, when given ``verify``: it then keeps its model and weights), fetches
 the model file and the global weights when a trusted manifest changes them (checking
 their SHA-256 against it), trains when a round selects it, publishes its quantized
 delta in chunks, and waits for the aggregator's reply. It talks to a
@@ -14,6 +14,18 @@ a crash-proof probe in a child process on its first load, refusals remembered in
 state dir) before it is loaded or stored; a stored model that fails at start is moved
 aside, and a manifest naming a refused model is not followed: the device keeps running
 and waits for another model.
+
+Signatures: with ``verify`` the device acts only on what a trusted key signed: the
+manifest, the round announcement (its hyperparameters, deadline and selection) and the
+reply to its update. Anything else is refused and logged; a refused round is not
+trained and not marked done, so the real round is trained when it comes, and a refused
+reply leaves the update pending (it is re-sent until a signed reply or the deadline).
+
+Downloads: the model and weights transfers the manifest announces (transfer id, SHA-256,
+model size) are reassembled in slots of their own, so junk chunks cannot crowd them out;
+with ``verify`` and a trusted manifest no other chunk is buffered. A named transfer that
+fails, or whose chunks came before its manifest and were dropped, is fetched again by
+subscribing anew (the broker re-sends retained chunks), at most every ``REFETCH_S``.
 
 Runs: every manifest, round and reply names the run it belongs to. A model file or
 weights that complete before a manifest names them (a device's old broker session
@@ -35,6 +47,7 @@ import hashlib
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,23 +57,28 @@ import numpy as np
 from edge_client.admission import ModelAdmission
 from edge_client.errors import FedgeError, ModelError, ProtocolError
 from edge_client.protocol import (
+    Chunk,
     Manifest,
     Reply,
     Round,
+    SignedMessage,
     Topics,
     Update,
     Weights,
     is_clear,
     update_transfer_id,
+    weights_transfer_id,
 )
 from edge_client.quantize import dequantize_update, residual_from_bytes, residual_to_bytes
 from edge_client.state import MODEL_FILE, StateDir
 from edge_client.training import Array, LocalSplit, TrainedUpdate, Trainer, train_round
-from edge_client.transfer import DEFAULT_MAX_PAYLOAD, Reassembler, split
+from edge_client.transfer import DEFAULT_MAX_PAYLOAD, ChunkRejected, Reassembler, split
 from edge_client.transport import Message, Transport, TransportError
 
 log = logging.getLogger(__name__)
-AGGREGATOR = "aggregator"
+NAMED, UNNAMED = "named", "unnamed"  # reassembly slots: what the manifest names, the rest
+MAX_DROPPED = 256  # SHA-256s of transfers not buffered, remembered to fetch them again
+REFETCH_S = 10.0
 FINAL_WEIGHTS = "final/weights.bin"  # the run's final global weights (a Weights message)
 MAX_HELD_BYTES = 128 * 1024 * 1024  # transfers no manifest named yet, oldest dropped first
 WAITING_LOG_S = 30.0  # how often a client without a model says what it waits for
@@ -77,8 +95,9 @@ class ClientSettings:
     max_rounds: int | None = None
     resend_after: float = 20.0
     presence: Callable[[bool], bytes] = field(default=lambda online: b"")
-    #: raises FedgeError for a manifest not signed by a trusted key; None: trust every one
-    verify_manifest: Callable[[Manifest], None] | None = None
+    #: raises FedgeError for a manifest, round or reply not signed by a trusted key;
+    #: None: trust every one
+    verify: Callable[[SignedMessage], None] | None = None
 
 
 @dataclass
@@ -119,6 +138,9 @@ class EdgeClient:
         self._pending: _Pending | None = None
         self._done_rounds: set[tuple[str, int]] = set()  # (run id, round id)
         self._held: dict[str, tuple[str, bytes]] = {}  # SHA-256 -> (kind, payload)
+        self._dropped: OrderedDict[str, str] = OrderedDict()  # SHA-256 -> kind, not buffered
+        self._refetched: dict[str, float] = {}  # kind -> when its transfer was last refetched
+        self._refetch_due: dict[str, float] = {}
         self._chunks_seen = 0
         self._next_waiting_log = clock() + WAITING_LOG_S
         self.final_saved = False
@@ -182,6 +204,7 @@ class EdgeClient:
             msg = self.t.get(timeout=poll)
             if msg is not None:
                 self._handle_safely(msg)
+            self._refetch_now()
             self._participate()
             self._send_pending()
             self._say_what_it_waits_for()
@@ -246,14 +269,74 @@ class EdgeClient:
         elif ref.kind == "round":
             self._on_round(Round.decode(msg.payload))
         elif ref.kind in ("model", "weights"):
-            self._chunks_seen += 1
-            payload = self._chunks.accept(AGGREGATOR, msg.payload, self._clock())
-            if payload is not None:
-                self._on_transfer(ref.kind, payload)
+            self._on_chunk(ref.kind, Chunk.decode(msg.payload))
         elif ref.kind == "reply" and ref.client_id == self.s.client_id:
             self._on_reply(Reply.decode(msg.payload))
 
     # -- model and weights ----------------------------------------------------
+    def _named(self, kind: str) -> tuple[str, str, int | None] | None:
+        """The (transfer id, SHA-256, size if known) of the ``kind`` transfer the current
+        manifest announces, or None without a manifest."""
+        m = self.manifest
+        if m is None:
+            return None
+        if kind == "model":
+            return m.model_sha256, m.model_sha256, m.model_size
+        return weights_transfer_id(m.run_id, m.weights_version), m.weights_sha256, None
+
+    def _on_chunk(self, kind: str, chunk: Chunk) -> None:
+        """Buffers a model or weights chunk. The transfer the manifest announces has its own
+        slot (junk cannot fill it); a verifying device buffers nothing else once it has a
+        trusted manifest; any other device holds other transfers in bounded slots."""
+        self._chunks_seen += 1
+        named, now = self._named(kind), self._clock()
+        if named is not None and chunk.sha256 == named[1]:
+            if chunk.transfer_id != named[0] or named[2] not in (None, chunk.total_size):
+                raise ProtocolError(f"{kind} chunk under the manifest's SHA-256 "
+                                    f"{chunk.sha256[:12]}… but transfer id "
+                                    f"{chunk.transfer_id!r} or size {chunk.total_size} is not "
+                                    "the manifest's")
+            try:
+                payload = self._chunks.accept(NAMED, chunk, now)
+            except ChunkRejected:  # a forged chunk came first, or the whole failed its hash
+                self._chunks.drop(NAMED, chunk.transfer_id)
+                self._refetch(kind)
+                raise
+        elif self.manifest is not None and self.s.verify is not None:
+            self._dropped[chunk.sha256] = kind
+            return  # not named by the trusted manifest: not buffered at all
+        else:
+            try:
+                payload = self._chunks.accept(UNNAMED, chunk, now)
+            except ChunkRejected:
+                self._dropped[chunk.sha256] = kind  # fetched again if a manifest names it
+                raise
+        while len(self._dropped) > MAX_DROPPED:
+            self._dropped.popitem(last=False)
+        if payload is not None:
+            self._on_transfer(kind, payload)
+
+    def _refetch(self, kind: str) -> None:
+        """Subscribes again to the ``kind`` transfer the manifest names: the broker sends
+        its retained chunks again (at most every REFETCH_S seconds, so junk cannot turn
+        into a stream of downloads)."""
+        self._refetch_due[kind] = max(self._clock(),
+                                      self._refetched.get(kind, -1e18) + REFETCH_S)
+        self._refetch_now()
+
+    def _refetch_now(self) -> None:
+        m, now = self.manifest, self._clock()
+        for kind, due in list(self._refetch_due.items()):
+            if now < due or m is None:
+                continue
+            del self._refetch_due[kind]
+            self._refetched[kind] = now
+            topic_filter = (self.s.topics.model_filter(m.model_sha256) if kind == "model"
+                            else self.s.topics.weights_filter(m.weights_version))
+            log.info("fetching the %s transfer again (%s)", kind, topic_filter)
+            self._subscribed.add(topic_filter)
+            self.t.subscribe(topic_filter)
+
     def _on_manifest(self, m: Manifest) -> None:
         if m.federation != self.s.topics.federation or not self._trusted(m):
             return
@@ -278,6 +361,8 @@ class EdgeClient:
             held = self._held.pop(digest, None)
             if held is not None:
                 self._on_transfer(*held)
+            elif digest in self._dropped:  # its chunks came before this manifest named it
+                self._refetch(self._dropped.pop(digest))
         if m.finished and self.version == m.weights_version:
             self._save_final()
 
@@ -289,18 +374,37 @@ class EdgeClient:
             self._held.pop(next(iter(self._held)))
         log.debug("holding a %s transfer %s… no manifest names yet", kind, digest[:12])
 
-    def _trusted(self, m: Manifest) -> bool:
-        """Only a verified manifest may name the model and weights to load."""
-        if self.s.verify_manifest is None:
+    def _trusted(self, message: SignedMessage) -> bool:
+        """With ``verify``, only what a trusted key signed is acted on; the rest is logged."""
+        if self.s.verify is None:
             return True
         try:
-            self.s.verify_manifest(m)
+            self.s.verify(message)
         except FedgeError as e:
-            log.error("refusing manifest for model %s… weights v%d (key id %s): %s; keeping "
-                      "model %s weights v%s", m.model_sha256[:12], m.weights_version, m.key_id,
-                      e, f"{self.model_sha[:12]}…" if self.model_sha else "(none)", self.version)
+            log.error("refusing %s (key id %s): %s; %s", self._describe(message),
+                      message.key_id or "-", e, self._keeping(message))
             return False
         return True
+
+    def _describe(self, message: SignedMessage) -> str:
+        if isinstance(message, Manifest):
+            return (f"manifest for model {message.model_sha256[:12]}… weights "
+                    f"v{message.weights_version}")
+        if isinstance(message, Round):
+            h = message.hyperparameters
+            return (f"round {message.round_id} of run {message.run_id or '-'} (epochs "
+                    f"{h.epochs}, learning rate {h.learning_rate:g})")
+        assert isinstance(message, Reply)
+        return (f"reply for round {message.round_id} "
+                f"({'accepted' if message.accepted else 'not counted: ' + message.reason})")
+
+    def _keeping(self, message: SignedMessage) -> str:
+        if isinstance(message, Manifest):
+            return (f"keeping model {f'{self.model_sha[:12]}…' if self.model_sha else '(none)'}"
+                    f" weights v{self.version}")
+        if isinstance(message, Round):
+            return "not training it"
+        return "the update stays pending"
 
     def _on_transfer(self, kind: str, payload: bytes) -> None:
         m = self.manifest
@@ -367,7 +471,7 @@ class EdgeClient:
 
     # -- rounds -----------------------------------------------------------------
     def _on_round(self, r: Round) -> None:
-        if r.federation == self.s.topics.federation:
+        if r.federation == self.s.topics.federation and self._trusted(r):
             self.round = r
 
     def _participate(self) -> None:
@@ -440,7 +544,8 @@ class EdgeClient:
         p = self._pending
         if p is None or reply.nonce != p.update.nonce or reply.run_id != p.update.run_id:
             return
-        self._close(p, reply.accepted, reply.reason)
+        if self._trusted(reply):
+            self._close(p, reply.accepted, reply.reason)
 
     def _close(self, p: _Pending, accepted: bool, reason: str) -> None:
         rid = p.update.round_id

@@ -18,7 +18,7 @@ from edge_client.files import hold_lock
 from edge_client.model import TrainableModel
 from edge_client.normalise import NormStats, compute_norm_stats, normalise
 from edge_client.probe import probe_model
-from edge_client.protocol import Manifest, Presence, Topics
+from edge_client.protocol import Presence, SignedMessage, Topics
 from edge_client.runtime import interpreter_class
 from edge_client.state import NORMALISATION_FILE, StateDir
 from edge_client.training import LocalSplit, Trainer
@@ -74,15 +74,16 @@ def keep_norm_stats(state: StateDir, stats: NormStats | None) -> None:
     state.write(NORMALISATION_FILE, stats.to_json().encode())
 
 
-def manifest_verifier(config: ClientConfig) -> Callable[[Manifest], None] | None:
+def signature_verifier(config: ClientConfig) -> Callable[[SignedMessage], None] | None:
     """The signature check of ``--verify-key``, or None (with a warning) without it.
 
     Raises:
         ConfigError: the key file is unusable, or ``cryptography`` is not installed.
     """
     if config.verify_key is None:
-        log.warning("manifests are NOT verified: pass --verify-key with the aggregator's "
-                    "signing.pub to refuse a model or weights it did not sign")
+        log.warning("manifests, rounds and replies are NOT verified: pass --verify-key with "
+                    "the aggregator's signing.pub to refuse a model, weights, round or reply "
+                    "it did not sign")
         return None
     try:  # optional on a device: only needed to verify
         from edge_client import signing
@@ -90,7 +91,8 @@ def manifest_verifier(config: ClientConfig) -> Callable[[Manifest], None] | None
         raise ConfigError(f"--verify-key needs the cryptography package ({e}): "
                           "pip install cryptography") from None
     trusted = signing.load_trusted_keys(config.verify_key)
-    log.info("manifests must be signed by key id %s", " or ".join(trusted.ids))
+    log.info("manifests, rounds and replies must be signed by key id %s",
+             " or ".join(trusted.ids))
     return trusted.verify
 
 
@@ -107,13 +109,13 @@ def run_client(config: ClientConfig, stop: threading.Event) -> int:
     """
     for warning in check_exposure(config):
         log.warning("%s", warning)
-    verify = manifest_verifier(config)  # a bad key stops the start before the state dir
+    verify = signature_verifier(config)  # a bad key stops the start before the state dir
     with hold_lock(config.state_dir, "--state-dir", "fedge-client"):
         return _run(config, stop, verify)
 
 
 def _run(config: ClientConfig, stop: threading.Event,
-         verify: Callable[[Manifest], None] | None) -> int:
+         verify: Callable[[SignedMessage], None] | None) -> int:
     """:func:`run_client` once this process holds the state directory."""
     state = StateDir(config.state_dir)
     client_id = state.client_id(config.client_id)
@@ -139,7 +141,7 @@ def _run(config: ClientConfig, stop: threading.Event,
     ))
     settings = ClientSettings(client_id=client_id, topics=topics, max_payload=config.max_payload,
                               once=config.once, max_rounds=config.max_rounds,
-                              presence=presence, verify_manifest=verify)
+                              presence=presence, verify=verify)
 
     def load_model(blob: bytes) -> Trainer:
         return TrainableModel(blob, num_threads=config.threads)

@@ -5,7 +5,7 @@ Every error that ``edge_client`` and ``aggregator`` raise about what they were g
 was wrong and where (file, line, topic, field, flag); a broken invariant of the code
 itself stays a plain ``ValueError`` or ``TypeError``. The subclasses live next to the
 code that raises them (``MalformedMessage`` and ``InvalidTopic`` in the protocol,
-``ChunkRejected`` in ``transfer``, ``ManifestRejected`` in ``signing``, ``TransportError``
+``ChunkRejected`` in ``transfer``, ``SignatureRejected`` in ``signing``, ``TransportError``
 in ``transport``); tools add their own (``FederationError``). ``models`` imports nothing
 from the rest of fedge, so its errors (``ExportError``, ``ArchitectureError``) are not
 part of this tree.

@@ -1,10 +1,13 @@
-"""Ed25519 signatures over manifests: the global model and weights come from the aggregator.
+"""Ed25519 signatures over what the aggregator publishes and a device acts on.
 
-The aggregator signs :meth:`Manifest.signed_bytes` (the canonical encoding with
-``signature = null``); the manifest names the SHA-256 of the model file and of the
-global weights, so one signature covers both. A device trusts one or more public
-keys (several during a key rotation) and refuses a manifest that is unsigned, names
-a key id it does not know, or whose signature does not verify.
+The aggregator signs the manifest, the round announcement and each reply
+(:class:`~edge_client.protocol.SignedMessage`: the signature covers
+:meth:`~edge_client.protocol.SignedMessage.signed_bytes`, the canonical encoding with
+``signature = null``). The manifest names the SHA-256 of the model file and of the
+global weights, so its signature covers both; the round's covers its hyperparameters,
+deadline and selection; a reply's its verdict on one update (by nonce). A device
+trusts one or more public keys (several during a key rotation) and refuses a message
+that is unsigned, names a key id it does not know, or whose signature does not verify.
 
 A key id is the first 16 hex digits of the SHA-256 of the raw 32-byte public key.
 Keys are PEM files: PKCS#8 for the private key, SubjectPublicKeyInfo for public
@@ -23,19 +26,21 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from edge_client.errors import ConfigError, ValidationError
-from edge_client.protocol import Manifest
+from edge_client.protocol import SignedMessage
 
 _PEM_PUBLIC = re.compile(rb"-----BEGIN PUBLIC KEY-----.+?-----END PUBLIC KEY-----", re.DOTALL)
+S = TypeVar("S", bound=SignedMessage)
 
 
-class ManifestRejected(ValidationError):
-    """A manifest whose signature is missing, made by an unknown key, or wrong."""
+class SignatureRejected(ValidationError):
+    """A signed message whose signature is missing, made by an unknown key, or wrong."""
 
 
 def key_id(public: Ed25519PublicKey) -> str:
@@ -57,13 +62,15 @@ class SigningKey:
 
     @property
     def key_id(self) -> str:
-        """The id manifests signed with this key carry."""
+        """The id messages signed with this key carry."""
         return key_id(self.private.public_key())
 
-    def sign(self, manifest: Manifest) -> Manifest:
-        """``manifest`` with this key's id and an Ed25519 signature over its signed bytes."""
-        unsigned = dataclasses.replace(manifest, key_id=self.key_id, signature=None)
-        return dataclasses.replace(unsigned, signature=self.private.sign(unsigned.signed_bytes()))
+    def sign(self, message: S) -> S:
+        """``message`` with this key's id and an Ed25519 signature over its signed bytes."""
+        unsigned = dataclasses.replace(message, key_id=self.key_id,  # type: ignore[type-var]
+                                       signature=None)
+        return dataclasses.replace(unsigned,  # type: ignore[type-var]
+                                   signature=self.private.sign(unsigned.signed_bytes()))
 
     def private_pem(self) -> bytes:
         """The private key, PKCS#8 PEM, unencrypted (protect the file: mode 0600)."""
@@ -79,7 +86,7 @@ class SigningKey:
 
 @dataclass(frozen=True)
 class TrustedKeys:
-    """The public keys a device accepts manifests from, by key id."""
+    """The public keys a device accepts signed messages from, by key id."""
 
     keys: Mapping[str, Ed25519PublicKey]
 
@@ -93,24 +100,26 @@ class TrustedKeys:
         """The trusted key ids, sorted."""
         return tuple(sorted(self.keys))
 
-    def verify(self, manifest: Manifest) -> None:
-        """Checks that a trusted key signed ``manifest``.
+    def verify(self, message: SignedMessage) -> None:
+        """Checks that a trusted key signed ``message`` (a manifest, round or reply).
 
         Raises:
-            ManifestRejected: unsigned, signed by an unknown key id, or a bad signature.
+            SignatureRejected: unsigned, signed by an unknown key id, or a bad signature;
+                the message names the kind.
         """
-        if manifest.signature is None:
-            raise ManifestRejected("manifest is not signed")
-        public = self.keys.get(manifest.key_id)
+        kind = message.KIND
+        if message.signature is None:
+            raise SignatureRejected(f"{kind} is not signed")
+        public = self.keys.get(message.key_id)
         if public is None:
-            raise ManifestRejected(f"manifest is signed by unknown key id {manifest.key_id!r} "
-                                   f"(trusted: {', '.join(self.ids)})")
+            raise SignatureRejected(f"{kind} is signed by unknown key id {message.key_id!r} "
+                                    f"(trusted: {', '.join(self.ids)})")
         try:
-            public.verify(manifest.signature, manifest.signed_bytes())
+            public.verify(message.signature, message.signed_bytes())
         except InvalidSignature:
-            raise ManifestRejected(f"manifest signature does not verify with key id "
-                                   f"{manifest.key_id} (altered, or signed by another key)"
-                                   ) from None
+            raise SignatureRejected(f"{kind} signature does not verify with key id "
+                                    f"{message.key_id} (altered, or signed by another key)"
+                                    ) from None
 
 
 def load_signing_key(path: Path, what: str = "--signing-key") -> SigningKey:

@@ -156,6 +156,11 @@ class Reassembler:
             return None
         return self._finish(key, transfer)
 
+    def drop(self, sender: str, transfer_id: str) -> None:
+        """Forget the incomplete transfer ``transfer_id`` of ``sender`` (if any), e.g. one
+        whose first chunk lied about its size: the next chunk starts it afresh."""
+        self._open.pop((sender, transfer_id), None)
+
     def expire(self, now: float) -> list[tuple[str, str]]:
         """Drop incomplete transfers older than the timeout; return their (sender, id)."""
         old = [k for k, t in self._open.items() if now - t.started > self.limits.timeout]

@@ -10,7 +10,7 @@ import hashlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pytest
@@ -20,6 +20,7 @@ from edge_client.protocol import (
     Manifest,
     Reply,
     Round,
+    SignedMessage,
     Topics,
     Update,
     Weights,
@@ -29,6 +30,7 @@ from edge_client.transfer import Reassembler, split
 from edge_client.transport import Transport, TransportError
 
 FEATURES = 4
+S = TypeVar("S", bound=SignedMessage)
 
 
 @pytest.fixture(scope="session")
@@ -62,6 +64,8 @@ class ScriptedAggregator:
     deadline_s: float = 60.0
     codec: str = "fp32"
     max_payload: int = 128 * 1024
+    #: an edge_client.signing.SigningKey: signs manifest, round and replies as the real one
+    signing_key: Any = None
     updates: list[Update] = field(default_factory=list)
     completions: int = 0
     chunks_seen: int = 0
@@ -72,25 +76,39 @@ class ScriptedAggregator:
         return hashlib.sha256(self.model).hexdigest()
 
     def publish_all(self, round_id: int = 1, epochs: int = 2) -> None:
-        t, tp = self.transport, self.topics
-        chunks = split(self.model, self.sha, max_payload=self.max_payload)
+        self.publish_model()
+        self.publish_weights()
+        self.publish_manifest_and_round(round_id, epochs)
+
+    @property
+    def weights_payload(self) -> bytes:
+        return Weights(federation=self.topics.federation, version=0, tensors=tuple(
+            quantize(n, v, "fp32") for n, v in self.weights.items())).encode()
+
+    def publish_model(self) -> None:
+        for i, chunk in enumerate(split(self.model, self.sha, max_payload=self.max_payload)):
+            self.transport.publish(self.topics.model_chunk(self.sha, i), chunk, retain=True)
+
+    def publish_weights(self) -> None:
+        chunks = split(self.weights_payload, "weights-0", max_payload=self.max_payload)
         for i, chunk in enumerate(chunks):
-            t.publish(tp.model_chunk(self.sha, i), chunk, retain=True)
-        w = Weights(federation=tp.federation, version=0, tensors=tuple(
-            quantize(n, v, "fp32") for n, v in self.weights.items()))
-        wbytes = w.encode()
-        for i, chunk in enumerate(split(wbytes, "weights-0", max_payload=self.max_payload)):
-            t.publish(tp.weights_chunk(0, i), chunk, retain=True)
-        t.publish(tp.manifest(), Manifest(
+            self.transport.publish(self.topics.weights_chunk(0, i), chunk, retain=True)
+
+    def publish_manifest_and_round(self, round_id: int = 1, epochs: int = 2) -> None:
+        t, tp = self.transport, self.topics
+        t.publish(tp.manifest(), self.sign(Manifest(
             federation=tp.federation, model_sha256=self.sha, model_size=len(self.model),
-            weights_version=0, weights_sha256=hashlib.sha256(wbytes).hexdigest(),
-            round_id=round_id, codec="fp32", key_id="test").encode(), retain=True)
-        t.publish(tp.round(), Round(
+            weights_version=0, weights_sha256=hashlib.sha256(self.weights_payload).hexdigest(),
+            round_id=round_id, codec="fp32", key_id="test")).encode(), retain=True)
+        t.publish(tp.round(), self.sign(Round(
             federation=tp.federation, round_id=round_id, weights_version=0,
             model_sha256=self.sha, deadline=time.time() + self.deadline_s,
             hyperparameters=Hyperparameters(epochs=epochs, batch_size=8, learning_rate=0.1),
             codec=self.codec, selected=self.selected,
-            fraction=None if self.selected else 1.0).encode(), retain=True)
+            fraction=None if self.selected else 1.0)).encode(), retain=True)
+
+    def sign(self, message: S) -> S:
+        return message if self.signing_key is None else self.signing_key.sign(message)
 
     def collect(self, n: int, timeout: float, on_chunk: Callable[[], None] | None = None
                 ) -> list[Update]:
@@ -112,9 +130,9 @@ class ScriptedAggregator:
             update = Update.decode(payload)
             if all(u.nonce != update.nonce for u in self.updates):
                 self.updates.append(update)
-            reply = Reply(federation=update.federation, round_id=update.round_id,
-                          run_id=update.run_id,
-                          client_id=update.client_id, nonce=update.nonce, accepted=True)
+            reply = self.sign(Reply(federation=update.federation, round_id=update.round_id,
+                                    run_id=update.run_id, client_id=update.client_id,
+                                    nonce=update.nonce, accepted=True))
             # not connected right now: the reply is queued and sent after the reconnect
             with contextlib.suppress(TransportError):
                 self.transport.publish(self.topics.reply(update.client_id), reply.encode())

@@ -57,7 +57,7 @@ from edge_client.quantize import quantize, quantize_update
 from edge_client.signing import SigningKey, load_signing_key, load_trusted_keys
 from edge_client.state import StateDir
 from edge_client.training import LocalSplit
-from edge_client.transfer import split
+from edge_client.transfer import Reassembler, split
 from edge_client.transport import BrokerConfig, MqttTransport
 from tools import provision
 from tools.runtime.broker import MosquittoBroker, free_port, mosquitto_available
@@ -305,7 +305,7 @@ def test_a_device_with_its_certificate_takes_part_in_a_signed_round_over_tls(
             assert client.returncode == 0, client.stderr[-3000:]
             run.wait_finished()
         key_id = load_signing_key(fed.out / "aggregator" / "signing.key").key_id
-    assert f"manifests must be signed by key id {key_id}" in client.stderr
+    assert f"manifests, rounds and replies must be signed by key id {key_id}" in client.stderr
     assert "round 1: update accepted" in client.stderr and "refusing" not in client.stderr
     (line,) = run.service.store.history()
     assert line["participants"] == ["dev-1"] and line["outcome"] == "aggregated"
@@ -344,11 +344,12 @@ def publish_global(t: MqttTransport, topics: Topics, model: bytes,
     return manifest
 
 
-def announce(t: MqttTransport, topics: Topics, round_id: int, model_sha: str) -> None:
-    t.publish(topics.round(), Round(
+def announce(t: MqttTransport, topics: Topics, round_id: int, model_sha: str,
+             key: SigningKey) -> None:
+    t.publish(topics.round(), key.sign(Round(
         federation=FEDERATION, round_id=round_id, weights_version=0, model_sha256=model_sha,
         deadline=time.time() + 60, codec="fp32", fraction=1.0,
-        hyperparameters=Hyperparameters(epochs=1, batch_size=8, learning_rate=0.1)).encode(),
+        hyperparameters=Hyperparameters(epochs=1, batch_size=8, learning_rate=0.1))).encode(),
         retain=True)
 
 
@@ -375,13 +376,13 @@ def test_a_tampered_global_model_is_refused_and_the_device_keeps_the_old_one(
     with provisioned(devices="dev-1") as fed:
         t = fed.transport("aggregator", manual_ack=True, durable=False)
         t.subscribe(fed.topics.update_filter())
-        agg = ScriptedAggregator(t, fed.topics, logreg_file, {})
+        key = load_signing_key(fed.out / "aggregator" / "signing.key")
+        agg = ScriptedAggregator(t, fed.topics, logreg_file, {}, signing_key=key)
         genuine = publish_global(t, fed.topics, logreg_file,
-                                 TrainableModel(logreg_file).get_weights(),
-                                 load_signing_key(fed.out / "aggregator" / "signing.key"))
-        announce(t, fed.topics, 1, genuine.model_sha256)
+                                 TrainableModel(logreg_file).get_weights(), key)
+        announce(t, fed.topics, 1, genuine.model_sha256, key)
         settings = ClientSettings(
-            client_id="dev-1", topics=fed.topics, max_rounds=2, verify_manifest=load_trusted_keys(
+            client_id="dev-1", topics=fed.topics, max_rounds=2, verify=load_trusted_keys(
                 fed.party("dev-1") / "signing.pub").verify)
         client = EdgeClient(settings, fed.transport("dev-1", durable=False),
                             StateDir(tmp_path / "dev"), LocalSplit.of(x, y, seed=0),
@@ -396,7 +397,7 @@ def test_a_tampered_global_model_is_refused_and_the_device_keeps_the_old_one(
                 t.publish(fed.topics.model_chunk(forged.model_sha256, i), chunk, retain=True)
             t.publish(fed.topics.manifest(), forged.encode(), retain=True)
             assert watch.seen.wait(30), "the forged manifest was not refused"
-            announce(t, fed.topics, 2, genuine.model_sha256)
+            announce(t, fed.topics, 2, genuine.model_sha256, key)
             _, second = agg.collect(2, timeout=60)
             thread.join(30)
         finally:
@@ -409,6 +410,81 @@ def test_a_tampered_global_model_is_refused_and_the_device_keeps_the_old_one(
     assert (tmp_path / "dev" / "model.tflite").read_bytes() == logreg_file
     assert reason in watch.lines[0] and f"keeping model {genuine.model_sha256[:12]}" in (
         watch.lines[0])
+
+
+def forged_round(round_id: int, model_sha: str) -> Round:
+    """A round an attacker would like devices to train: many epochs at a wild rate."""
+    return Round(federation=FEDERATION, round_id=round_id, weights_version=0,
+                 model_sha256=model_sha, deadline=time.time() + 60, codec="fp32", fraction=1.0,
+                 hyperparameters=Hyperparameters(epochs=3, batch_size=8, learning_rate=999.0))
+
+
+def test_a_verifying_device_refuses_forged_rounds_and_replies_and_trains_the_real_one(
+        logreg_file: bytes, tmp_path: Path) -> None:
+    """Issue 14 finding 3: with --verify-key, a forged round was trained in full and its id
+    marked done, so the real round was skipped; a forged reply would drop a real update."""
+    refused = LogWatch("refusing")
+    logging.getLogger("edge_client.client").addHandler(refused)
+    x, y = linear_data(40, seed=6)
+    with provisioned(devices="dev-1") as fed:
+        key = load_signing_key(fed.out / "aggregator" / "signing.key")
+        t = fed.transport("aggregator", manual_ack=True, durable=False)
+        t.subscribe(fed.topics.update_filter())
+        genuine = publish_global(t, fed.topics, logreg_file,
+                                 TrainableModel(logreg_file).get_weights(), key)
+        settings = ClientSettings(
+            client_id="dev-1", topics=fed.topics, max_rounds=1, verify=load_trusted_keys(
+                fed.party("dev-1") / "signing.pub").verify)
+        client = EdgeClient(settings, fed.transport("dev-1", durable=False),
+                            StateDir(tmp_path / "dev"), LocalSplit.of(x, y, seed=0),
+                            TrainableModel, rng=np.random.default_rng(0))
+        codes: list[int] = []
+        thread = threading.Thread(target=lambda: codes.append(client.run(threading.Event())))
+        thread.start()
+        chunks = Reassembler()
+
+        def next_update(timeout: float) -> Update | None:
+            end = time.monotonic() + timeout
+            while time.monotonic() < end:
+                msg = t.get(timeout=0.2)
+                if msg is None:
+                    continue
+                payload = chunks.accept("dev-1", msg.payload, time.time())
+                t.ack(msg)
+                if payload is not None:
+                    return Update.decode(payload)
+            return None
+
+        try:
+            t.publish(fed.topics.round(), forged_round(1, genuine.model_sha256).encode(),
+                      retain=True)
+            assert refused.seen.wait(15), "the unsigned round was not refused"
+            assert next_update(2.0) is None, "the device trained the forged round"
+            real = dataclasses.replace(forged_round(1, genuine.model_sha256), hyperparameters=(
+                Hyperparameters(epochs=1, batch_size=8, learning_rate=0.1)))
+            t.publish(fed.topics.round(), key.sign(real).encode(), retain=True)
+            update = next_update(30.0)
+            assert update is not None and update.round_id == 1, "the real round was skipped"
+            answer = Reply(federation=FEDERATION, round_id=1, client_id="dev-1",
+                           nonce=update.nonce, accepted=False, reason="forged: go away")
+            t.publish(fed.topics.reply("dev-1"), answer.encode())
+            t.publish(fed.topics.reply("dev-1"),
+                      SigningKey.generate().sign(answer).encode())
+            end = time.monotonic() + 15
+            while len(refused.lines) < 3 and time.monotonic() < end:
+                time.sleep(0.05)
+            assert len(refused.lines) == 3, refused.lines
+            t.publish(fed.topics.reply("dev-1"), key.sign(dataclasses.replace(
+                answer, accepted=True, reason="")).encode())
+            thread.join(30)
+        finally:
+            logging.getLogger("edge_client.client").removeHandler(refused)
+            client.t.stop()  # type: ignore[attr-defined]
+            t.stop()
+    assert codes == [0] and client.results == [(1, True, "")]
+    assert "round 1" in refused.lines[0] and "not signed" in refused.lines[0]
+    assert all("reply" in line for line in refused.lines[1:])
+    assert "unknown key id" in refused.lines[-1]
 
 
 # -- replay and staleness ------------------------------------------------------------

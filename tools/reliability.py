@@ -139,7 +139,7 @@ LIMITS = """\
   device's topic with that device's id is indistinguishable from it; the real device's
   own update is then refused as `duplicate`. Give each device its own MQTT identity
   (password or mTLS with `use_identity_as_username true`) and an ACL such as
-  `pattern write fedge/v2/+/update/%u` and `pattern write fedge/v2/+/presence/%u`.
+  `pattern write fedge/v3/+/update/%u` and `pattern write fedge/v3/+/presence/%u`.
 * **The intake caps are shared.** `--max-transfers` and `--max-buffered-bytes` bound
   memory for all devices together, and without ACLs any connection can use made-up
   client ids, so a flood of partial transfers can hold every slot until

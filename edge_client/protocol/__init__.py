@@ -1,7 +1,7 @@
 """The fedge wire format: every MQTT topic and every message payload.
 
 Nothing else in the repository builds topic strings or payload bytes. Topics live
-under ``{prefix}/v2/{federation}/...`` (see :class:`Topics`). Every message is a
+under ``{prefix}/v3/{federation}/...`` (see :class:`Topics`). Every message is a
 frozen dataclass encoded as one canonical CBOR map that carries the protocol
 version ``v`` and the message ``kind``; decoding is strict and raises only
 :class:`~edge_client.errors.ProtocolError` subclasses whose text names the field.
@@ -68,6 +68,7 @@ from edge_client.protocol.messages import (
     Presence,
     Reply,
     Round,
+    SignedMessage,
     Status,
     TensorSet,
     Update,
@@ -111,6 +112,7 @@ __all__ = [
     "ProtocolError",
     "Reply",
     "Round",
+    "SignedMessage",
     "Status",
     "Tensor",
     "TensorSet",

@@ -11,7 +11,7 @@ import typing
 
 from edge_client.errors import ProtocolError
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 DEFAULT_PREFIX = "fedge"
 CODECS = ("fp32", "fp16", "int8")
 CODEC_DTYPES = {"fp32": "float32", "fp16": "float16", "int8": "int8"}

@@ -101,6 +101,26 @@ class Message:
         return built
 
 
+class SignedMessage(Message):
+    """A message the aggregator signs and a verifying device acts on only when a trusted key
+    signed it: the manifest, the round announcement and the reply (see
+    ``edge_client.signing``). Each has ``key_id`` and ``signature`` fields."""
+
+    key_id: str
+    signature: bytes | None
+
+    def signed_bytes(self) -> bytes:
+        """The canonical bytes a signature covers: the encoding with ``signature=None``."""
+        return dataclasses.replace(self, signature=None).encode()  # type: ignore[type-var]
+
+
+def _signature_fields(key_id: str, signature: bytes | None, *, required: bool) -> None:
+    if key_id or required:
+        _id_field(key_id, "key_id")
+    _check(signature is None or 0 < len(signature) <= 1024, "signature",
+           "must be 1-1024 bytes or null")
+
+
 @dataclass(frozen=True)
 class Hyperparameters:
     """Local training settings of a round."""
@@ -118,7 +138,7 @@ class Hyperparameters:
 
 
 @dataclass(frozen=True)
-class Manifest(Message):
+class Manifest(SignedMessage):
     """Retained description of the current global model; signed by the aggregator.
 
     Attributes:
@@ -155,13 +175,7 @@ class Manifest(Message):
         _sha_field(self.weights_sha256, "weights_sha256")
         _range(self.round_id, "round_id", 0, 2**53)
         _codec(self.codec)
-        _id_field(self.key_id, "key_id")
-        _check(self.signature is None or 0 < len(self.signature) <= 1024, "signature",
-               "must be 1-1024 bytes or null")
-
-    def signed_bytes(self) -> bytes:
-        """The canonical bytes a signature covers: the encoding with ``signature=None``."""
-        return dataclasses.replace(self, signature=None).encode()
+        _signature_fields(self.key_id, self.signature, required=True)
 
 
 @dataclass(frozen=True)
@@ -181,8 +195,9 @@ class Weights(Message):
 
 
 @dataclass(frozen=True)
-class Round(Message):
-    """Retained announcement of the open round.
+class Round(SignedMessage):
+    """Retained announcement of the open round; signed like the manifest (``key_id`` is
+    empty and ``signature`` null when the aggregator has no signing key).
 
     Exactly one of ``selected`` (explicit client ids) and ``fraction`` (clients select
     themselves with :meth:`selects`) is set.
@@ -199,10 +214,13 @@ class Round(Message):
     selected: tuple[str, ...] | None = None
     fraction: float | None = None
     run_id: str = ""
+    key_id: str = ""
+    signature: bytes | None = None
 
     def _check(self) -> None:
         _id_field(self.federation, "federation")
         _run_id(self.run_id)
+        _signature_fields(self.key_id, self.signature, required=False)
         _range(self.round_id, "round_id", 0, 2**53)
         _range(self.weights_version, "weights_version", 0, 2**53)
         _sha_field(self.model_sha256, "model_sha256")
@@ -292,8 +310,9 @@ class Update(Message):
 
 
 @dataclass(frozen=True)
-class Reply(Message):
-    """The aggregator's answer to one update."""
+class Reply(SignedMessage):
+    """The aggregator's answer to one update; signed like the manifest when the aggregator
+    has a signing key."""
 
     KIND: ClassVar[str] = "reply"
     federation: str
@@ -303,10 +322,13 @@ class Reply(Message):
     accepted: bool
     reason: str = ""
     run_id: str = ""
+    key_id: str = ""
+    signature: bytes | None = None
 
     def _check(self) -> None:
         _id_field(self.federation, "federation")
         _run_id(self.run_id)
+        _signature_fields(self.key_id, self.signature, required=False)
         _range(self.round_id, "round_id", 0, 2**53)
         _id_field(self.client_id, "client_id")
         _check(8 <= len(self.nonce) <= 64, "nonce", "must be 8-64 bytes")

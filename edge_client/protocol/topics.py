@@ -1,6 +1,6 @@
 """The topic tree: every topic and subscription filter of a federation, and strict parsing.
 
-Topics live under ``{prefix}/v2/{federation}/...``; ids in them are safe ids
+Topics live under ``{prefix}/v3/{federation}/...``; ids in them are safe ids
 (:func:`~edge_client.protocol.ids.check_id`) so no id can add a level or a wildcard.
 """
 
@@ -114,7 +114,7 @@ class Topics:
 
     @property
     def base(self) -> str:
-        """``{prefix}/v2/{federation}``."""
+        """``{prefix}/v3/{federation}``."""
         return f"{self.prefix}/v{PROTOCOL_VERSION}/{self.federation}"
 
     def manifest(self) -> str:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,8 @@ from edge_client.client import ClientSettings, EdgeClient
 from edge_client.errors import ModelError
 from edge_client.model import TrainableModel
 from edge_client.probe import probe_model
-from edge_client.protocol import Topics
+from edge_client.protocol import Chunk, Topics
+from edge_client.signing import SigningKey, TrustedKeys
 from edge_client.state import StateDir
 from edge_client.training import LocalSplit, train_round
 from edge_client.transport import BrokerConfig, MqttTransport
@@ -172,6 +175,63 @@ def _local_file(path: Path) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]
     x, y = linear_data(50, seed=5)
     np.savez(path, x=x, y=y)
     return x, y
+
+
+def _junk_chunks(topics: Topics, count: int, *, sha256: str | None = None,
+                 transfer_id: str = "junk") -> list[tuple[str, bytes]]:
+    """Incomplete transfers on the weights topics (2 chunks declared, 1 sent each)."""
+    return [(topics.weights_chunk(0, i), Chunk(
+        transfer_id=f"{transfer_id}-{i}" if transfer_id == "junk" else transfer_id, index=0,
+        count=2, total_size=64, sha256=sha256 or hashlib.sha256(b"%d" % i).hexdigest(),
+        data=b"x" * 32).encode()) for i in range(count)]
+
+
+@pytest.mark.broker
+@pytest.mark.parametrize("junk", ["unnamed hashes", "the manifest's hash"])
+def test_junk_chunks_cannot_keep_a_verifying_client_from_its_weights(
+    broker: MosquittoBroker, namespace: str, tmp_path: Path, logreg_file: bytes,
+    make_aggregator: Any, junk: str,
+) -> None:
+    """Issue 14 finding 5: ten junk chunks on the weights topics filled a verifying client's
+    4 reassembly slots ("sender aggregator already has 4 transfers in progress") and it never
+    got the weights. Junk under the manifest's own weights hash, but another transfer id or
+    a first chunk that lies about the size, cannot block them either."""
+    key = SigningKey.generate()
+    t = MqttTransport(BrokerConfig(url=broker.url, client_id=f"{namespace}-agg",
+                                   manual_ack=True)).start(wait=10)
+    agg = make_aggregator(transport=t, topics=Topics(namespace), model=logreg_file,
+                          weights=TrainableModel(logreg_file).get_weights(), signing_key=key)
+    t.subscribe(agg.topics.update_filter())
+    agg.publish_model()
+    agg.publish_manifest_and_round()
+    x, y = linear_data(40, seed=3)
+    settings = ClientSettings(client_id="dev1", topics=agg.topics, once=True,
+                              verify=TrustedKeys.of(key.private.public_key()).verify)
+    client = EdgeClient(settings, MqttTransport(BrokerConfig(
+        url=broker.url, client_id=f"{namespace}-dev1")).start(wait=10),
+        StateDir(tmp_path / "dev"), LocalSplit.of(x, y, seed=0), TrainableModel,
+        rng=np.random.default_rng(0))
+    thread, codes = _run_in_thread(client)
+    try:
+        end = time.monotonic() + 30
+        while client.model is None or agg.topics.weights_filter(0) not in client._subscribed:
+            assert time.monotonic() < end, "the client did not load the model"
+            time.sleep(0.05)
+        digest = hashlib.sha256(agg.weights_payload).hexdigest()
+        chunks = (_junk_chunks(agg.topics, 10) if junk == "unnamed hashes" else
+                  _junk_chunks(agg.topics, 5, sha256=digest)
+                  + _junk_chunks(agg.topics, 1, sha256=digest, transfer_id="weights-0"))
+        for topic, payload in chunks:
+            t.publish(topic, payload)
+        time.sleep(0.5)  # the junk is in before the real chunks
+        agg.publish_weights()
+        updates = agg.collect(1, timeout=30)
+        thread.join(30)
+    finally:
+        client.t.stop()  # type: ignore[attr-defined]
+        t.stop()
+    assert len(updates) == 1, "the junk kept the client from the weights"
+    assert codes == [0]
 
 
 @pytest.mark.broker

@@ -214,11 +214,12 @@ def _rejects(cls: type[Message], body: Any, *fragments: str) -> ProtocolError:
 
 
 def test_unknown_version_is_a_clear_error() -> None:
-    body = _body("presence") | {"v": 3}
-    error = _rejects(Presence, body, "presence.v", "version 3")
+    body = _body("presence") | {"v": 4}
+    error = _rejects(Presence, body, "presence.v", "version 4")
     assert isinstance(error, UnsupportedVersion)
-    old = _rejects(Presence, body | {"v": 1}, "presence.v", "version 1")  # before runs
-    assert isinstance(old, UnsupportedVersion)
+    for before in (1, 2):  # before runs; before signed rounds and replies
+        old = _rejects(Presence, body | {"v": before}, "presence.v", f"version {before}")
+        assert isinstance(old, UnsupportedVersion)
     _rejects(Presence, body | {"v": 2.0}, "presence.v")
 
 
@@ -309,27 +310,27 @@ def test_round_selection_by_fraction_is_deterministic_and_proportional() -> None
 
 def test_topic_tree() -> None:
     topics = Topics("cardio")
-    assert topics.manifest() == "fedge/v2/cardio/manifest"
-    assert topics.round() == "fedge/v2/cardio/round"
-    assert topics.model_chunk(SHA_A, 3) == f"fedge/v2/cardio/model/{SHA_A}/3"
-    assert topics.weights_chunk(7, 0) == "fedge/v2/cardio/weights/7/0"
-    assert topics.presence("w1") == "fedge/v2/cardio/presence/w1"
-    assert topics.update("w1") == "fedge/v2/cardio/update/w1"
-    assert topics.reply("w1") == "fedge/v2/cardio/reply/w1"
-    assert topics.update_filter("aggs") == "$share/aggs/fedge/v2/cardio/update/+"
-    assert topics.weights_chunks(7, 2) == ["fedge/v2/cardio/weights/7/0",
-                                           "fedge/v2/cardio/weights/7/1"]
-    assert Topics("cardio", "org/fl").everything() == "org/fl/v2/cardio/#"
+    assert topics.manifest() == "fedge/v3/cardio/manifest"
+    assert topics.round() == "fedge/v3/cardio/round"
+    assert topics.model_chunk(SHA_A, 3) == f"fedge/v3/cardio/model/{SHA_A}/3"
+    assert topics.weights_chunk(7, 0) == "fedge/v3/cardio/weights/7/0"
+    assert topics.presence("w1") == "fedge/v3/cardio/presence/w1"
+    assert topics.update("w1") == "fedge/v3/cardio/update/w1"
+    assert topics.reply("w1") == "fedge/v3/cardio/reply/w1"
+    assert topics.update_filter("aggs") == "$share/aggs/fedge/v3/cardio/update/+"
+    assert topics.weights_chunks(7, 2) == ["fedge/v3/cardio/weights/7/0",
+                                           "fedge/v3/cardio/weights/7/1"]
+    assert Topics("cardio", "org/fl").everything() == "org/fl/v3/cardio/#"
 
 
 @pytest.mark.parametrize("topic, ref", [
-    ("fedge/v2/f/manifest", TopicRef("manifest", "f")),
-    ("fedge/v2/f/round", TopicRef("round", "f")),
-    (f"fedge/v2/f/model/{SHA_A}/12", TopicRef("model", "f", sha256=SHA_A, index=12)),
-    ("fedge/v2/f/weights/7/0", TopicRef("weights", "f", version=7, index=0)),
-    ("fedge/v2/f/presence/c-1", TopicRef("presence", "f", client_id="c-1")),
-    ("fedge/v2/f/update/c.1", TopicRef("update", "f", client_id="c.1")),
-    ("fedge/v2/f/reply/C_1", TopicRef("reply", "f", client_id="C_1")),
+    ("fedge/v3/f/manifest", TopicRef("manifest", "f")),
+    ("fedge/v3/f/round", TopicRef("round", "f")),
+    (f"fedge/v3/f/model/{SHA_A}/12", TopicRef("model", "f", sha256=SHA_A, index=12)),
+    ("fedge/v3/f/weights/7/0", TopicRef("weights", "f", version=7, index=0)),
+    ("fedge/v3/f/presence/c-1", TopicRef("presence", "f", client_id="c-1")),
+    ("fedge/v3/f/update/c.1", TopicRef("update", "f", client_id="c.1")),
+    ("fedge/v3/f/reply/C_1", TopicRef("reply", "f", client_id="C_1")),
 ])
 def test_parse_topic(topic: str, ref: TopicRef) -> None:
     assert parse_topic(topic) == ref
@@ -337,10 +338,10 @@ def test_parse_topic(topic: str, ref: TopicRef) -> None:
 
 
 @pytest.mark.parametrize("topic", [
-    "other/v2/f/manifest", "fedge/v9/f/manifest", "fedge/v2/f/manifest/x", "fedge/v2/f/nope",
-    "fedge/v2/f/weights/07/0", "fedge/v2/f/weights/-1/0", "fedge/v2/f/model/ABC/0",
-    "fedge/v2/f/update/+", "fedge/v2/f/update/#", "fedge/v2/f/update/", "fedge/v2/f",
-    "fedge/v2/f/presence/" + "x" * 65, "fedge/v2/-f/round", "fedge/v2/f/update/.hidden",
+    "other/v3/f/manifest", "fedge/v9/f/manifest", "fedge/v3/f/manifest/x", "fedge/v3/f/nope",
+    "fedge/v3/f/weights/07/0", "fedge/v3/f/weights/-1/0", "fedge/v3/f/model/ABC/0",
+    "fedge/v3/f/update/+", "fedge/v3/f/update/#", "fedge/v3/f/update/", "fedge/v3/f",
+    "fedge/v3/f/presence/" + "x" * 65, "fedge/v3/-f/round", "fedge/v3/f/update/.hidden",
 ])
 def test_parse_topic_rejects(topic: str) -> None:
     with pytest.raises(InvalidTopic):
@@ -354,7 +355,7 @@ def test_topics_reject_unsafe_ids_and_foreign_federations() -> None:
     with pytest.raises(InvalidTopic, match="federation"):
         Topics("f/g")
     with pytest.raises(InvalidTopic, match="federation"):
-        Topics("f").parse("fedge/v2/g/round")
+        Topics("f").parse("fedge/v3/g/round")
 
 
 @given(ids, ids, shas, st.integers(0, 10**15), st.integers(0, 10**15))

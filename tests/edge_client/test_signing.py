@@ -1,4 +1,5 @@
-"""Signed manifests: what a device accepts, what it refuses, and the key files it reads."""
+"""Signed manifests, rounds and replies: what a device accepts, what it refuses, and the key
+files it reads."""
 
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from edge_client.errors import ConfigError
-from edge_client.protocol import Manifest
+from edge_client.protocol import Hyperparameters, Manifest, Reply, Round, SignedMessage
 from edge_client.signing import (
-    ManifestRejected,
+    SignatureRejected,
     SigningKey,
     TrustedKeys,
     load_signing_key,
@@ -51,7 +52,7 @@ CHANGES: dict[str, Any] = {
 @pytest.mark.parametrize("field", sorted(CHANGES))
 def test_changing_any_field_after_signing_breaks_the_signature(field: str) -> None:
     forged = dataclasses.replace(KEY.sign(MANIFEST), **{field: CHANGES[field]})
-    with pytest.raises(ManifestRejected, match="does not verify"):
+    with pytest.raises(SignatureRejected, match="does not verify"):
         TrustedKeys.of(KEY.private.public_key()).verify(forged)
 
 
@@ -61,20 +62,55 @@ def test_a_flipped_signature_bit_is_refused(position: int, mask: int) -> None:
     assert signed.signature is not None
     sig = bytearray(signed.signature)
     sig[position] ^= mask
-    with pytest.raises(ManifestRejected, match="does not verify"):
+    with pytest.raises(SignatureRejected, match="does not verify"):
         TrustedKeys.of(KEY.private.public_key()).verify(
             dataclasses.replace(signed, signature=bytes(sig)))
 
 
+ROUND = Round(federation="cardio", round_id=4, weights_version=3, model_sha256="a" * 64,
+              deadline=1e9, hyperparameters=Hyperparameters(1, 8, 0.1), codec="int8",
+              selected=("dev-1", "dev-2"))
+REPLY = Reply(federation="cardio", round_id=4, client_id="dev-1", nonce=b"n" * 16,
+              accepted=False, reason="late: round 4 closed")
+TAMPERED: list[tuple[SignedMessage, dict[str, Any]]] = [
+    (ROUND, {"hyperparameters": Hyperparameters(10_000, 8, 999.0)}),
+    (ROUND, {"deadline": 2e9}), (ROUND, {"selected": ("dev-9",)}), (ROUND, {"round_id": 5}),
+    (ROUND, {"run_id": "0123456789abcdef"}),
+    (REPLY, {"accepted": True, "reason": ""}), (REPLY, {"nonce": b"m" * 16}),
+    (REPLY, {"client_id": "dev-2"}),
+]
+
+
+@pytest.mark.parametrize(("message", "change"), TAMPERED,
+                         ids=[f"{m.KIND}-{next(iter(c))}" for m, c in TAMPERED])
+def test_rounds_and_replies_are_signed_like_the_manifest(
+        message: SignedMessage, change: dict[str, Any]) -> None:
+    trusted = TrustedKeys.of(KEY.private.public_key())
+    signed = KEY.sign(message)
+    trusted.verify(type(message).decode(signed.encode()))
+    with pytest.raises(SignatureRejected, match=f"{message.KIND} signature does not verify"):
+        trusted.verify(dataclasses.replace(signed, **change))  # type: ignore[type-var]
+    with pytest.raises(SignatureRejected, match=f"{message.KIND} is not signed"):
+        trusted.verify(message)
+
+
+def test_a_signature_does_not_carry_over_to_another_kind_of_message() -> None:
+    """A reply's signature pasted onto a round (both from the same key) does not verify."""
+    reply = KEY.sign(REPLY)
+    pasted = dataclasses.replace(ROUND, key_id=reply.key_id, signature=reply.signature)
+    with pytest.raises(SignatureRejected, match="round signature does not verify"):
+        TrustedKeys.of(KEY.private.public_key()).verify(pasted)
+
+
 def test_unsigned_unknown_key_and_another_key_under_our_id_are_refused() -> None:
     trusted = TrustedKeys.of(KEY.private.public_key())
-    with pytest.raises(ManifestRejected, match="not signed"):
+    with pytest.raises(SignatureRejected, match="not signed"):
         trusted.verify(MANIFEST)
     other = SigningKey.generate()
-    with pytest.raises(ManifestRejected, match=f"unknown key id '{other.key_id}'"):
+    with pytest.raises(SignatureRejected, match=f"unknown key id '{other.key_id}'"):
         trusted.verify(other.sign(MANIFEST))
     impostor = dataclasses.replace(other.sign(MANIFEST), key_id=KEY.key_id)
-    with pytest.raises(ManifestRejected, match="does not verify"):
+    with pytest.raises(SignatureRejected, match="does not verify"):
         trusted.verify(impostor)
 
 
