@@ -363,6 +363,22 @@ def forge(kind: str, genuine: Manifest, model: bytes) -> tuple[bytes, Manifest]:
     return bytes(tampered), manifest
 
 
+def verifying_client(fed: Federation, tmp_path: Path, *, max_rounds: int
+                     ) -> tuple[EdgeClient, threading.Thread, list[int]]:
+    """The real client as dev-1 with --verify-key signing.pub, running in a thread."""
+    x, y = linear_data(40, seed=6)
+    settings = ClientSettings(
+        client_id="dev-1", topics=fed.topics, max_rounds=max_rounds, verify=load_trusted_keys(
+            fed.party("dev-1") / "signing.pub").verify)
+    client = EdgeClient(settings, fed.transport("dev-1", durable=False),
+                        StateDir(tmp_path / "dev"), LocalSplit.of(x, y, seed=0),
+                        TrainableModel, rng=np.random.default_rng(0))
+    codes: list[int] = []
+    thread = threading.Thread(target=lambda: codes.append(client.run(threading.Event())))
+    thread.start()
+    return client, thread, codes
+
+
 @pytest.mark.parametrize(("kind", "reason"), [
     ("signature kept", "does not verify"), ("unsigned", "not signed"),
     ("another key", "unknown key id"),
@@ -372,7 +388,6 @@ def test_a_tampered_global_model_is_refused_and_the_device_keeps_the_old_one(
     """Someone holding the aggregator's MQTT identity, but not its signing key, forges."""
     watch = LogWatch("refusing manifest")
     logging.getLogger("edge_client.client").addHandler(watch)
-    x, y = linear_data(40, seed=6)
     with provisioned(devices="dev-1") as fed:
         t = fed.transport("aggregator", manual_ack=True, durable=False)
         t.subscribe(fed.topics.update_filter())
@@ -381,15 +396,7 @@ def test_a_tampered_global_model_is_refused_and_the_device_keeps_the_old_one(
         genuine = publish_global(t, fed.topics, logreg_file,
                                  TrainableModel(logreg_file).get_weights(), key)
         announce(t, fed.topics, 1, genuine.model_sha256, key)
-        settings = ClientSettings(
-            client_id="dev-1", topics=fed.topics, max_rounds=2, verify=load_trusted_keys(
-                fed.party("dev-1") / "signing.pub").verify)
-        client = EdgeClient(settings, fed.transport("dev-1", durable=False),
-                            StateDir(tmp_path / "dev"), LocalSplit.of(x, y, seed=0),
-                            TrainableModel, rng=np.random.default_rng(0))
-        codes: list[int] = []
-        thread = threading.Thread(target=lambda: codes.append(client.run(threading.Event())))
-        thread.start()
+        client, thread, codes = verifying_client(fed, tmp_path, max_rounds=2)
         try:
             agg.collect(1, timeout=60)
             tampered, forged = forge(kind, genuine, logreg_file)
@@ -425,22 +432,13 @@ def test_a_verifying_device_refuses_forged_rounds_and_replies_and_trains_the_rea
     marked done, so the real round was skipped; a forged reply would drop a real update."""
     refused = LogWatch("refusing")
     logging.getLogger("edge_client.client").addHandler(refused)
-    x, y = linear_data(40, seed=6)
     with provisioned(devices="dev-1") as fed:
         key = load_signing_key(fed.out / "aggregator" / "signing.key")
         t = fed.transport("aggregator", manual_ack=True, durable=False)
         t.subscribe(fed.topics.update_filter())
         genuine = publish_global(t, fed.topics, logreg_file,
                                  TrainableModel(logreg_file).get_weights(), key)
-        settings = ClientSettings(
-            client_id="dev-1", topics=fed.topics, max_rounds=1, verify=load_trusted_keys(
-                fed.party("dev-1") / "signing.pub").verify)
-        client = EdgeClient(settings, fed.transport("dev-1", durable=False),
-                            StateDir(tmp_path / "dev"), LocalSplit.of(x, y, seed=0),
-                            TrainableModel, rng=np.random.default_rng(0))
-        codes: list[int] = []
-        thread = threading.Thread(target=lambda: codes.append(client.run(threading.Event())))
-        thread.start()
+        client, thread, codes = verifying_client(fed, tmp_path, max_rounds=1)
         chunks = Reassembler()
 
         def next_update(timeout: float) -> Update | None:
