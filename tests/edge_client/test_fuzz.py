@@ -133,7 +133,7 @@ def test_reassembler_takes_any_bytes(feed: list[tuple[str, tuple[type[Message], 
 
 
 @settings(FUZZ, max_examples=500)
-@given(st.text(max_size=120) | st.sampled_from(["fedge/v2/f/update/c", "fedge/v2/f/round"]))
+@given(st.text(max_size=120) | st.sampled_from(["fedge/v3/f/update/c", "fedge/v3/f/round"]))
 def test_parse_topic_takes_any_text(topic: str) -> None:
     with contextlib.suppress(InvalidTopic):
         parse_topic(topic)

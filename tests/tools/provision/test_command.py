@@ -99,7 +99,7 @@ def test_config_and_acl_lock_the_topic_tree_per_device(
                  "persistence true", "use_username_as_clientid true"):
         assert line in conf, line
     acl = (out / "broker" / "acl").read_text()
-    base = "acme/fl/v2/cardio"
+    base = "acme/fl/v3/cardio"
     device_a = acl.split("user a1\n")[1].split("\n\n")[0].splitlines()
     assert sorted(device_a) == sorted([
         f"topic write {base}/update/a1", f"topic write {base}/presence/a1",
