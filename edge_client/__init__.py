@@ -29,6 +29,7 @@ __all__ = [
     "settings",  # the one reader of TOML, flags and secrets
     "signing",  # Ed25519 manifest signatures (needs cryptography)
     "state",  # the client's state directory
+    "table",  # a CSV table read in bounded memory, block by block
     "training",  # one round of local training
     "transfer",  # chunked transfers: split and reassemble
     "transport",  # the only module that imports paho
