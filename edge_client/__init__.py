@@ -13,6 +13,7 @@ __all__ = [
     "config",  # ClientConfig, built once by __main__
     "data",  # local data files: CSV, NPZ, time-series CSV
     "device",  # wires a ClientConfig into a running client
+    "encode",  # a CSV read onto the federation schema: imputation, one-hot
     "errors",  # the roots of the one exception tree
     "files",  # the one atomic write
     "flatbuffer",  # a bounds-checked reader of the TFLite flatbuffer
@@ -24,6 +25,7 @@ __all__ = [
     "protocol",  # THE wire format: topics, messages, ids, strict CBOR
     "quantize",  # update codecs and error feedback
     "runtime",  # the only adapter over a TFLite interpreter
+    "schema",  # the federation-wide data schema (TOML, model metadata)
     "score_counts",  # evaluation counts that sites add exactly (federated evaluation)
     "scoring",  # accuracy, ROC/PR AUC, log loss, calibration, regression errors
     "settings",  # the one reader of TOML, flags and secrets

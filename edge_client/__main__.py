@@ -70,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--data", type=Path, metavar="FILE", help="a .csv (with --label-column), "
                    "an .npz with x and y, or a time-series .csv of sensor channels "
                    "(with --window)")
+    g.add_argument("--schema", type=Path, metavar="TOML", help="the federation's data schema "
+                   "(`fedge schema infer`): --data (a CSV) is read onto it by column name, "
+                   "missing cells imputed and categories one-hot encoded as it says, and "
+                   "standardised with its shared statistics when it has them (docs/data.md); "
+                   "replaces --label-column, --features and --window")
     g.add_argument("--label-column", metavar="COLUMN", help="CSV column holding the label")
     g.add_argument("--features", metavar="COLUMNS",
                    help="comma-separated feature columns (default: all others)")

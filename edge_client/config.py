@@ -30,6 +30,7 @@ class ClientConfig:
     prefix: str = "fedge"
     client_id: str | None = None  # None: generated once and kept in the state dir
     data: Path | None = None
+    schema: Path | None = None  # the federation's schema (edge_client.schema); None: plain CSV
     label_column: str | None = None
     features: tuple[str, ...] | None = None  # None: every column but the label
     window: int | None = None

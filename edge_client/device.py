@@ -13,6 +13,7 @@ import numpy as np
 from edge_client.client import ClientSettings, EdgeClient
 from edge_client.config import ClientConfig, check_exposure
 from edge_client.data import LocalData, load_data
+from edge_client.encode import load_schema_csv
 from edge_client.errors import ConfigError
 from edge_client.files import hold_lock
 from edge_client.model import TrainableModel
@@ -20,6 +21,7 @@ from edge_client.normalise import NormStats, compute_norm_stats, normalise
 from edge_client.probe import probe_model
 from edge_client.protocol import Presence, SignedMessage, Topics
 from edge_client.runtime import interpreter_class
+from edge_client.schema import Schema, load_schema
 from edge_client.state import NORMALISATION_FILE, StateDir
 from edge_client.training import LocalSplit, Trainer
 from edge_client.transport import BrokerConfig, MqttTransport, TransportError, Will
@@ -43,22 +45,60 @@ def prepare_data(config: ClientConfig) -> tuple[LocalData, NormStats | None]:
     """
     if config.data is None:
         raise ConfigError("--data is required: the local data file to train on")
-    data = load_data(config.data, label_column=config.label_column, features=config.features,
-                     window=config.window, stride=config.stride,
-                     group_column=config.group_column)
+    schema = _schema(config)
+    if schema is not None:
+        data = load_schema_csv(config.data, schema).data
+    else:
+        data = load_data(config.data, label_column=config.label_column,
+                         features=config.features, window=config.window,
+                         stride=config.stride, group_column=config.group_column)
     if not config.normalise or data.x.ndim not in (2, 3):
         return data, None
-    stats = compute_norm_stats(data.x, features=data.feature_names)
+    if schema is not None and schema.shared_scaling:
+        stats = shared_norm_stats(schema, len(data))
+    else:
+        stats = compute_norm_stats(data.x, features=data.feature_names)
     return LocalData(normalise(data.x, stats), data.y, data.feature_names, data.source), stats
+
+
+def _schema(config: ClientConfig) -> Schema | None:
+    if config.schema is None:
+        return None
+    given = [f for f, v in (("--label-column", config.label_column),
+                            ("--features", config.features), ("--window", config.window))
+             if v is not None]
+    if given:
+        raise ConfigError(f"--schema names the columns; {', '.join(given)} cannot be given too")
+    return load_schema(config.schema)
+
+
+def shared_norm_stats(schema: Schema, count: int) -> NormStats:
+    """The federation's scaling: numeric inputs by the schema's shared mean and std; one-hot
+    and missing-indicator inputs stay 0/1."""
+    mean: list[float] = []
+    std: list[float] = []
+    for f in schema.features:
+        width = len(f.encoded_names())
+        if f.kind == "numeric" and f.mean is not None and f.std is not None:
+            mean.append(f.mean)
+            std.append(f.std)
+            width -= 1
+        mean += [0.0] * width
+        std += [1.0] * width
+    return NormStats(tuple(mean), tuple(std), count, schema.encoded_names)
 
 
 def prepare_test_data(config: ClientConfig, stats: NormStats | None) -> LocalData | None:
     """``--eval-data``, read like ``--data`` and scaled with the training data's statistics."""
     if config.eval_data is None:
         return None
-    data = load_data(config.eval_data, label_column=config.label_column,
-                     features=config.features, window=config.window, stride=config.stride,
-                     group_column=config.group_column)
+    schema = _schema(config)
+    if schema is not None:
+        data = load_schema_csv(config.eval_data, schema).data
+    else:
+        data = load_data(config.eval_data, label_column=config.label_column,
+                         features=config.features, window=config.window,
+                         stride=config.stride, group_column=config.group_column)
     if stats is None:
         return data
     return LocalData(normalise(data.x, stats), data.y, data.feature_names, data.source)
@@ -150,8 +190,9 @@ def _run(config: ClientConfig, stop: threading.Event,
                         rng=np.random.default_rng(config.seed),
                         test=None if test is None else (test.x, test.y), probe=probe_model)
     transport.on_connect_hooks.append(client.announce_presence.set)
-    log.info("client %s: %d local samples (%d for training), broker %s, federation %s",
-             client_id, len(data), len(split.x_train), config.broker, config.federation)
+    log.info("client %s: %d local samples (%d for training, --holdout %g held out for local "
+             "evaluation), broker %s, federation %s", client_id, len(data),
+             len(split.x_train), config.holdout, config.broker, config.federation)
     transport.start()
     try:
         return client.run(stop)
