@@ -14,7 +14,7 @@ from edge_client.client import ClientSettings, EdgeClient
 from edge_client.config import ClientConfig, check_exposure
 from edge_client.data import LocalData, load_data
 from edge_client.encode import load_schema_csv
-from edge_client.errors import ConfigError
+from edge_client.errors import ConfigError, ModelError
 from edge_client.files import hold_lock
 from edge_client.model import TrainableModel
 from edge_client.normalise import NormStats, compute_norm_stats, normalise
@@ -70,6 +70,24 @@ def _schema(config: ClientConfig) -> Schema | None:
     if given:
         raise ConfigError(f"--schema names the columns; {', '.join(given)} cannot be given too")
     return load_schema(config.schema)
+
+
+def check_model_schema(model: Schema | None, local: Schema | None) -> None:
+    """A model exported with a schema must read the inputs this device's ``--schema`` makes.
+
+    Raises:
+        ModelError: the model's schema makes other inputs than ``--schema`` does.
+    """
+    if model is None:
+        return
+    if local is None:
+        log.warning("the model carries a data schema but this device has no --schema: its "
+                    "columns may not be what the model expects (see fedge schema show)")
+        return
+    if model.encoded_names != local.encoded_names:
+        raise ModelError(f"the model's schema makes inputs {list(model.encoded_names)[:6]}..., "
+                         f"--schema makes {list(local.encoded_names)[:6]}...: give every "
+                         "device the federation's schema")
 
 
 def shared_norm_stats(schema: Schema, count: int) -> NormStats:
@@ -183,8 +201,12 @@ def _run(config: ClientConfig, stop: threading.Event,
                               once=config.once, max_rounds=config.max_rounds,
                               presence=presence, verify=verify)
 
+    schema = _schema(config)
+
     def load_model(blob: bytes) -> Trainer:
-        return TrainableModel(blob, num_threads=config.threads)
+        model = TrainableModel(blob, num_threads=config.threads)
+        check_model_schema(model.metadata.schema, schema)
+        return model
 
     client = EdgeClient(settings, transport, state, split, load_model,
                         rng=np.random.default_rng(config.seed),

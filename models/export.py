@@ -43,6 +43,7 @@ def export_trainable(
     seed: int = 0,
     *,
     learning_rate: float | None = None,
+    schema: Mapping[str, Any] | None = None,
     **hyperparameters: float,
 ) -> bytes:
     """Export zoo model ``name`` as a trainable .tflite file with metadata.
@@ -58,6 +59,7 @@ def export_trainable(
             (0.01 for SGD, 0.001 for Adam); ``train`` takes ``lr`` at every step.
         **hyperparameters: ``momentum`` for SGD (0.9); ``beta_1``, ``beta_2``,
             ``epsilon`` for Adam (0.9, 0.999, 1e-7).
+        schema: the federation's data schema (a dict), carried in the metadata.
 
     Returns:
         The file contents: flatbuffer followed by the metadata archive.
@@ -82,7 +84,8 @@ def export_trainable(
         raise ValueError(f"bad hyperparameter for {optimizer}: {exc}") from exc
     flatbuffer = _convert(module, module.signatures(), representative=None)
     settings = {"name": optimizer, "learning_rate": rate, **module.optimizer.hyperparameters()}
-    meta = metadata.describe(spec, batch_size, kind="trainable", optimizer=settings, seed=seed)
+    meta = metadata.describe(spec, batch_size, kind="trainable", optimizer=settings, seed=seed,
+                             schema=schema)
     return metadata.attach(flatbuffer, meta)
 
 
