@@ -15,6 +15,7 @@ __all__ = [
     "device",  # wires a ClientConfig into a running client
     "encode",  # a CSV read onto the federation schema: imputation, one-hot
     "errors",  # the roots of the one exception tree
+    "feature_stats",  # federated table statistics: site summaries that add up exactly
     "files",  # the one atomic write
     "flatbuffer",  # a bounds-checked reader of the TFLite flatbuffer
     "model",  # a trainable .tflite model on the runtime

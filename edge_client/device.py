@@ -7,6 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -15,16 +16,17 @@ from edge_client.config import ClientConfig, check_exposure
 from edge_client.data import LocalData, load_data
 from edge_client.encode import load_schema_csv
 from edge_client.errors import ConfigError, ModelError
+from edge_client.feature_stats import layout_sha256, site_summaries
 from edge_client.files import hold_lock
 from edge_client.model import TrainableModel
 from edge_client.normalise import NormStats, compute_norm_stats, normalise
 from edge_client.probe import probe_model
-from edge_client.protocol import Presence, SignedMessage, Topics
+from edge_client.protocol import Presence, SignedMessage, StatsReport, Topics
 from edge_client.runtime import interpreter_class
 from edge_client.schema import Schema, load_schema
 from edge_client.state import NORMALISATION_FILE, StateDir
 from edge_client.training import LocalSplit, Trainer
-from edge_client.transport import BrokerConfig, MqttTransport, TransportError, Will
+from edge_client.transport import BrokerConfig, MqttTransport, Transport, TransportError, Will
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +90,26 @@ def check_model_schema(model: Schema | None, local: Schema | None) -> None:
         raise ModelError(f"the model's schema makes inputs {list(model.encoded_names)[:6]}..., "
                          f"--schema makes {list(local.encoded_names)[:6]}...: give every "
                          "device the federation's schema")
+
+
+def stats_report(path: Path, schema: Schema, client_id: str, min_count: int,
+                 now: float) -> StatsReport:
+    """This device's statistics of its table (``fedge stats``): per column counts, sums,
+    bins; a column with fewer than ``min_count`` values is left out."""
+    rows, summaries, small = site_summaries(path, schema, min_count)
+    return StatsReport(client_id, layout_sha256(schema), rows, min_count, summaries, small, now)
+
+
+def publish_stats(transport: Transport, topics: Topics, report: StatsReport) -> None:
+    """Publishes the report retained on ``stats/{client_id}``; a failure is only logged."""
+    try:
+        transport.publish(topics.stats(report.client_id), report.encode(), retain=True,
+                          timeout=10)
+        log.info("statistics of %d rows published for fedge stats (%d columns, %d left out "
+                 "with fewer than %d values)", report.rows, len(report.features),
+                 len(report.suppressed), report.min_count)
+    except TransportError as e:
+        log.warning("statistics not published: %s", e)
 
 
 def shared_norm_stats(schema: Schema, count: int) -> NormStats:
@@ -216,6 +238,9 @@ def _run(config: ClientConfig, stop: threading.Event,
              "evaluation), broker %s, federation %s", client_id, len(data),
              len(split.x_train), config.holdout, config.broker, config.federation)
     transport.start()
+    if schema is not None and config.stats and config.data is not None:
+        publish_stats(transport, topics, stats_report(config.data, schema, client_id,
+                                                      config.min_count, time.time()))
     try:
         return client.run(stop)
     finally:

@@ -187,6 +187,7 @@ def wire(fed: Federation, who: str) -> Wire:
 @pytest.mark.parametrize(("topic_of", "reader"), [
     pytest.param(lambda t: t.update("dev-2"), "aggregator", id="update of dev-2"),
     pytest.param(lambda t: t.presence("dev-2"), "aggregator", id="presence of dev-2"),
+    pytest.param(lambda t: t.stats("dev-2"), "aggregator", id="stats of dev-2"),
     pytest.param(lambda t: t.reply("dev-2"), "dev-2", id="reply to dev-2"),
     pytest.param(lambda t: t.manifest(), "dev-2", id="manifest"),
 ])

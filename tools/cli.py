@@ -38,6 +38,7 @@ COMMANDS: dict[str, str] = {
     "simulate": "tools.simulate.command",
     "status": "tools.status.command",
     "schema": "tools.schema.command",
+    "stats": "tools.stats.command",
 }
 
 

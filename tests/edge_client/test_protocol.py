@@ -27,6 +27,7 @@ from edge_client.protocol import (
     MESSAGES,
     NUMPY_DTYPES,
     Chunk,
+    FeatureSummary,
     Hyperparameters,
     InvalidTopic,
     MalformedMessage,
@@ -36,6 +37,7 @@ from edge_client.protocol import (
     Presence,
     Reply,
     Round,
+    StatsReport,
     Status,
     Tensor,
     TensorSet,
@@ -104,6 +106,11 @@ SAMPLES: dict[str, Message] = {
                      1_750_000_000.25),
     "chunk": Chunk("u-8-0001020304050607", 1, 3, 300, SHA_B, bytes(range(100))),
     "tensors": TensorSet((_tensor("dense0_kernel", "fp32", (2, 2), 8),)),
+    "stats": StatsReport("ward-7", SHA_A, 120, 10, (
+        FeatureSummary("age", True, 118, 2, 6490.0, 372_000.5, 21.0, 90.0, (0, 3, 9, 20, 25, 30,
+                                                                        15, 10, 4, 2, 0, 0)),
+        FeatureSummary("sex", False, 120, 0, 0.0, 0.0, 0.0, 0.0, (61, 58, 1))), ("smoker",),
+        1_750_000_000.5),
 }
 
 

@@ -55,9 +55,11 @@ def render_acl(plan: Plan) -> bytes:
     lines = [f"# fedge ACL: federation {plan.federation!r}, prefix {plan.prefix!r}.",
              "# Whatever is not granted here is denied.", "", f"user {plan.aggregator}"]
     lines += [f"topic write {t}" for t in [*global_topics, f"{tp.base}/reply/+"]]
-    lines += [f"topic read {tp.presence_filter()}", f"topic read {tp.update_filter()}"]
+    lines += [f"topic read {t}" for t in (tp.presence_filter(), tp.update_filter(),
+                                          tp.stats_filter())]  # stats: for `fedge stats`
     for d in plan.devices:
-        lines += ["", f"user {d}", f"topic write {tp.update(d)}", f"topic write {tp.presence(d)}"]
+        lines += ["", f"user {d}"]
+        lines += [f"topic write {t}" for t in (tp.update(d), tp.presence(d), tp.stats(d))]
         lines += [f"topic read {t}" for t in [*global_topics, tp.reply(d)]]
     return ("\n".join(lines) + "\n").encode()
 
@@ -109,7 +111,7 @@ def render_readme(plan: Plan, signing_id: str) -> str:
         "  ca/ca.key           the CA private key: it can mint any identity. Keep it offline.",
         "  broker/             for the broker host",
         f"    mosquitto.conf    TLS listener on port {plan.port}, no anonymous access, the ACL",
-        "    acl               a device writes only its own update/presence topics and reads",
+        "    acl               a device writes only its own update/presence/stats topics and reads",
         f"                      the global ones and its replies; only {plan.aggregator} "
         "publishes global ones",
         f"    broker.pem/.key   server certificate (CN/SAN {', '.join(plan.hosts)}) and key",

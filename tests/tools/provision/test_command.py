@@ -103,12 +103,13 @@ def test_config_and_acl_lock_the_topic_tree_per_device(
     device_a = acl.split("user a1\n")[1].split("\n\n")[0].splitlines()
     assert sorted(device_a) == sorted([
         f"topic write {base}/update/a1", f"topic write {base}/presence/a1",
-        f"topic read {base}/manifest", f"topic read {base}/model/#",
+        f"topic write {base}/stats/a1", f"topic read {base}/manifest", f"topic read {base}/model/#",
         f"topic read {base}/weights/#", f"topic read {base}/round",
         f"topic read {base}/reply/a1"])
     aggregator = acl.split("user aggregator\n")[1].split("\n\n")[0]
     assert f"topic write {base}/manifest" in aggregator
     assert f"topic read {base}/update/+" in aggregator
+    assert f"topic read {base}/stats/+" in aggregator  # for `fedge stats`
     assert acl.count(f"topic write {base}/manifest") == 1  # no device may
     readme = (out / "README.txt").read_text()
     assert f"mosquitto -c {out / 'broker' / 'mosquitto.conf'}" in readme

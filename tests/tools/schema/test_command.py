@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from edge_client.config import ClientConfig
-from edge_client.device import check_model_schema, prepare_data
+from edge_client.device import check_model_schema, keep_norm_stats, prepare_data
 from edge_client.errors import ModelError
 from edge_client.model import TrainableModel, read_metadata
 from edge_client.schema import Feature, load_schema
+from edge_client.state import StateDir
 from tools import cli
 
 
@@ -76,6 +77,19 @@ def test_export_takes_the_width_from_the_schema_and_the_devices_train(
     check_model_schema(meta.schema, load_schema(schema_path))
     losses = model.fit(train.x, train.y, epochs=3, rng=np.random.default_rng(0))
     assert np.isfinite(losses).all() and stats is not None
+    # evaluate and predict read the file onto the model's schema, scaled as the device did
+    state = StateDir(tmp_path / "site-state")
+    keep_norm_stats(state, stats)
+    capsys.readouterr()
+    assert cli.main(["evaluate", "--model", str(model_path), "--client-state",
+                     str(state.root), "--data", str(other)]) == 0
+    assert "60" in capsys.readouterr().out
+    out = tmp_path / "predictions.csv"
+    unlabelled = tmp_path / "new.csv"
+    unlabelled.write_text("\n".join(",".join(r[1:5]) for r in rows) + "\n")  # no outcome
+    assert cli.main(["predict", "--model", str(model_path), "--client-state",
+                     str(state.root), "--data", str(unlabelled), "--out", str(out)]) == 0
+    assert len(out.read_text().splitlines()) == 61
 
 
 def test_export_refuses_a_schema_with_other_classes_or_a_shape(tmp_path: Path,
