@@ -70,8 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--data", type=Path, metavar="FILE", help="a .csv (with --label-column), "
                    "an .npz with x and y, or a time-series .csv of sensor channels "
                    "(with --window)")
-    g.add_argument("--schema", type=Path, metavar="TOML", help="the federation's data schema "
-                   "(`fedge schema infer`): --data (a CSV) is read onto it by column name, "
+    g.add_argument("--schema", type=Path, metavar="FILE", help="the federation's data schema: "
+                   "a TOML (`fedge schema infer`) or the model file that carries it "
+                   "(.tflite): --data (a CSV) is read onto it by column name, "
                    "missing cells imputed and categories one-hot encoded as it says, and "
                    "standardised with its shared statistics when it has them (docs/data.md); "
                    "replaces --label-column, --features and --window")

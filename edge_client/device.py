@@ -19,11 +19,12 @@ from edge_client.errors import ConfigError, ModelError
 from edge_client.feature_stats import layout_sha256, site_summaries
 from edge_client.files import hold_lock
 from edge_client.model import TrainableModel
+from edge_client.model_file import read_schema
 from edge_client.normalise import NormStats, compute_norm_stats, normalise
 from edge_client.probe import probe_model
 from edge_client.protocol import Presence, SignedMessage, StatsReport, Topics
 from edge_client.runtime import interpreter_class
-from edge_client.schema import Schema, load_schema
+from edge_client.schema import Schema
 from edge_client.state import NORMALISATION_FILE, StateDir
 from edge_client.training import LocalSplit, Trainer
 from edge_client.transport import BrokerConfig, MqttTransport, Transport, TransportError, Will
@@ -71,7 +72,10 @@ def _schema(config: ClientConfig) -> Schema | None:
              if v is not None]
     if given:
         raise ConfigError(f"--schema names the columns; {', '.join(given)} cannot be given too")
-    return load_schema(config.schema)
+    try:
+        return read_schema(config.schema)
+    except ModelError as e:
+        raise ConfigError(f"--schema {config.schema}: {e}") from None
 
 
 def check_model_schema(model: Schema | None, local: Schema | None) -> None:

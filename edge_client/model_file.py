@@ -18,6 +18,7 @@ import struct
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,7 +26,7 @@ import numpy.typing as npt
 
 from edge_client.errors import ConfigError, ModelError
 from edge_client.protocol import TensorSpec
-from edge_client.schema import Schema, schema_from_dict
+from edge_client.schema import Schema, load_schema, schema_from_dict
 
 FORMAT, FORMAT_VERSION, MEMBER = "fedge-model", 1, "fedge.json"
 WEIGHTS_MEMBER = "weights.npz"  # trained weights inside the file (embed_weights)
@@ -149,6 +150,25 @@ def _schema(doc: Any, input_shape: tuple[int, ...]) -> Schema | None:
     if input_shape != (len(schema.encoded_names),):
         raise ModelError(f"model metadata: the schema makes {len(schema.encoded_names)} "
                          f"inputs, the model's input shape is {list(input_shape)}")
+    return schema
+
+
+def read_schema(path: Path) -> Schema:
+    """A schema from a TOML file, or the one a model file (``.tflite``) carries.
+
+    Raises:
+        ConfigError: unreadable file, invalid schema, or a model without a schema.
+        ModelError: a ``.tflite`` that is not a fedge model file.
+    """
+    if path.suffix.lower() != ".tflite":
+        return load_schema(path)
+    try:
+        schema = read_metadata(path.read_bytes()).schema
+    except OSError as e:
+        raise ConfigError(f"{path}: {e.strerror}") from None
+    if schema is None:
+        raise ConfigError(f"{path}: the model file carries no schema (exported without "
+                          "--schema)")
     return schema
 
 

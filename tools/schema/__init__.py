@@ -5,8 +5,8 @@
 - :mod:`~tools.schema.command`: the ``infer`` and ``show`` actions.
 """
 
-from tools.schema.command import add_parser, read_any_schema
+from tools.schema.command import add_parser
 from tools.schema.infer import infer_schema
 from tools.schema.view import render_schema
 
-__all__ = ["add_parser", "infer_schema", "read_any_schema", "render_schema"]
+__all__ = ["add_parser", "infer_schema", "render_schema"]

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from edge_client.errors import ConfigError
-from edge_client.model_file import read_metadata
-from edge_client.schema import Schema, load_schema, schema_toml
+from edge_client.model_file import read_schema
+from edge_client.schema import schema_toml
 from tools.schema.infer import MAX_CATEGORIES_DEFAULT, infer_schema
 from tools.schema.view import render_schema
 
@@ -52,6 +52,9 @@ def add_parser(subparsers: Any) -> None:
     show = actions.add_parser("show", help="print a schema TOML or a model file's schema",
                               description="print a schema TOML or a model file's schema")
     show.add_argument("file", type=Path, metavar="FILE", help="schema.toml or model.tflite")
+    show.add_argument("--out", type=Path, metavar="FILE.toml", help="also write the schema "
+                      "as TOML (e.g. the one a model file carries)")
+    show.add_argument("--force", action="store_true", help="overwrite --out")
     show.set_defaults(func=run_show)
 
 
@@ -70,21 +73,13 @@ def run_infer(args: argparse.Namespace) -> int:
     return 0
 
 
-def read_any_schema(path: Path) -> Schema:
-    """A schema from a TOML file or from a model file's metadata."""
-    if path.suffix.lower() != ".tflite":
-        return load_schema(path)
-    try:
-        schema = read_metadata(path.read_bytes()).schema
-    except OSError as e:
-        raise ConfigError(f"{path}: {e.strerror}") from None
-    if schema is None:
-        raise ConfigError(f"{path}: the model file carries no schema (exported without "
-                          "--schema)")
-    return schema
-
-
 def run_show(args: argparse.Namespace) -> int:
     """Runs ``fedge schema show``."""
-    print(render_schema(read_any_schema(args.file)))
+    schema = read_schema(args.file)
+    print(render_schema(schema))
+    if args.out is not None:
+        if args.out.exists() and not args.force:
+            raise ConfigError(f"--out {args.out} exists; pass --force to overwrite it")
+        args.out.write_text(schema_toml(schema))
+        print(f"wrote {args.out}")
     return 0

@@ -65,14 +65,18 @@ def test_export_takes_the_width_from_the_schema_and_the_devices_train(
     blob = model_path.read_bytes()
     meta = read_metadata(blob)
     assert meta.schema == load_schema(schema_path) and meta.input_shape == (5,)
-    assert cli.main(["schema", "show", str(model_path)]) == 0
+    extracted = tmp_path / "from-model.toml"
+    assert cli.main(["schema", "show", str(model_path), "--out", str(extracted)]) == 0
     assert "chol" in capsys.readouterr().out
+    assert load_schema(extracted) == meta.schema
     # another site: columns in another order, an extra column, its own missing cells
     other = tmp_path / "other.csv"
     rows = [line.split(",") for line in _hospital_csv(tmp_path / "o.csv", 60, 1)
             .read_text().splitlines()]
     other.write_text("".join(",".join([r[5], r[4], "x", r[2], r[1]]) + "\n" for r in rows))
     train, stats = prepare_data(ClientConfig(data=other, schema=schema_path))
+    from_model, _ = prepare_data(ClientConfig(data=other, schema=model_path))  # the same
+    assert from_model.x.tobytes() == train.x.tobytes()
     model = TrainableModel(blob)
     check_model_schema(meta.schema, load_schema(schema_path))
     losses = model.fit(train.x, train.y, epochs=3, rng=np.random.default_rng(0))
