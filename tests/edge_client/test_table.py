@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from edge_client import table
 from edge_client.data import load_data, load_inputs
+from tools.bench.data import write_table_csv
 
 # A child process loads the file and reports its peak resident memory before and after.
 _PEAK = """
@@ -28,26 +29,12 @@ print(json.dumps({"before_kb": before, "after_kb": after, "rows": len(data),
 """
 
 
-def _big_csv(path: Path, megabytes: int) -> int:
-    """A CSV of 4 float features and a label, ~``megabytes`` MB; returns its row count."""
-    rng = np.random.default_rng(0)
-    values, labels = rng.normal(size=(5_000, 4)), rng.integers(0, 2, 5_000)
-    block = "".join(f"{a:.6f},{b:.6f},{c:.6f},{d:.6f},{y}\n"
-                    for (a, b, c, d), y in zip(values, labels, strict=True))
-    repeats = megabytes * 1_000_000 // len(block) + 1
-    with path.open("w") as out:
-        out.write("a,b,c,d,label\n")
-        for _ in range(repeats):
-            out.write(block)
-    return repeats * 5_000
-
-
 @pytest.mark.slow
 def test_a_big_csv_loads_in_about_the_memory_of_its_float32_arrays(tmp_path: Path) -> None:
     # main read every cell into a list of Python strings first: a 120 MB CSV peaked at
     # 1,484 MB (a 178 MB one at 2.6 GB, issue 14 finding 9)
     path = tmp_path / "site.csv"
-    rows = _big_csv(path, 110)
+    rows = write_table_csv(path, 110)
     run = subprocess.run([sys.executable, "-c", _PEAK, str(path)], capture_output=True,
                          text=True, check=True)
     peak = json.loads(run.stdout)
