@@ -15,7 +15,7 @@ from edge_client.client import ClientSettings, EdgeClient
 from edge_client.config import ClientConfig, check_exposure
 from edge_client.data import LocalData, load_data
 from edge_client.encode import load_schema_csv
-from edge_client.errors import ConfigError, ModelError
+from edge_client.errors import ConfigError, ModelError, ProtocolError
 from edge_client.feature_stats import layout_sha256, site_summaries
 from edge_client.files import hold_lock
 from edge_client.model import TrainableModel
@@ -106,14 +106,31 @@ def stats_report(path: Path, schema: Schema, client_id: str, min_count: int,
 
 def publish_stats(transport: Transport, topics: Topics, report: StatsReport) -> None:
     """Publishes the report retained on ``stats/{client_id}``; a failure is only logged."""
+    payload = report.encode()
+    if len(payload) > StatsReport.MAX_BYTES:
+        log.warning("statistics not published: %d bytes, over the %d a report may have "
+                    "(a schema this wide: fewer categories or columns)", len(payload),
+                    StatsReport.MAX_BYTES)
+        return
     try:
-        transport.publish(topics.stats(report.client_id), report.encode(), retain=True,
-                          timeout=10)
+        transport.publish(topics.stats(report.client_id), payload, retain=True, timeout=10)
         log.info("statistics of %d rows published for fedge stats (%d columns, %d left out "
                  "with fewer than %d values)", report.rows, len(report.features),
                  len(report.suppressed), report.min_count)
     except TransportError as e:
         log.warning("statistics not published: %s", e)
+
+
+def share_stats(transport: Transport, topics: Topics, data: Path, schema: Schema,
+                client_id: str, min_count: int) -> None:
+    """Computes and publishes this device's statistics (``--schema``, unless
+    ``--no-stats``); a report that cannot be made or sent is logged, never fatal."""
+    try:
+        report = stats_report(data, schema, client_id, min_count, time.time())
+    except ProtocolError as e:  # e.g. more columns than a report may carry
+        log.warning("statistics not published: %s", e)
+        return
+    publish_stats(transport, topics, report)
 
 
 def shared_norm_stats(schema: Schema, count: int) -> NormStats:
@@ -243,8 +260,7 @@ def _run(config: ClientConfig, stop: threading.Event,
              len(split.x_train), config.holdout, config.broker, config.federation)
     transport.start()
     if schema is not None and config.stats and config.data is not None:
-        publish_stats(transport, topics, stats_report(config.data, schema, client_id,
-                                                      config.min_count, time.time()))
+        share_stats(transport, topics, config.data, schema, client_id, config.min_count)
     try:
         return client.run(stop)
     finally:

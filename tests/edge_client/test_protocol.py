@@ -324,6 +324,8 @@ def test_topic_tree() -> None:
     assert topics.presence("w1") == "fedge/v3/cardio/presence/w1"
     assert topics.update("w1") == "fedge/v3/cardio/update/w1"
     assert topics.reply("w1") == "fedge/v3/cardio/reply/w1"
+    assert topics.stats("w1") == "fedge/v3/cardio/stats/w1"
+    assert topics.stats_filter() == "fedge/v3/cardio/stats/+"
     assert topics.update_filter("aggs") == "$share/aggs/fedge/v3/cardio/update/+"
     assert topics.weights_chunks(7, 2) == ["fedge/v3/cardio/weights/7/0",
                                            "fedge/v3/cardio/weights/7/1"]
@@ -338,6 +340,7 @@ def test_topic_tree() -> None:
     ("fedge/v3/f/presence/c-1", TopicRef("presence", "f", client_id="c-1")),
     ("fedge/v3/f/update/c.1", TopicRef("update", "f", client_id="c.1")),
     ("fedge/v3/f/reply/C_1", TopicRef("reply", "f", client_id="C_1")),
+    ("fedge/v3/f/stats/c-1", TopicRef("stats", "f", client_id="c-1")),
 ])
 def test_parse_topic(topic: str, ref: TopicRef) -> None:
     assert parse_topic(topic) == ref
@@ -368,7 +371,8 @@ def test_topics_reject_unsafe_ids_and_foreign_federations() -> None:
 @given(ids, ids, shas, st.integers(0, 10**15), st.integers(0, 10**15))
 def test_topics_round_trip(fed: str, client: str, sha: str, version: int, index: int) -> None:
     topics = Topics(fed)
-    for topic in (topics.presence(client), topics.update(client), topics.reply(client)):
+    for topic in (topics.presence(client), topics.update(client), topics.reply(client),
+                  topics.stats(client)):
         assert topics.parse(topic).client_id == client
     assert topics.parse(topics.model_chunk(sha, index)) == TopicRef("model", fed, sha256=sha,
                                                                     index=index)

@@ -10,7 +10,7 @@ import pytest
 
 from edge_client.config import ClientConfig
 from edge_client.device import check_model_schema, keep_norm_stats, prepare_data
-from edge_client.errors import ModelError
+from edge_client.errors import ConfigError, ModelError
 from edge_client.model import TrainableModel, read_metadata
 from edge_client.schema import Feature, load_schema
 from edge_client.state import StateDir
@@ -119,3 +119,25 @@ def test_a_model_whose_schema_differs_from_the_devices_is_refused(tmp_path: Path
     narrower = schema.with_features(schema.features[:2])
     with pytest.raises(ModelError, match="give every device the federation's schema"):
         check_model_schema(schema, narrower)
+
+
+def test_infer_rules_for_free_text_empty_columns_and_regression(tmp_path: Path) -> None:
+    from tools.schema.infer import infer_schema
+
+    path = tmp_path / "t.csv"
+    rows = [f"{i % 7},{['good day', 'bad night', 'ok'][i % 3]} {i % 10},,{i * 0.5},"
+            f"{'abcdefghijkl'[i % 12]}" for i in range(60)]
+    path.write_text("visits,comment,blank,target,grade\n" + "\n".join(rows) + "\n")
+    schema = infer_schema(path, "target", regression=True, max_categories=10)
+    assert [f.name for f in schema.features] == ["visits"]  # repeated integers: numeric
+    assert schema.classes == ()
+    assert schema.left_out["comment"] == "free text: 30 distinct values"
+    assert schema.left_out["blank"] == "empty: no values"
+    assert schema.left_out["grade"].startswith("free text: 12")  # over --max-categories
+    with pytest.raises(ConfigError, match="more than 1000 values"):
+        infer_schema(_many_labels(tmp_path / "m.csv"), "y")
+
+
+def _many_labels(path: Path) -> Path:
+    path.write_text("x,y\n" + "".join(f"{i % 3},{i}.5\n" for i in range(1001)))
+    return path
