@@ -64,7 +64,8 @@ def _numbers(path: Path, name: str, lines: list[int], cells: list[str]
             except ValueError:
                 raise DataError(f'{path}: line {line}, column "{name}": not a number: '
                                 f"{cell!r}") from None
-        raise
+        raise DataError(f'{path}: lines {lines[0]}-{lines[-1]}, column "{name}": '
+                        "unreadable numbers") from None
     infinite = np.isinf(values)
     if infinite.any():
         line = lines[int(np.argmax(infinite))]
