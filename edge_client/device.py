@@ -14,7 +14,7 @@ import numpy as np
 from edge_client.client import ClientSettings, EdgeClient
 from edge_client.config import ClientConfig, check_exposure
 from edge_client.data import LocalData, load_data
-from edge_client.encode import load_schema_csv
+from edge_client.encode import load_schema_csv, schema_norm_stats
 from edge_client.errors import ConfigError, ModelError, ProtocolError
 from edge_client.feature_stats import layout_sha256, site_summaries
 from edge_client.files import hold_lock
@@ -57,8 +57,8 @@ def prepare_data(config: ClientConfig) -> tuple[LocalData, NormStats | None]:
                          stride=config.stride, group_column=config.group_column)
     if not config.normalise or data.x.ndim not in (2, 3):
         return data, None
-    if schema is not None and schema.shared_scaling:
-        stats = shared_norm_stats(schema, len(data))
+    if schema is not None:
+        stats = schema_norm_stats(schema, data.x)
     else:
         stats = compute_norm_stats(data.x, features=data.feature_names)
     return LocalData(normalise(data.x, stats), data.y, data.feature_names, data.source), stats
@@ -131,22 +131,6 @@ def share_stats(transport: Transport, topics: Topics, data: Path, schema: Schema
         log.warning("statistics not published: %s", e)
         return
     publish_stats(transport, topics, report)
-
-
-def shared_norm_stats(schema: Schema, count: int) -> NormStats:
-    """The federation's scaling: numeric inputs by the schema's shared mean and std; one-hot
-    and missing-indicator inputs stay 0/1."""
-    mean: list[float] = []
-    std: list[float] = []
-    for f in schema.features:
-        width = len(f.encoded_names())
-        if f.kind == "numeric" and f.mean is not None and f.std is not None:
-            mean.append(f.mean)
-            std.append(f.std)
-            width -= 1
-        mean += [0.0] * width
-        std += [1.0] * width
-    return NormStats(tuple(mean), tuple(std), count, schema.encoded_names)
 
 
 def prepare_test_data(config: ClientConfig, stats: NormStats | None) -> LocalData | None:

@@ -20,6 +20,7 @@ import numpy.typing as npt
 
 from edge_client.data import LocalData
 from edge_client.errors import DataError
+from edge_client.normalise import NormStats, compute_norm_stats
 from edge_client.schema import Feature, Schema
 from edge_client.table import Filling, Header, read_header, row_blocks
 
@@ -193,3 +194,27 @@ def load_schema_csv(path: str | Path, schema: Schema, *, labels: bool = True) ->
         log.info("%s: column %r: %d missing cells filled as the schema says", path, name, count)
     data = LocalData(x.finish(), y.finish(), schema.encoded_names, str(path))
     return EncodedData(data, missing, unseen)
+
+
+def schema_norm_stats(schema: Schema, x: npt.NDArray[np.float32]) -> NormStats:
+    """How a device standardises inputs encoded by ``schema``.
+
+    A numeric input uses the federation's ``mean``/``std`` when the schema has them (shared
+    scaling: every site the same), else this site's own; one-hot and missing-indicator
+    inputs stay 0/1 (mean 0, std 1), so a category that is constant at one site does not
+    blow up where it varies.
+    """
+    local = compute_norm_stats(x, features=schema.encoded_names)
+    mean: list[float] = []
+    std: list[float] = []
+    for f in schema.features:
+        width = len(f.encoded_names())
+        if f.kind == "numeric":
+            i = len(mean)
+            shared = f.mean is not None and f.std is not None
+            mean.append(f.mean if f.mean is not None and shared else local.mean[i])
+            std.append(f.std if f.std is not None and shared else local.std[i])
+            width -= 1
+        mean += [0.0] * width
+        std += [1.0] * width
+    return NormStats(tuple(mean), tuple(std), len(x), schema.encoded_names)

@@ -127,3 +127,23 @@ def test_schema_and_column_flags_exclude_each_other(tmp_path: Path) -> None:
     path.write_text(schema_toml(SCHEMA))
     with pytest.raises(ConfigError, match="--label-column"):
         prepare_data(ClientConfig(data=tmp_path / "x.csv", schema=path, label_column="y"))
+
+
+def test_one_hot_and_indicator_inputs_are_not_standardised(tmp_path: Path) -> None:
+    # one site has only F: standardising sex=F by its own std (floored to 1e-6) would turn
+    # an M row at evaluation into -1e6; one-hot and indicator inputs stay 0/1
+    path = tmp_path / "f-only.csv"
+    path.write_text("bmi,sex,outcome\n20,F,no\n,F,yes\n30,F,no\n")
+    schema_path = tmp_path / "schema.toml"
+    schema_path.write_text(schema_toml(SCHEMA))
+    data, stats = prepare_data(ClientConfig(data=path, schema=schema_path))
+    assert stats is not None
+    assert stats.mean[1:] == (0.0, 0.0, 0.0) and stats.std[1:] == (1.0, 1.0, 1.0)
+    assert stats.mean[0] == pytest.approx((20 + 25 + 30) / 3)  # local: no shared statistics
+    np.testing.assert_array_equal(data.x[:, 1:], [[0, 1, 0], [1, 1, 0], [0, 1, 0]])
+    shared = SCHEMA.with_features([Feature("bmi", fill=25.0, indicator=True, mean=24.0,
+                                           std=4.0), SCHEMA.features[1]])
+    schema_path.write_text(schema_toml(shared))
+    data, stats = prepare_data(ClientConfig(data=path, schema=schema_path))
+    assert stats is not None and (stats.mean[0], stats.std[0]) == (24.0, 4.0)
+    np.testing.assert_allclose(data.x[:, 0], [-1.0, 0.25, 1.5])
