@@ -151,7 +151,8 @@ def _aggregation_options(g: argparse._ArgumentGroup, d: AggregatorConfig) -> Non
                    "longer than K x the median L2 norm of the round's accepted deltas; 0 = off; "
                    f"default {d.clip_factor:g}")
     g.add_argument("--max-num-samples", type=int, metavar="N", help="credibility bound: an "
-                   f"update claiming more samples is rejected; default {d.max_num_samples}")
+                   "update claiming more samples is accepted but weighs as N at most (logged, "
+                   f"history bounds.capped); default {d.max_num_samples}")
     g.add_argument("--max-update-norm", type=float, metavar="X", help="reject an update whose "
                    f"delta has a larger L2 norm; default {d.max_update_norm:g}")
     g.add_argument("--max-payload", type=int, metavar="BYTES", help="largest MQTT payload "

@@ -215,6 +215,11 @@ class AggregatorService:
             return
         log.info("presence client=%s online=%s samples=%d", client_id, presence.online,
                  presence.samples)
+        if presence.online and presence.samples > self.config.max_num_samples:
+            log.warning("client=%s announces %d samples, above --max-num-samples %d: if "
+                        "selected, its update weighs as %d samples at most", client_id,
+                        presence.samples, self.config.max_num_samples,
+                        self.config.max_num_samples)
         self._carry_out(self.round.seen(client_id, presence.online, self.clock()))
 
     def _invalid(self, kind: str, text: str, message: Message | None = None) -> None:
@@ -252,6 +257,11 @@ class AggregatorService:
             self.metrics.accepted.inc()
             log.info("update accepted round=%d client=%s samples=%d", update.round_id,
                      sender, update.num_samples)
+            if update.num_samples > self.config.max_num_samples:
+                log.warning("update round=%d client=%s claims %d samples, above "
+                            "--max-num-samples %d: it weighs as %d samples at most",
+                            update.round_id, sender, update.num_samples,
+                            self.config.max_num_samples, self.config.max_num_samples)
             self.transport.ack(message)
             self._reply(to, True, "")
             self._carry_out(decision.actions)
