@@ -171,7 +171,8 @@ def _intake_caps(g: argparse._ArgumentGroup, d: AggregatorConfig) -> None:
     g.add_argument("--max-buffered-bytes", type=int, metavar="BYTES", help="sum of the "
                    f"sizes incomplete transfers declare; default {d.max_buffered_bytes}")
     g.add_argument("--transfer-timeout", type=float, metavar="SECONDS", help="drop an "
-                   "incomplete transfer this long after its first chunk; default "
+                   "incomplete transfer this long after its first chunk (its sender is "
+                   "answered 'transfer: ... expired'); default "
                    "max(30, 2 x --round-timeout)")
 
 

@@ -160,12 +160,15 @@ class AggregatorService:
         self._stored = ()
 
     def tick(self) -> None:
-        """Let time pass: deadlines are checked against the clock; after a reconnect the
-        retained state goes out again."""
+        """Let time pass: deadlines are checked against the clock, expired transfers
+        answered; after a reconnect the retained state goes out again."""
         if self.republish.is_set():
             self.republish.clear()
             log.info("reconnected: publishing the retained state again")
             self._publish_current()
+        for expired in self.intake.expire(self.clock()):  # an incomplete transfer: answered
+            self.round.count_rejection(expired.rejection.reason)
+            self._refuse(expired.to, expired.rejection, None)
         self._carry_out(self.round.tick(self.clock()))
         self._publish_status()
 
@@ -266,11 +269,13 @@ class AggregatorService:
             self._reply(to, True, "")
             self._carry_out(decision.actions)
 
-    def _refuse(self, to: Addressee | None, rejection: Rejection, message: Message) -> None:
+    def _refuse(self, to: Addressee | None, rejection: Rejection,
+                message: Message | None) -> None:
         log.warning("update rejected client=%s reason=%s: %s", to and to.client_id,
                     rejection.reason.value, rejection.message)
         self.metrics.rejected.labels(rejection.reason.value).inc()
-        self.transport.ack(message)
+        if message is not None:
+            self.transport.ack(message)
         if to is not None:
             self._reply(to, False, rejection.reply_text())
 

@@ -26,7 +26,17 @@ from update_kit import fedavg, make_update, transfer_id
 
 from aggregator.modelfile import ModelFile
 from aggregator.store import AggregatorStore
-from edge_client.protocol import Chunk, Presence, Round, Tensor, Topics, Update, Weights
+from edge_client.protocol import (
+    Chunk,
+    Presence,
+    Round,
+    Tensor,
+    Topics,
+    Update,
+    Weights,
+    parse_update_transfer_id,
+    update_transfer_id,
+)
 from edge_client.quantize import dequantize_update
 from edge_client.transfer import split
 
@@ -302,3 +312,56 @@ def test_an_honest_big_site_is_clipped_not_rejected(aggregator: AggregatorFactor
     for name, value in fedavg(model_file.initial_weights, weighed).items():
         np.testing.assert_allclose(got[name], value, rtol=1e-6, atol=1e-7)
     scenario.observe("weights v1 = FedAvg with dev-c weighing 360; warnings logged; exit 0")
+
+
+def chunks_of(update: Update, attempt: int = 0) -> list[Chunk]:
+    """``update`` split in small chunks (at least 4) under its first transfer id."""
+    tid = update_transfer_id(update.round_id, update.nonce, attempt)
+    parts = [Chunk.decode(c) for c in split(update.encode(), tid, max_payload=SMALL_CHUNKS)]
+    assert len(parts) >= 4
+    return parts
+
+
+@pytest.mark.fault(
+    name="a transfer failing mid-way, out of order, or expiring",
+    injected="from one device, before its good update: a transfer whose 3rd chunk contradicts "
+             "the first (another total_size); one sent last chunk first with a middle chunk's "
+             "bytes zeroed (SHA-256 fails on a middle chunk); one whose last chunk never "
+             "comes (--transfer-timeout 1)",
+    expected="each answered with one 'transfer' rejection naming the failure (contradiction, "
+             "sha256 mismatch, expiry), counted in history 'rejections'; the good updates "
+             "aggregate")
+def test_every_failed_transfer_is_answered(aggregator: AggregatorFactory, devices: Devices,
+                                           model_file: ModelFile, scenario: Scenario) -> None:
+    """Issue 14, finding 10: none of the three got a reply (the client waited for nothing
+    until it re-sent or its round closed)."""
+    agg = aggregator(rounds=1, min_clients=3, round_timeout=8, codec="int8",
+                     transfer_timeout=1)
+    a, *_ = devs = three_devices(devices)
+    r = a.wait_round(1)
+    contradicting = chunks_of(make_update(r, "dev-a", 10, model_file, salt="contradicting"))
+    contradicting[2] = replace(contradicting[2], total_size=contradicting[2].total_size + 1)
+    corrupt = chunks_of(make_update(r, "dev-a", 10, model_file, salt="corrupt"))
+    corrupt[1] = replace(corrupt[1], data=bytes(len(corrupt[1].data)))
+    incomplete = chunks_of(make_update(r, "dev-a", 10, model_file, salt="incomplete"))
+    cases = {"contradicting": (contradicting, "differ from the transfer's first chunk"),
+             "corrupt, last chunk first": ([corrupt[-1], *corrupt[:-1]], "sha256 mismatch"),
+             "incomplete": (incomplete[:-1], "expired incomplete")}
+    seen = []
+    for what, (parts, says) in cases.items():
+        a.publish([c.encode() for c in parts])
+        nonce = parse_update_transfer_id(parts[0].transfer_id)
+        assert nonce is not None
+        reply = a.wait_reply(nonce[1])
+        assert not reply.accepted and reply.reason.startswith("transfer: "), (what, reply)
+        assert says in reply.reason, (what, reply.reason)
+        seen.append(f"{what} → {reply.reason[:60]}…")
+    scenario.observe("replies: " + "; ".join(seen))
+    updates = good_round(devs, 1, model_file)
+    assert agg.wait_exit(30) == 0, agg.child.tail(30)
+    assert a.replies == [], a.replies  # one answer per transfer, not one per chunk
+    (line,) = agg.history()
+    assert line["rejections"] == {"transfer": 3}, line["rejections"]
+    scenario.observe(check_federation(agg.state_dir, model_file, 1, accepted=[
+        (1, u.client_id) for u in updates]))
+    scenario.observe("aggregator exit 0")
