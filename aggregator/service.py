@@ -14,7 +14,9 @@ only in memory; after a crash the client re-sends the whole update). The chunk t
 completes an update is acknowledged only after the update is either stored (the round
 stores it through its journal before counting it) or rejected. Effects of closing a
 round are idempotent (checkpoint, then publish, then a history line per round id, then
-``round.json``), so a crash anywhere replays to the same result.
+``round.json``), so a crash anywhere replays to the same result. A round is published
+only after ``round.json`` holds it (announced or extended), so devices are never told a
+round the state directory does not know.
 """
 
 from __future__ import annotations
@@ -413,6 +415,10 @@ class AggregatorService:
         self._status_due, self._status_at = False, now
 
     def _publish_round(self) -> None:
+        """The round as the state says, after ``round.json`` holds that state: a crash right
+        after the publish restarts into the round devices were told, not an older state
+        that refuses their updates and announces another round of the same id."""
+        self._save_state()
         with self.stages.stage(Stage.ANNOUNCE):
             self.publisher.round(self.messages.round(self.state))
 
