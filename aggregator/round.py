@@ -191,7 +191,7 @@ class Round:
     def plan(self) -> Plan:
         """The weights and delta scales :meth:`delta` uses (:func:`aggregator.bounds.plan`)."""
         return plan(self.bounds, {c: u.num_samples for c, u in self._counted.items()},
-                    {c: u.norm for c, u in self._counted.items()})
+                    {c: u.norm for c, u in self._counted.items()}, self.limits.max_num_samples)
 
     def delta(self) -> Mapping[str, npt.NDArray[np.float64]]:
         """The aggregate of the counted updates, each weighed and clipped as :meth:`plan`

@@ -26,7 +26,7 @@ from edge_client.protocol import Presence, SignedMessage, StatsReport, Topics
 from edge_client.runtime import interpreter_class
 from edge_client.schema import Schema
 from edge_client.state import NORMALISATION_FILE, StateDir
-from edge_client.training import LocalSplit, Trainer
+from edge_client.training import LocalSplit, Trainer, single_class
 from edge_client.transport import BrokerConfig, MqttTransport, Transport, TransportError, Will
 
 log = logging.getLogger(__name__)
@@ -199,6 +199,18 @@ def run_client(config: ClientConfig, stop: threading.Event) -> int:
         return _run(config, stop, verify)
 
 
+def warn_single_class(client_id: str, split: LocalSplit) -> None:
+    """Logs a warning when the site trains on one class only: its update pulls the
+    federation's model towards always predicting that class (a label column mix-up, or
+    a site that only sees one outcome); it still takes part."""
+    only = single_class(split.y_train)
+    if only is not None:
+        log.warning("client %s: local training data holds one class only: all %d training "
+                    "samples are class %d; its updates pull the federation's model towards "
+                    "always predicting it (check the label column)", client_id,
+                    len(split.y_train), only)
+
+
 def _run(config: ClientConfig, stop: threading.Event,
          verify: Callable[[SignedMessage], None] | None) -> int:
     """:func:`run_client` once this process holds the state directory."""
@@ -207,6 +219,7 @@ def _run(config: ClientConfig, stop: threading.Event,
     data, stats = prepare_data(config)
     keep_norm_stats(state, stats)
     split = LocalSplit.of(data.x, data.y, seed=config.seed or 0, holdout=config.holdout)
+    warn_single_class(client_id, split)
     test = prepare_test_data(config, stats)
     runtime_name, _ = interpreter_class()
     topics = Topics(config.federation, config.prefix)
