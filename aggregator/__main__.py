@@ -124,6 +124,14 @@ def _round_options(g: argparse._ArgumentGroup, d: AggregatorConfig) -> None:
                    help="share of online clients selected per round, in (0, 1]")
     g.add_argument("--round-timeout", type=float, metavar="SECONDS", help="from announcement "
                    f"to deadline, and the one extension; default {d.round_timeout:g}")
+    g.add_argument("--max-new-clients", type=int, metavar="N", help="ids that never "
+                   "delivered an accepted update selected per round (after every online id "
+                   "that did), so a flood of made-up presence ids cannot capture a round; "
+                   f"default {d.max_new_clients}")
+    g.add_argument("--max-online", type=int, metavar="N", help="ids held online at once; a "
+                   "presence beyond it is refused (counted as fedge_invalid_messages"
+                   "{kind=\"presence_cap\"}) unless its id delivered before; default "
+                   f"{d.max_online}")
 
 
 def _training_options(g: argparse._ArgumentGroup, d: AggregatorConfig) -> None:

@@ -19,7 +19,7 @@ from typing import Literal
 from aggregator.bounds import InfluenceBounds
 from aggregator.fedavg import STRATEGIES, Strategy
 from aggregator.intake import IntakeLimits
-from aggregator.schedule import RoundsConfig
+from aggregator.schedule import DEFAULT_MAX_NEW_CLIENTS, DEFAULT_MAX_ONLINE, RoundsConfig
 from edge_client.errors import ConfigError
 from edge_client.protocol import (
     CODECS,
@@ -66,6 +66,8 @@ class AggregatorConfig:
     clients_per_round: int | None = None
     fraction: float | None = None
     round_timeout: float = 60.0
+    max_new_clients: int = DEFAULT_MAX_NEW_CLIENTS  # never-delivered ids selected per round
+    max_online: int = DEFAULT_MAX_ONLINE  # presence table; ids that delivered always fit
     epochs: int = 1
     batch_size: int | None = None  # None: the model file's batch size
     lr: float | None = None  # None: the model file's learning rate
@@ -118,7 +120,8 @@ class AggregatorConfig:
             total_rounds=self.rounds,
             min_clients=self.min_clients, clients_per_round=self.clients_per_round,
             fraction=self.fraction, round_timeout=self.round_timeout, seed=self.seed,
-            min_available=self.min_available,
+            min_available=self.min_available, max_new_clients=self.max_new_clients,
+            max_online=self.max_online,
         )
 
     def strategy_config(self) -> Strategy:
@@ -166,6 +169,7 @@ BOUNDS = Bounds(
         "max_message_bytes": (1024, MAX_CHUNK_BYTES),
         "max_transfer_bytes": (1, MAX_TRANSFER_BYTES), "max_transfers": (1, 1_000_000),
         "max_transfers_per_client": (1, 1_000_000), "max_buffered_bytes": (1, 2**40),
+        "max_new_clients": (1, MAX_SELECTED), "max_online": (1, 10**7),
     },
     floats={  # (low, high, whether low itself is allowed)
         "round_timeout": (0.0, 1e7, False), "lr": (0.0, 1000.0, False),
@@ -234,6 +238,10 @@ def check(c: AggregatorConfig) -> None:
     c.limits()
     if 0 < c.weight_cap_factor < 1 or 0 < c.clip_factor < 1:
         raise ConfigError("--weight-cap-factor and --clip-factor must be 0 (off) or >= 1")
+    if not c.min_clients <= c.max_new_clients <= c.max_online:
+        raise ConfigError(f"need --min-clients {c.min_clients} <= --max-new-clients "
+                          f"{c.max_new_clients} <= --max-online {c.max_online}: a new "
+                          "federation could not reach its quorum otherwise")
     c.rounds_config("0" * 64)
 
 

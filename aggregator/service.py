@@ -109,6 +109,7 @@ class AggregatorService:
         self._stored = restored.accepted
         self._recorded = set(restored.recorded_rounds)
         self._finishing = False  # the last round closed in this process
+        self._told_presence_cap = False
         #: set on every (re)connect: the broker may have lost the retained state
         #: (a restart without persistence), so the next tick publishes it again
         self.republish = threading.Event()
@@ -301,6 +302,8 @@ class AggregatorService:
                 log.warning("round=%d skipped: %d accepted, quorum %d", action.round_id,
                             action.accepted, action.min_clients)
                 self._close_round("skipped")
+            elif isinstance(action, schedule.PresenceRefused):
+                self._presence_refused(action)
             elif isinstance(action, schedule.Finish):
                 log.info("finished rounds=%d aggregated=%d skipped=%d", action.rounds,
                          action.aggregated, action.skipped)
@@ -308,6 +311,16 @@ class AggregatorService:
         self._save_state()
         if any(isinstance(a, (schedule.Aggregate, schedule.SkipRound)) for a in actions):
             self.tick()  # the next round's deadline counts from after this publish
+
+    def _presence_refused(self, action: schedule.PresenceRefused) -> None:
+        """Counted as ``fedge_invalid_messages{kind="presence_cap"}``; said once a run."""
+        self.metrics.invalid.labels("presence_cap").inc()
+        if not self._told_presence_cap:
+            self._told_presence_cap = True
+            log.warning("presence of %s refused: %d ids are online (--max-online; a flood "
+                        "of made-up ids?); further refusals are only counted in "
+                        "fedge_invalid_messages{kind=\"presence_cap\"}", action.client_id,
+                        action.max_online)
 
     def _announce(self, action: schedule.Announce) -> None:
         self.stages.round_opened(action.round_id)
