@@ -4,8 +4,9 @@
 decodes a completed update strictly, checks what only the transport can tell (the
 topic's client id, the round's codec) and dequantizes it. :meth:`Intake.take` returns
 :class:`Pending` (a chunk held in memory, or a repeat), :class:`Refused` (with whom to
-answer, when known) or :class:`Arrived` (a :class:`~aggregator.validation.ReceivedUpdate`
-for :meth:`aggregator.round.Round.admit`). It touches nothing but its reassembly buffers.
+answer, when known; reason ``busy`` when only full caps refused it: temporary) or
+:class:`Arrived` (a :class:`~aggregator.validation.ReceivedUpdate` for
+:meth:`aggregator.round.Round.admit`). It touches nothing but its reassembly buffers.
 
 Every failed transfer whose id names an update (``u-{round}-{nonce}-…``) is answered
 once: at the chunk that makes the whole transfer fail (:class:`TransferFailed`: a
@@ -19,6 +20,7 @@ are dropped unanswered.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import cbor2
@@ -44,6 +46,7 @@ from edge_client.transfer import (
     Reassembler,
     ReassemblyLimits,
     TransferFailed,
+    TransfersBusy,
 )
 
 REMEMBER_FAILED = 4096  # failed transfers remembered, so the rest of their chunks stay quiet
@@ -143,11 +146,16 @@ class Intake:
     """Turns update chunks into :data:`Outcome` s; see the module docstring."""
 
     def __init__(self, codec: str, reassembly: ReassemblyLimits,
-                 limits: IntakeLimits | None = None) -> None:
-        """Take updates in ``codec``; ``limits`` (when given) replace ``reassembly``'s caps."""
+                 limits: IntakeLimits | None = None, *,
+                 selected: Callable[[str], bool] | None = None) -> None:
+        """Take updates in ``codec``; ``limits`` (when given) replace ``reassembly``'s caps.
+        Full caps evict a transfer of a flood rather than refuse a genuine one
+        (:class:`~edge_client.transfer.Reassembler` with ``evict``); ``selected`` says which
+        senders the open round selected: their transfers go last."""
         self.codec = codec
         self.max_message_bytes = limits.max_message_bytes if limits else MAX_CHUNK_BYTES
-        self.reassembler = Reassembler(limits.reassembly(reassembly) if limits else reassembly)
+        self.reassembler = Reassembler(limits.reassembly(reassembly) if limits else reassembly,
+                                       evict=True, protected=selected)
         self._failed: OrderedDict[tuple[str, str], None] = OrderedDict()  # answered
         self._expired: list[tuple[str, str]] = []  # found while taking a chunk
 
@@ -172,6 +180,8 @@ class Intake:
             if isinstance(e, TransferFailed) or chunk.index == chunk.count - 1:
                 to = addressee(sender, None, chunk.transfer_id)
                 self._remember_failed(key)
+            if isinstance(e, TransfersBusy):
+                return Refused(to, Rejection(Reason.BUSY, f"{e}; temporary, re-send"))
             return Refused(to, Rejection(Reason.TRANSFER, str(e)))
         if whole is None:
             return Pending()

@@ -39,6 +39,9 @@ class ServiceMetrics:
         self.accepted = Counter("fedge_updates_accepted", "Updates accepted", registry=r)
         self.rejected = Counter("fedge_updates_rejected", "Updates (or chunks) rejected, by reason",
                                 ["reason"], registry=r)
+        self.evicted = Counter("fedge_transfers_evicted",
+                               "Incomplete update transfers dropped to make room for another "
+                               "(a flood of partial transfers?)", registry=r)
         self.invalid = Counter("fedge_invalid_messages",
                                "Unusable non-update messages (e.g. presence), by topic kind",
                                ["kind"], registry=r)

@@ -94,7 +94,8 @@ class AggregatorService:
                                    run_id=run_id, on_sent=self._sent)
         reassembly = ReassemblyLimits(max_transfer_bytes=model_file.max_update_bytes(),
                                       timeout=max(30.0, 2 * config.round_timeout))
-        self.intake = Intake(config.codec, reassembly, config.limits())
+        self.intake = Intake(config.codec, reassembly, config.limits(),
+                             selected=lambda sender: sender in self.round.state.selected)
         self.strategy = config.strategy_config()
         initial = model_file.initial_weights
         if config.initial_weights is not None:
@@ -236,8 +237,11 @@ class AggregatorService:
 
     # -- receive: updates ---------------------------------------------------------
     def _on_chunk(self, sender: str, message: Message) -> None:
+        evicted = self.intake.reassembler.evicted
         with self.stages.stage(Stage.INTAKE):
             outcome = self.intake.take(sender, message.payload, self.clock())
+        if self.intake.reassembler.evicted > evicted:
+            self.metrics.evicted.inc(self.intake.reassembler.evicted - evicted)
         if isinstance(outcome, Refused):
             self.round.count_rejection(outcome.rejection.reason)
             self._refuse(outcome.to, outcome.rejection, message)

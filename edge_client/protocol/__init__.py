@@ -60,6 +60,7 @@ from edge_client.protocol.limits import (
 from edge_client.protocol.messages import (
     FINISH_REASONS,
     MESSAGES,
+    REASON_BUSY,
     Chunk,
     FeatureSummary,
     Hyperparameters,
@@ -101,6 +102,7 @@ __all__ = [
     "MESSAGES",
     "NUMPY_DTYPES",
     "PROTOCOL_VERSION",
+    "REASON_BUSY",
     "RETAINED_KINDS",
     "Chunk",
     "FeatureSummary",

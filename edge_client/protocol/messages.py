@@ -309,6 +309,11 @@ class Update(Message):
                    f"tensor {_short(tensor.name)} codec {tensor.codec} != update codec")
 
 
+#: the code of a temporary refusal (``"busy: …"``): the aggregator had no room for the
+#: transfer just now; the client keeps its update and re-sends it within the round
+REASON_BUSY = "busy"
+
+
 @dataclass(frozen=True)
 class Reply(SignedMessage):
     """The aggregator's answer to one update; signed like the manifest when the aggregator
@@ -333,6 +338,11 @@ class Reply(SignedMessage):
         _id_field(self.client_id, "client_id")
         _check(8 <= len(self.nonce) <= 64, "nonce", "must be 8-64 bytes")
         _text(self.reason, "reason")
+
+    @property
+    def temporary(self) -> bool:
+        """Whether this is a refusal to try again (reason code :data:`REASON_BUSY`)."""
+        return not self.accepted and self.reason.partition(":")[0] == REASON_BUSY
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,14 @@
 """The update intake: where undecodable updates and failed transfers are answered, what a
-reply may say."""
+reply may say, and the temporary refusal of full caps."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 from typing import Any
 
-from aggregator.intake import Addressee, Intake, Outcome, Refused, addressee
+from aggregator.intake import Addressee, Intake, Outcome, Pending, Refused, addressee
 from aggregator.reasons import Reason, Rejection
-from edge_client.protocol import Chunk
+from edge_client.protocol import REASON_BUSY, Chunk, Reply
 from edge_client.transfer import ReassemblyLimits, split
 
 
@@ -89,3 +89,20 @@ def test_an_expiry_found_while_taking_a_chunk_is_answered_at_the_next_expire() -
     take_all(got, chunks()[:3], now=0.0)
     got.take("dev-2", chunks(tid="u-9-" + "ab" * 16)[0].encode(), 40.0)  # expires dev-1's
     assert [r.to for r in got.expire(40.0)] == [TO]
+
+
+def test_a_refusal_because_the_caps_are_full_is_busy_and_a_client_reads_it_as_temporary(
+) -> None:
+    """Issue 14 finding 7: it was 'transfer', which a client takes as final."""
+    got = Intake("int8", ReassemblyLimits(max_transfers=1))
+    first = split(bytes(600), "u-1-" + "aa" * 8, max_payload=500)
+    assert isinstance(got.take("fake-1", first[0], 0.0), Pending)
+    refused = got.take("fake-2", split(b"x" * 10, "u-1-" + "bb" * 8)[0], 0.0)
+    assert isinstance(refused, Refused) and refused.rejection.reason is Reason.BUSY
+    assert refused.to == Addressee("fake-2", 1, bytes.fromhex("bb" * 8))
+    reply = Reply(federation="f", round_id=1, client_id="fake-2", nonce=b"b" * 8,
+                  accepted=False, reason=refused.rejection.reply_text())
+    assert reply.temporary and reply.reason.startswith("busy: too many transfers")
+    assert Reason.BUSY.value == REASON_BUSY
+    assert not Reply(federation="f", round_id=1, client_id="c", nonce=b"b" * 8,
+                     accepted=False, reason="transfer: busy").temporary
