@@ -155,7 +155,10 @@ def test_partial_transfers_aimed_at_one_device_cannot_block_it(
     a.wait_round(1)
     b.publish(partial_transfers(4, "aimed"), "dev-a")
     deliver(genuine, 1, model_file)
-    scenario.observe("4 partial transfers on update/dev-a; dev-a's update accepted")
+    evicted = agg.metric("fedge_transfers_evicted_total")
+    scenario.observe(f"4 partial transfers on update/dev-a; dev-a's update accepted, "
+                     f"{evicted:.0f} of them evicted")
+    assert evicted == 1
     assert agg.wait_exit(30) == 0, agg.child.tail(30)
     scenario.observe(check_federation(agg.state_dir, model_file, 1, accepted=[
         (1, d.client_id) for d in genuine]))
@@ -185,7 +188,10 @@ def test_a_flood_of_partial_transfers_cannot_keep_genuine_updates_out(
     scenario.observe(f"4,100 partial transfers published in {took:.1f} s; a made-up id's "
                      f"transfer then got: {reply.reason[:90]!r}")
     deliver(genuine, 1, model_file)
-    scenario.observe("both genuine updates accepted")
+    evicted = agg.metric("fedge_transfers_evicted_total")
+    scenario.observe(f"both genuine updates accepted, evicting {evicted:.0f} flood "
+                     "transfer(s) (a completed update frees its room)")
+    assert evicted >= 1
     assert not reply.accepted and reply.reason.startswith("busy: "), reply
     assert agg.wait_exit(30) == 0, agg.child.tail(30)
     (line,) = agg.history()
