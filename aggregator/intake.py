@@ -11,10 +11,10 @@ answer, when known; reason ``busy`` when only full caps refused it: temporary) o
 Every failed transfer whose id names an update (``u-{round}-{nonce}-…``) is answered
 once: at the chunk that makes the whole transfer fail (:class:`TransferFailed`: a
 declaration over the caps, a chunk contradicting the first, a bad size or SHA-256, in
-whatever order its chunks come), at its last chunk when a shared cap refused it, and,
-from :meth:`Intake.expire`, when it expires incomplete, unless a later transfer of the
-same update (a re-send) is in progress or done. The rest of a failed transfer's chunks
-are dropped unanswered.
+whatever order its chunks come) or that full shared caps refused (``busy``), and, from
+:meth:`Intake.expire`, when it expires incomplete or was evicted to make room (``busy``),
+unless a later transfer of the same update (a re-send) is in progress or done. The rest
+of a failed or evicted transfer's chunks are dropped unanswered.
 """
 
 from __future__ import annotations
@@ -158,6 +158,7 @@ class Intake:
                                        evict=True, protected=selected)
         self._failed: OrderedDict[tuple[str, str], None] = OrderedDict()  # answered
         self._expired: list[tuple[str, str]] = []  # found while taking a chunk
+        self._busy: list[Refused] = []  # answers to evicted transfers, for expire()
 
     def take(self, sender: str, payload: bytes, now: float) -> Outcome:
         """Decide about one chunk published on ``update/{sender}`` (``payload`` untrusted;
@@ -177,21 +178,24 @@ class Intake:
             whole = self.reassembler.accept(sender, chunk, now)
         except ChunkRejected as e:
             to = None  # answer once per transfer, not per chunk
-            if isinstance(e, TransferFailed) or chunk.index == chunk.count - 1:
+            if isinstance(e, (TransferFailed, TransfersBusy)) or chunk.index == chunk.count - 1:
                 to = addressee(sender, None, chunk.transfer_id)
                 self._remember_failed(key)
             if isinstance(e, TransfersBusy):
                 return Refused(to, Rejection(Reason.BUSY, f"{e}; temporary, re-send"))
             return Refused(to, Rejection(Reason.TRANSFER, str(e)))
+        finally:
+            self._note_evicted()
         if whole is None:
             return Pending()
         return decode_update(whole, sender, self.codec, chunk.transfer_id)
 
     def expire(self, now: float) -> list[Refused]:
         """Drop the transfers older than the timeout; the answers to their senders (those
-        whose id names an update no later transfer of the sender re-sends)."""
+        whose id names an update no later transfer of the sender re-sends), and to the
+        senders of transfers evicted since the last call (``busy``)."""
         expired, self._expired = self._expired + self.reassembler.expire(now), []
-        answers = []
+        answers, self._busy = self._busy, []
         for key in expired:
             sender, transfer_id = key
             to = addressee(sender, None, transfer_id)
@@ -202,6 +206,19 @@ class Intake:
                 Reason.TRANSFER, f"transfer {transfer_id} from {sender} expired incomplete "
                 f"after {self.reassembler.limits.timeout:g} s")))
         return answers
+
+    def _note_evicted(self) -> None:
+        """Transfers evicted to make room: the rest of their chunks are dropped quietly (they
+        could not complete), and a sender whose transfer id names an update is told ``busy``
+        at the next :meth:`expire`, so it re-sends soon instead of after its re-send time."""
+        for key in self.reassembler.take_evicted():
+            sender, transfer_id = key
+            to = addressee(sender, None, transfer_id)
+            if to is not None and not self._resent(sender, transfer_id):
+                self._busy.append(Refused(to, Rejection(Reason.BUSY, f"transfer "
+                                  f"{transfer_id} from {sender} was dropped to make room for "
+                                  "another; temporary, re-send")))
+            self._remember_failed(key)
 
     def _resent(self, sender: str, transfer_id: str) -> bool:
         named = parse_update_transfer_id(transfer_id)

@@ -140,6 +140,7 @@ class Reassembler:
         self.limits = limits or ReassemblyLimits()
         self.evict, self._protected = evict, protected or (lambda sender: False)
         self.evicted = 0  # transfers dropped to make room, for the caller's counts
+        self._evicted: list[tuple[str, str]] = []  # since the last take_evicted()
         self._open: dict[tuple[str, str], _Transfer] = {}
         self._done: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._per_sender: Counter[str] = Counter()
@@ -189,6 +190,11 @@ class Reassembler:
         """The transfer ids of ``sender`` in progress or completed (and remembered)."""
         return [t for s, t in (*self._open, *self._done) if s == sender]
 
+    def take_evicted(self) -> list[tuple[str, str]]:
+        """The (sender, transfer id) of the transfers evicted since the last call."""
+        evicted, self._evicted = self._evicted, []
+        return evicted
+
     def drop(self, sender: str, transfer_id: str) -> None:
         """Forget the incomplete transfer ``transfer_id`` of ``sender`` (if any), e.g. one
         whose first chunk lied about its size: the next chunk starts it afresh."""
@@ -217,6 +223,7 @@ class Reassembler:
                 raise (TransfersBusy if self.evict else ChunkRejected)(full)
             self._forget(victim)
             self.evicted += 1
+            self._evicted.append(victim)
             log.info("transfer %s from %s evicted for one from %s: %s", victim[1], victim[0],
                      key[0], full)
         transfer = _Transfer(chunk.count, size, chunk.sha256, now, active=now)

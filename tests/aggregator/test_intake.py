@@ -106,3 +106,15 @@ def test_a_refusal_because_the_caps_are_full_is_busy_and_a_client_reads_it_as_te
     assert Reason.BUSY.value == REASON_BUSY
     assert not Reply(federation="f", round_id=1, client_id="c", nonce=b"b" * 8,
                      accepted=False, reason="transfer: busy").temporary
+
+
+def test_an_evicted_transfer_is_answered_busy_and_the_rest_of_its_chunks_are_dropped() -> None:
+    got = Intake("int8", ReassemblyLimits(max_transfers_per_sender=1))
+    first, rest = chunks()[0], chunks()[1:]
+    assert isinstance(got.take("dev-1", first.encode(), 0.0), Pending)
+    assert isinstance(got.take("dev-1", chunks(tid="u-3-" + "cd" * 8)[0].encode(), 1.0),
+                      Pending)  # evicts TID: dev-1 holds one transfer at most
+    (answer,) = got.expire(2.0)
+    assert answer.to == TO and answer.rejection.reason is Reason.BUSY
+    assert "dropped to make room" in answer.rejection.message
+    assert refusals(take_all(got, rest)) == [] and got.reassembler.pending == 1
