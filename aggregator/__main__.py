@@ -18,6 +18,7 @@ from pathlib import Path
 from aggregator.config import AggregatorConfig, build_config, check_exposure
 from aggregator.fedavg import STRATEGIES
 from aggregator.modelfile import load_model_file
+from aggregator.privacy import ACCOUNTANTS
 from aggregator.run import begin
 from aggregator.stages import NO_STAGES, StageHook
 from aggregator.store import AggregatorStore
@@ -65,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     _training_options(p.add_argument_group("training (sent to clients with each round)"), d)
     _aggregation_options(p.add_argument_group("aggregation and update checks"), d)
     _intake_caps(p.add_argument_group("resource caps of the update intake (per process)"), d)
+    _privacy_options(p.add_argument_group(
+        "client-level differential privacy (off unless --dp-clip; docs/privacy.md)"), d)
     g = p.add_argument_group("service")
     g.add_argument("--state-dir", type=Path, metavar="DIR", help="round state, accepted "
                    f"updates, checkpoints and history.jsonl; default ./{d.state_dir}")
@@ -172,6 +175,26 @@ def _intake_caps(g: argparse._ArgumentGroup, d: AggregatorConfig) -> None:
     g.add_argument("--transfer-timeout", type=float, metavar="SECONDS", help="drop an "
                    "incomplete transfer this long after its first chunk; default "
                    "max(30, 2 x --round-timeout)")
+
+
+def _privacy_options(g: argparse._ArgumentGroup, d: AggregatorConfig) -> None:
+    g.add_argument("--dp-clip", type=float, metavar="C", help="turn on client-level DP-FedAvg: "
+                   "clip every update's delta to L2 norm C, weigh every update 1, add Gaussian "
+                   "noise of standard deviation Z*C to the sum (the aggregator adds it: it is "
+                   "trusted); default off")
+    g.add_argument("--dp-noise-multiplier", type=float, metavar="Z", help="noise multiplier Z "
+                   "(noise std / C); or give --dp-epsilon and Z is computed for --rounds")
+    g.add_argument("--dp-epsilon", type=float, metavar="E", help="privacy budget: the run "
+                   "finishes (exit 0, reason 'privacy budget') before a round that would take "
+                   "epsilon above E; without --dp-noise-multiplier, Z is the smallest that "
+                   "lets --rounds rounds fit in E")
+    g.add_argument("--dp-delta", type=float, metavar="D", help="delta of the (epsilon, delta) "
+                   "guarantee; required with --dp-clip (keep it below 1/number of devices)")
+    g.add_argument("--dp-accountant", choices=ACCOUNTANTS, help="rdp (Renyi DP, conservative, "
+                   f"fast) or pld (privacy loss distributions, tighter); default {d.dp_accountant}")
+    g.add_argument("--dp-sampling-rate", type=float, metavar="Q", help="with DP, each online "
+                   "client is selected with probability Q, independently (Poisson sampling); "
+                   "default --fraction, else 1 (every online client)")
 
 
 class JsonFormatter(logging.Formatter):

@@ -66,6 +66,8 @@ class RoundsConfig:
         seed: seed of client selection.
         min_available: clients that must be online before a round is announced (None:
             ``min_clients``), like Flower's ``min_available_clients``.
+        sampling_rate: with differential privacy, each online client is selected with
+            this probability (:func:`poisson_sample`) instead of by :func:`round_size`.
     """
 
     federation: str
@@ -78,6 +80,7 @@ class RoundsConfig:
     round_timeout: float = 60.0
     seed: int = 0
     min_available: int | None = None
+    sampling_rate: float | None = None
 
     def __post_init__(self) -> None:
         if self.total_rounds < 1 or self.min_clients < 1 or self.seed < 0:
@@ -91,6 +94,8 @@ class RoundsConfig:
                               f"min_clients {self.min_clients}")
         if self.fraction is not None and not 0.0 < self.fraction <= 1.0:
             raise ConfigError(f"fraction must be in (0, 1], got {self.fraction}")
+        if self.sampling_rate is not None and not 0.0 < self.sampling_rate <= 1.0:
+            raise ConfigError(f"sampling_rate must be in (0, 1], got {self.sampling_rate}")
         if not (math.isfinite(self.round_timeout) and self.round_timeout > 0):
             raise ConfigError(f"round_timeout must be positive, got {self.round_timeout}")
 
@@ -311,6 +316,24 @@ def select_clients(
     return tuple(sorted(pool[int(i)] for i in picked))
 
 
+def poisson_sample(seed: int, round_id: int, online: frozenset[str],
+                   rate: float) -> tuple[str, ...]:
+    """Each online client independently with probability ``rate`` (Poisson sampling, the
+    sampling the DP accountant assumes; the sample may be empty or below the quorum),
+    reproducible from the arguments; at most :data:`MAX_SELECTED` (sorted ids first)."""
+    pool = sorted(online)
+    draws = np.random.default_rng([seed, round_id]).random(len(pool))
+    return tuple(c for c, u in zip(pool, draws, strict=True) if u < rate)[:MAX_SELECTED]
+
+
+def finish(state: RoundState) -> Step:
+    """End the run now, between rounds (its privacy budget cannot pay for another)."""
+    if state.phase is not Phase.WAITING:
+        raise ValidationError(f"the run can only finish between rounds, not {state.phase.value}")
+    return (replace(state, phase=Phase.FINISHED),
+            (Finish(state.round_id, state.aggregated, state.skipped),))
+
+
 def round_size(config: RoundsConfig, online: int) -> int:
     """How many clients a round selects among ``online`` (never fewer than the quorum)."""
     if config.clients_per_round is not None:
@@ -360,8 +383,11 @@ def _announce(config: RoundsConfig, state: RoundState, now: float) -> Step:
     if len(state.online) < (config.min_available or config.min_clients):
         return state, ()
     round_id = state.round_id + 1
-    selected = select_clients(config.seed, round_id, state.online,
-                              round_size(config, len(state.online)))
+    if config.sampling_rate is not None:
+        selected = poisson_sample(config.seed, round_id, state.online, config.sampling_rate)
+    else:
+        selected = select_clients(config.seed, round_id, state.online,
+                                  round_size(config, len(state.online)))
     deadline = now + config.round_timeout
     state = replace(state, round_id=round_id, phase=Phase.COLLECTING,
                     selected=frozenset(selected), accepted=frozenset(), deadline=deadline,

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -28,12 +30,14 @@ from typing import Any
 
 import numpy as np
 
-from aggregator import checkpoint, schedule
+from aggregator import accounting, checkpoint, schedule
 from aggregator.config import AggregatorConfig
 from aggregator.global_model import GlobalModel
 from aggregator.intake import Addressee, Arrived, Intake, Refused
+from aggregator.ledger import PrivacyLedger
 from aggregator.metrics import ServiceMetrics
 from aggregator.modelfile import ModelFile
+from aggregator.privacy import add_noise
 from aggregator.publish import Publisher, RunMessages, manifest_signing_key
 from aggregator.reasons import Reason, Rejection
 from aggregator.recovery import restore
@@ -45,6 +49,7 @@ from aggregator.store import AggregatorStore
 from edge_client import protocol
 from edge_client.errors import ModelError, ProtocolError
 from edge_client.model import embed_weights
+from edge_client.protocol import PRIVACY_BUDGET
 from edge_client.transfer import ReassemblyLimits
 from edge_client.transport import Message, Transport
 
@@ -53,6 +58,9 @@ log = logging.getLogger(__name__)
 TICK_SECONDS = 0.2
 STATUS_EVERY_S = 1.0  # the retained status is republished at most this often while it changes
 ALREADY_ACCEPTED = "already accepted"
+#: a test's kill point: ``FEDGE_KILL_AT=noised`` makes the process SIGKILL itself right
+#: after a DP round was spent and noised, before anything of it is saved or published
+KILL_AT_ENV = "FEDGE_KILL_AT"
 
 
 class AggregatorService:
@@ -101,9 +109,15 @@ class AggregatorService:
         restored = restore(self.store, config.federation, initial, model_file.spec,
                            config.rounds)
         self.model = restored.model
-        self.round = Round(config.rounds_config(model_file.sha256, run_id), self.strategy,
-                           model_file.spec, config.limits(), _TimedJournal(self.store, stages),
-                           restored.state, now=clock(), bounds=config.bounds())
+        self.ledger = _ledger(config, self.store)
+        ledger = self.ledger
+        self.round = Round(
+            config.rounds_config(model_file.sha256, run_id,
+                                 ledger.sampling_seed if ledger else None),
+            self.strategy, model_file.spec, config.limits(), _TimedJournal(self.store, stages),
+            restored.state, now=clock(), bounds=config.bounds(),
+            dp_clip=ledger.settings.clip if ledger else None,
+            budget=ledger.affordable if ledger else None)
         self._stored = restored.accepted
         self._recorded = set(restored.recorded_rounds)
         self._finishing = False  # the last round closed in this process
@@ -144,6 +158,14 @@ class AggregatorService:
     def finished(self) -> bool:
         """Whether the last round has closed."""
         return self.round.finished
+
+    @property
+    def finish_reason(self) -> str:
+        """Why the run finished (``rounds``, ``privacy budget``), or ``""`` while it runs."""
+        if not self.finished:
+            return ""
+        early = self.ledger is not None and self.state.round_id < self.config.rounds
+        return PRIVACY_BUDGET if early else "rounds"
 
     @property
     def state(self) -> schedule.RoundState:
@@ -300,8 +322,13 @@ class AggregatorService:
 
     def _aggregate(self, action: schedule.Aggregate) -> None:
         with self.stages.stage(Stage.AGGREGATE):
+            delta = self.round.delta()
+            if self.ledger is not None:  # spent (fsync) before the noise exists
+                noise = self.ledger.spend(action.round_id, self.round.population)
+                delta = add_noise(delta, len(self.round.participants), noise)
+                _kill_point("noised")
             weights, server_state = self.strategy.apply(
-                self.model.weights, self.round.delta(), self.model.server_state)
+                self.model.weights, delta, self.model.server_state)
         previous = self.model
         with self.stages.stage(Stage.ENCODE):
             self.model = GlobalModel.build(self.config.federation, action.new_version,
@@ -321,6 +348,10 @@ class AggregatorService:
         """The run is over: the final model into ``final/``, then a finished manifest every
         device acts on, and no retained round left behind."""
         self._finishing = True
+        if self.finish_reason == PRIVACY_BUDGET and self.ledger is not None:
+            log.info("privacy budget: epsilon %.4g spent of %s at delta %g; another round "
+                     "would exceed it, so the run finishes", self.ledger.epsilon,
+                     self.ledger.settings.target_epsilon, self.ledger.settings.delta)
         self._save_final()
         self._publish_manifest()
         self.publisher.clear_round()
@@ -344,6 +375,8 @@ class AggregatorService:
     def _close_round(self, outcome: str) -> None:
         record = self.round.record(outcome, self.model.version, self.clock())
         record["run"] = self.run_info.run_id
+        if self.ledger is not None:
+            record["dp"] = self.ledger.report()
         self.metrics.rounds.labels(outcome).inc()
         self.metrics.round_duration.observe(record["duration_s"])
         self._last_round = _summary(record)
@@ -378,10 +411,10 @@ class AggregatorService:
         self._update_gauges()
 
     def _publish_manifest(self) -> None:
-        finished = "rounds" if self.finished else ""
         with self.stages.stage(Stage.PUBLISH):
             self.publisher.manifest(self.messages.manifest(
-                self.model.version, self.model.sha256, self.state.round_id, finished))
+                self.model.version, self.model.sha256, self.state.round_id,
+                self.finish_reason))
 
     def _publish_status(self, *, force: bool = False) -> None:
         now = self.clock()
@@ -394,7 +427,7 @@ class AggregatorService:
             deadline=s.deadline or 0.0, selected=len(s.selected), accepted=len(s.accepted),
             rejected=dict(self.round.traffic.rejections) if collecting else {},
             online=len(s.online), last_round=self._last_round, updated_at=now,
-            finished="rounds" if self.finished else ""))
+            finished=self.finish_reason))
         self._status_due, self._status_at = False, now
 
     def _publish_round(self) -> None:
@@ -419,6 +452,8 @@ class AggregatorService:
         collecting = s.phase is Phase.COLLECTING
         m.participants.set(len(self.round.participants) if collecting else 0)
         m.samples.set(self.round.samples if collecting else 0)
+        if self.ledger is not None:
+            m.dp_epsilon.set(self.ledger.epsilon)
 
 
 class _TimedJournal:
@@ -438,11 +473,34 @@ class _TimedJournal:
         return self.store.accepted(round_id)
 
 
+def _ledger(config: AggregatorConfig, store: AggregatorStore) -> PrivacyLedger | None:
+    """The privacy ledger with DP on (Z computed from --dp-epsilon when not given)."""
+    dp = config.dp_settings()
+    if dp is None:
+        return None
+    z = dp.noise_multiplier
+    if z is None:
+        assert dp.target_epsilon is not None  # DpSettings requires one of the two
+        z = accounting.noise_multiplier(dp.target_epsilon, dp.delta, dp.sampling_rate,
+                                        config.rounds)
+        log.info("privacy: noise multiplier %.4f lets %d rounds at q=%g fit in epsilon %g "
+                 "(delta %g)", z, config.rounds, dp.sampling_rate, dp.target_epsilon, dp.delta)
+    return PrivacyLedger(store.root, dp, z)
+
+
+def _kill_point(name: str) -> None:
+    if os.environ.get(KILL_AT_ENV) == name:
+        log.warning("%s=%s: killing this process (a test's fault)", KILL_AT_ENV, name)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _summary(record: dict[str, Any]) -> dict[str, float]:
     """The numbers of a history line that the retained status carries."""
     numbers = {"round": record.get("round", 0), "version": record.get("version", 0),
                "participants": len(record.get("participants", ())),
                "samples": record.get("samples", 0), **record.get("metrics", {})}
+    if "dp" in record:
+        numbers["dp_epsilon"] = record["dp"]["epsilon"]
     return {k: float(v) for k, v in list(numbers.items())[:64]
             if isinstance(v, (int, float)) and not isinstance(v, bool)}
 

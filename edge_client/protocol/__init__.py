@@ -60,6 +60,7 @@ from edge_client.protocol.limits import (
 from edge_client.protocol.messages import (
     FINISH_REASONS,
     MESSAGES,
+    PRIVACY_BUDGET,
     Chunk,
     Hyperparameters,
     M,
@@ -98,6 +99,7 @@ __all__ = [
     "MAX_TRANSFER_BYTES",
     "MESSAGES",
     "NUMPY_DTYPES",
+    "PRIVACY_BUDGET",
     "PROTOCOL_VERSION",
     "RETAINED_KINDS",
     "Chunk",

@@ -1,0 +1,126 @@
+"""Client-level DP in the service (in-memory bus): the ε a history row reports is what
+``dp-accounting`` computes from the row alone, the published weights are the clipped
+mean plus exactly the noise the ledger recorded, and the run stops at its budget."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import dp_accounting
+import numpy as np
+import pytest
+from dp_accounting import pld, rdp
+from service_kit import CLIENTS, WEIGHTS, Federation
+
+from aggregator import accounting
+from aggregator.history import read_history
+from aggregator.intake import received
+from aggregator.ledger import LEDGER_FILE, PrivacyLedger, Spent
+from aggregator.privacy import DpSettings, add_noise, clip_scale
+from aggregator.store import AggregatorStore
+from aggregator.validation import delta_norm
+from edge_client.protocol import PRIVACY_BUDGET, Manifest, Status, Update, Weights
+from edge_client.quantize import dequantize_update
+
+DP = {"dp_clip": 0.05, "dp_noise_multiplier": 1.2, "dp_delta": 1e-5}
+
+
+def run_round(fed: Federation, service: Any) -> None:
+    for client in fed.round().selected:
+        fed.send(service, client)
+
+
+def independent_epsilon(dp: dict[str, Any]) -> float:
+    """ε from a history row's parameters alone, with dp-accounting, as a reader would."""
+    event = dp_accounting.SelfComposedDpEvent(dp_accounting.PoissonSampledDpEvent(
+        dp["sampling_rate"], dp_accounting.GaussianDpEvent(dp["noise_multiplier"])),
+        dp["rounds_spent"])
+    make = pld.PLDAccountant if dp["accountant"] == "pld" else rdp.RdpAccountant
+    return float(make().compose(event).get_epsilon(dp["delta"]))
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "pld"])
+def test_the_reported_epsilon_is_what_dp_accounting_computes_from_the_history_row(
+        tmp_path: Path, accountant: str) -> None:
+    fed = Federation(tmp_path, rounds=2, dp_accountant=accountant, **DP)
+    service = fed.service()
+    run_round(fed, service)
+    run_round(fed, service)
+    assert service.finished and service.finish_reason == "rounds"
+    rows = read_history(tmp_path)
+    assert [r["dp"]["rounds_spent"] for r in rows] == [1, 2]
+    for row in rows:
+        dp = row["dp"]
+        assert (dp["clip"], dp["noise_multiplier"], dp["delta"], dp["accountant"],
+                dp["sampling_rate"]) == (0.05, 1.2, 1e-5, accountant, 1.0)
+        assert dp["epsilon"] == pytest.approx(independent_epsilon(dp), rel=1e-6)
+    assert rows[1]["dp"]["epsilon"] > rows[0]["dp"]["epsilon"] > 0
+    assert service.metrics.value("fedge_dp_epsilon") == rows[1]["dp"]["epsilon"]
+    status = Status.decode(fed.broker.retained[fed.topics.status()])
+    assert status.last_round["dp_epsilon"] == pytest.approx(rows[1]["dp"]["epsilon"])
+
+
+def test_published_weights_are_the_clipped_uniform_mean_plus_the_ledgers_noise(
+        tmp_path: Path) -> None:
+    fed = Federation(tmp_path, rounds=1, **DP)
+    service = fed.service()
+    run_round(fed, service)
+    store = AggregatorStore(tmp_path)
+    deltas = []
+    for _, payload in store.accepted(1):
+        delta = received(Update.decode(payload), payload).delta
+        scale = clip_scale(delta_norm(delta), 0.05)
+        assert scale < 1.0  # every delta of the kit is longer than C: clipping matters
+        deltas.append({k: v.astype(np.float64) * scale for k, v in delta.items()})
+    mean = {k: sum(d[k] for d in deltas) / len(deltas) for k in WEIGHTS}
+    ledger = json.loads((tmp_path / LEDGER_FILE).read_text())
+    assert [e["round"] for e in ledger["rounds"]] == [1]
+    entry = ledger["rounds"][0]
+    assert entry["expected_clients"] == len(CLIENTS)  # q = 1 of 3 online
+    noised = add_noise(mean, len(deltas), Spent(**entry).noise())
+    saved = store.checkpoint(1)
+    assert saved is not None
+    published = dequantize_update(Weights.decode(saved[0]).tensors)
+    for name, base in WEIGHTS.items():
+        np.testing.assert_allclose(published[name], base + noised[name], rtol=0, atol=1e-6)
+        # the noise is really there: not the clipped mean alone
+        assert np.abs(published[name] - (base + mean[name])).max() > 1e-3
+
+
+def test_the_run_finishes_with_reason_privacy_budget_before_a_round_past_the_target(
+        tmp_path: Path) -> None:
+    two = accounting.epsilon([(1.0, 1.2)] * 2, 1e-5, "rdp")
+    three = accounting.epsilon([(1.0, 1.2)] * 3, 1e-5, "rdp")
+    target = (two + three) / 2  # two rounds fit, a third would not
+    fed = Federation(tmp_path, rounds=5, dp_epsilon=target, **DP)
+    service = fed.service()
+    run_round(fed, service)
+    run_round(fed, service)
+    assert service.finished and service.finish_reason == PRIVACY_BUDGET
+    assert service.state.round_id == 2
+    manifest = Manifest.decode(fed.broker.retained[fed.topics.manifest()])
+    assert manifest.finished == PRIVACY_BUDGET
+    assert Status.decode(fed.broker.retained[fed.topics.status()]).finished == PRIVACY_BUDGET
+    assert read_history(tmp_path)[-1]["dp"]["epsilon"] == pytest.approx(two) and two <= target
+    assert (tmp_path / "final" / "weights.npz").exists()
+    # a restart neither forgets the spent budget nor runs another round
+    again = fed.service()
+    assert again.finished and again.finish_reason == PRIVACY_BUDGET
+    assert again.ledger is not None and len(again.ledger.entries) == 2
+    assert Manifest.decode(fed.broker.retained[fed.topics.manifest()]).finished == PRIVACY_BUDGET
+
+
+def test_a_round_spent_again_after_a_crash_costs_nothing_and_replays_its_noise(
+        tmp_path: Path) -> None:
+    settings = DpSettings(clip=1.0, sampling_rate=0.5, delta=1e-5, noise_multiplier=1.0)
+    ledger = PrivacyLedger(tmp_path, settings, 1.0)
+    first = ledger.spend(4, population=10)
+    reopened = PrivacyLedger(tmp_path, settings, 1.0)  # as a restarted process would
+    assert reopened.spend(4, population=10) == first
+    assert len(reopened.entries) == 1 and reopened.epsilon == ledger.epsilon
+    assert reopened.sampling_seed == ledger.sampling_seed
+    assert first.expected_clients == 5.0
+    reopened.spend(5, population=10)
+    assert reopened.epsilon == pytest.approx(accounting.epsilon([(0.5, 1.0)] * 2, 1e-5, "rdp"))
