@@ -45,6 +45,7 @@ class Spent:
     expected_clients: float
     seed: str  # hex of the noise seed
     epsilon: float  # the run's ε once this round is spent
+    participants: list[str]  # whose clipped updates the noise was added to
 
     def noise(self) -> Noise:
         """The noise this entry stands for."""
@@ -89,23 +90,34 @@ class PrivacyLedger:
             self._affordable = after <= self.settings.target_epsilon
         return self._affordable
 
-    def spend(self, round_id: int, population: int) -> Noise:
-        """The noise of ``round_id``: recorded now (fsync) unless the ledger has it already
-        (a round aggregated again after a crash), which costs nothing more.
+    def has(self, round_id: int) -> bool:
+        """Whether ``round_id`` was spent (a crash came before its version was recorded)."""
+        return any(e.round == round_id for e in self.entries)
+
+    def spend(self, round_id: int, population: int, participants: list[str]) -> Noise:
+        """The noise of ``round_id`` over ``participants``: recorded now (fsync) unless the
+        ledger has it already for the same participants (a round aggregated again after a
+        crash), which costs nothing more. Other participants would make it another release
+        of the round: it is spent again, with fresh noise (the service closes a restored
+        spent round before taking any update, so this should not happen).
 
         Raises:
             OSError: the ledger could not be written; nothing may be published then.
         """
-        for entry in self.entries:
-            if entry.round == round_id:
+        for entry in reversed(self.entries):
+            if entry.round == round_id and entry.participants == participants:
                 log.info("privacy: round %d was already spent (ε %.4g); its noise is replayed",
                          round_id, entry.epsilon)
                 return entry.noise()
+            if entry.round == round_id:
+                log.error("privacy: round %d was spent for %s, now aggregates %s: spending "
+                          "it again", round_id, entry.participants, participants)
         q, z = self._next()
         eps = accounting.epsilon([*self._rounds(), (q, z)], self.settings.delta,
                                  self.settings.accountant)
         entry = Spent(round_id, q, z, self.settings.clip,
-                      expected_clients(q, population), f"{self._bits(128):032x}", eps)
+                      expected_clients(q, population), f"{self._bits(128):032x}", eps,
+                      list(participants))
         self.entries.append(entry)
         self._affordable = None
         self._write()

@@ -180,6 +180,9 @@ class AggregatorService:
         self._publish_current()
         self._carry_out(self.round.restore(self._stored, self.clock()))
         self._stored = ()
+        if (self.ledger is not None and self.state.phase is Phase.COLLECTING
+                and self.ledger.has(self.state.round_id)):  # spent before a crash: close it
+            self.tick()  # now, with the updates it was noised for, before any other comes
 
     def tick(self) -> None:
         """Let time pass: deadlines are checked against the clock; after a reconnect the
@@ -324,7 +327,8 @@ class AggregatorService:
         with self.stages.stage(Stage.AGGREGATE):
             delta = self.round.delta()
             if self.ledger is not None:  # spent (fsync) before the noise exists
-                noise = self.ledger.spend(action.round_id, self.round.population)
+                noise = self.ledger.spend(action.round_id, self.round.population,
+                                          list(self.round.participants))
                 delta = add_noise(delta, len(self.round.participants), noise)
                 _kill_point("noised")
             weights, server_state = self.strategy.apply(

@@ -12,13 +12,14 @@ import dp_accounting
 import numpy as np
 import pytest
 from dp_accounting import pld, rdp
-from service_kit import CLIENTS, WEIGHTS, Federation
+from service_kit import CLIENTS, MODEL, WEIGHTS, Federation
 
 from aggregator import accounting
 from aggregator.history import read_history
 from aggregator.intake import received
 from aggregator.ledger import LEDGER_FILE, PrivacyLedger, Spent
 from aggregator.privacy import DpSettings, add_noise, clip_scale
+from aggregator.service import AggregatorService
 from aggregator.store import AggregatorStore
 from aggregator.validation import delta_norm
 from edge_client.protocol import PRIVACY_BUDGET, Manifest, Status, Update, Weights
@@ -116,11 +117,43 @@ def test_a_round_spent_again_after_a_crash_costs_nothing_and_replays_its_noise(
         tmp_path: Path) -> None:
     settings = DpSettings(clip=1.0, sampling_rate=0.5, delta=1e-5, noise_multiplier=1.0)
     ledger = PrivacyLedger(tmp_path, settings, 1.0)
-    first = ledger.spend(4, population=10)
+    first = ledger.spend(4, population=10, participants=["a", "b"])
     reopened = PrivacyLedger(tmp_path, settings, 1.0)  # as a restarted process would
-    assert reopened.spend(4, population=10) == first
+    assert reopened.spend(4, population=10, participants=["a", "b"]) == first
     assert len(reopened.entries) == 1 and reopened.epsilon == ledger.epsilon
     assert reopened.sampling_seed == ledger.sampling_seed
     assert first.expected_clients == 5.0
-    reopened.spend(5, population=10)
+    reopened.spend(5, population=10, participants=["a"])
     assert reopened.epsilon == pytest.approx(accounting.epsilon([(0.5, 1.0)] * 2, 1e-5, "rdp"))
+
+
+class Crash(BaseException):
+    """Stands for SIGKILL at the kill point (BaseException: nothing in the service catches it)."""
+
+
+def test_a_round_spent_before_a_crash_closes_at_start_before_any_update_can_join(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Else a redelivered late update could join the restored round and a second, different
+    noised version of it (with the same noise) would be published after the first."""
+    fed = Federation(tmp_path, rounds=2, min_clients=2, min_available=3, **DP)
+    service = fed.service()
+    fed.send(service, "a")
+    fed.send(service, "b")  # c was selected too but stays silent: the round waits
+
+    def crash(name: str) -> None:
+        raise Crash(name)
+    monkeypatch.setattr("aggregator.service._kill_point", crash)
+    fed.now += 11.0  # past the deadline: the round closes, is spent and noised, then "killed"
+    with pytest.raises(Crash):
+        fed.pump(service)
+    ledger = json.loads((tmp_path / LEDGER_FILE).read_text())
+    assert [(e["round"], e["participants"]) for e in ledger["rounds"]] == [(1, ["a", "b"])]
+    assert AggregatorStore(tmp_path).checkpoint(1) is None
+    monkeypatch.undo()
+    restarted = AggregatorService(fed.config, fed.broker.connect("aggregator"), MODEL,
+                                  clock=lambda: fed.now)
+    assert restarted.state.round_id == 1 and restarted.state.phase.value == "collecting"
+    restarted.start()  # no message handled yet
+    assert restarted.model.version == 1 and AggregatorStore(tmp_path).checkpoint(1) is not None
+    assert restarted.ledger is not None and len(restarted.ledger.entries) == 1
+    assert read_history(tmp_path)[0]["participants"] == ["a", "b"]
