@@ -30,6 +30,7 @@ AREAS: tuple[tuple[str, str], ...] = (
     ("test_model_faults.py", "model files"),
     ("test_resource_caps.py", "resource caps"),
     ("test_scale_faults.py", "scale"),
+    ("test_privacy_faults.py", "privacy"),
 )
 OUTCOMES = {"pass": "pass", "fail": "**FAIL**", "known bug": "**known bug** (reported)"}
 
