@@ -195,6 +195,16 @@ def _privacy_options(g: argparse._ArgumentGroup, d: AggregatorConfig) -> None:
     g.add_argument("--dp-sampling-rate", type=float, metavar="Q", help="with DP, each online "
                    "client is selected with probability Q, independently (Poisson sampling); "
                    "default --fraction, else 1 (every online client)")
+    g.add_argument("--dp-adaptive-clip", action="store_true", default=None, help="adaptive "
+                   "clipping (Andrew et al. 2021): --dp-clip is the first round's C, then C "
+                   "follows the --dp-clip-quantile of the update norms; the noised count it "
+                   "needs is paid for within Z (the sum gets a little more noise)")
+    g.add_argument("--dp-clip-quantile", type=float, metavar="G", help="share of updates "
+                   f"adaptive clipping aims to leave unclipped; default {d.dp_clip_quantile:g}")
+    g.add_argument("--dp-clip-lr", type=float, metavar="ETA", help="geometric step of C per "
+                   f"round with adaptive clipping; default {d.dp_clip_lr:g}")
+    g.add_argument("--dp-clip-count-noise", type=float, metavar="SIGMA", help="noise std on "
+                   "the count of unclipped updates (must exceed Z/2); default Z")
 
 
 class JsonFormatter(logging.Formatter):

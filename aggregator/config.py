@@ -94,6 +94,10 @@ class AggregatorConfig:
     dp_delta: float | None = None  # no default: it must suit the federation (< 1/devices)
     dp_accountant: str = "rdp"  # conservative and fast; pld is tighter
     dp_sampling_rate: float | None = None  # None: --fraction, else 1 (every online client)
+    dp_adaptive_clip: bool = False  # C follows a quantile of the norms (Andrew et al. 2021)
+    dp_clip_quantile: float = 0.5  # Andrew et al.'s recommended target: the median norm
+    dp_clip_lr: float = 0.2  # Andrew et al.'s geometric step
+    dp_clip_count_noise: float | None = None  # None: Z (the sum then gets 1.155 x Z)
     state_dir: Path = Path("fedge-aggregator-state")
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
@@ -144,8 +148,10 @@ class AggregatorConfig:
         """
         if self.dp_clip is None:
             given = [f"--{n.replace('_', '-')}" for n in ("dp_noise_multiplier", "dp_epsilon",
-                                                          "dp_delta", "dp_sampling_rate")
+                                                          "dp_delta", "dp_sampling_rate",
+                                                          "dp_clip_count_noise")
                      if getattr(self, n) is not None]
+            given += ["--dp-adaptive-clip"] if self.dp_adaptive_clip else []
             if given:
                 raise ConfigError(f"{', '.join(given)} need --dp-clip C (differential privacy "
                                   "is on only with a clip norm)")
@@ -167,7 +173,9 @@ class AggregatorConfig:
         return DpSettings(clip=self.dp_clip, sampling_rate=rate, delta=self.dp_delta,
                           accountant=self.dp_accountant,
                           noise_multiplier=self.dp_noise_multiplier,
-                          target_epsilon=self.dp_epsilon)
+                          target_epsilon=self.dp_epsilon, adaptive=self.dp_adaptive_clip,
+                          clip_quantile=self.dp_clip_quantile, clip_lr=self.dp_clip_lr,
+                          count_noise=self.dp_clip_count_noise)
 
     def strategy_config(self) -> Strategy:
         """The aggregation strategy."""
@@ -223,6 +231,8 @@ BOUNDS = Bounds(
         "clip_factor": (0.0, 1e6, True), "dp_clip": (0.0, 1e30, False),
         "dp_noise_multiplier": (0.0, 1e6, False), "dp_epsilon": (0.0, 1e6, False),
         "dp_delta": (0.0, 1.0, False), "dp_sampling_rate": (0.0, 1.0, False),
+        "dp_clip_quantile": (0.0, 1.0, False), "dp_clip_lr": (0.0, 10.0, False),
+        "dp_clip_count_noise": (0.0, 1e6, False),
     },
     choices={
         "codec": CODECS, "strategy": STRATEGIES, "weighting": ("samples", "uniform"),

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from aggregator import accounting
-from aggregator.privacy import DpSettings, Noise, expected_clients, report
+from aggregator.privacy import DpSettings, Noise, expected_clients, next_clip, report
 from edge_client.errors import ConfigError
 from edge_client.files import atomic_write
 
@@ -40,16 +40,19 @@ class Spent:
 
     round: int
     sampling_rate: float
-    noise_multiplier: float
-    clip: float
+    noise_multiplier: float  # Z, what the accountant charges
+    clip: float  # C of this round
     expected_clients: float
     seed: str  # hex of the noise seed
     epsilon: float  # the run's ε once this round is spent
     participants: list[str]  # whose clipped updates the noise was added to
+    sum_noise_multiplier: float  # z_Δ of the sum (Z without adaptive clipping)
+    unclipped_share: float | None = None  # adaptive clipping: the noised share released
+    next_clip: float | None = None  # adaptive clipping: C of the next round
 
     def noise(self) -> Noise:
         """The noise this entry stands for."""
-        return Noise(int(self.seed, 16), self.noise_multiplier, self.clip,
+        return Noise(int(self.seed, 16), self.sum_noise_multiplier, self.clip,
                      self.expected_clients)
 
 
@@ -76,6 +79,12 @@ class PrivacyLedger:
 
     # -- what the run spent --------------------------------------------------------
     @property
+    def clip(self) -> float:
+        """C of the next round: ``--dp-clip``, or where adaptive clipping has moved it."""
+        last = self.entries[-1].next_clip if self.entries else None
+        return self.settings.clip if last is None or not self.settings.adaptive else last
+
+    @property
     def epsilon(self) -> float:
         """ε spent so far (0 before the first noised round)."""
         return self.entries[-1].epsilon if self.entries else 0.0
@@ -94,12 +103,15 @@ class PrivacyLedger:
         """Whether ``round_id`` was spent (a crash came before its version was recorded)."""
         return any(e.round == round_id for e in self.entries)
 
-    def spend(self, round_id: int, population: int, participants: list[str]) -> Noise:
+    def spend(self, round_id: int, population: int, participants: list[str],
+              unclipped: int = 0) -> Noise:
         """The noise of ``round_id`` over ``participants``: recorded now (fsync) unless the
         ledger has it already for the same participants (a round aggregated again after a
-        crash), which costs nothing more. Other participants would make it another release
-        of the round: it is spent again, with fresh noise (the service closes a restored
-        spent round before taking any update, so this should not happen).
+        crash), which costs nothing more. With adaptive clipping, ``unclipped`` (how many
+        of them needed no clipping) is released noised and sets the next round's C. Other
+        participants would make it another release of the round: it is spent again, with
+        fresh noise (the service closes a restored spent round before taking any update,
+        so this should not happen).
 
         Raises:
             OSError: the ledger could not be written; nothing may be published then.
@@ -115,9 +127,11 @@ class PrivacyLedger:
         q, z = self._next()
         eps = accounting.epsilon([*self._rounds(), (q, z)], self.settings.delta,
                                  self.settings.accountant)
-        entry = Spent(round_id, q, z, self.settings.clip,
-                      expected_clients(q, population), f"{self._bits(128):032x}", eps,
-                      list(participants))
+        seed, expected, clip = self._bits(128), expected_clients(q, population), self.clip
+        share, following = next_clip(clip, unclipped, len(participants), self.settings, z,
+                                     expected, seed) if self.settings.adaptive else (None, None)
+        entry = Spent(round_id, q, z, clip, expected, f"{seed:032x}", eps, list(participants),
+                      self.settings.sum_noise(z), share, following)
         self.entries.append(entry)
         self._affordable = None
         self._write()
@@ -129,6 +143,14 @@ class PrivacyLedger:
         """The ``dp`` field of a history line: ε spent so far and its parameters, plus ε
         for a reader who knows which devices each round sampled (q = 1)."""
         row = report(self.settings, self.noise_multiplier, self.epsilon, len(self.entries))
+        if self.entries:
+            last = self.entries[-1]
+            row["clip"] = last.clip  # the C of the latest noised round
+            if self.settings.adaptive:
+                row["adaptive_clip"] = {"unclipped_share": last.unclipped_share,
+                                        "next_clip": last.next_clip,
+                                        "quantile": self.settings.clip_quantile,
+                                        "sum_noise_multiplier": last.sum_noise_multiplier}
         row["epsilon_without_sampling"] = accounting.epsilon(
             [(1.0, z) for _, z in self._rounds()], self.settings.delta,
             self.settings.accountant)

@@ -23,6 +23,15 @@ people, not over records, which is what client-level (one device = one person) p
 protects. The fixed denominator makes the mean shrink toward 0 when fewer devices answer
 than expected (a smaller step, unbiased over the sampling).
 
+**Adaptive clipping** (Andrew et al., 2021, "Differentially private learning with
+adaptive clipping"; ``--dp-adaptive-clip``): C follows the γ-quantile of the update norms.
+Each round also releases the noised share of updates that needed no clipping,
+b̃ = (Σ (1[‖Δᵢ‖ ≤ C] − ½) + N(0, σ_b²)) / expected_clients + ½, and the next round clips
+to C·exp(−η_C (b̃ − γ)) (:func:`next_clip`). The two releases together are one Gaussian
+mechanism of multiplier Z when the sum's noise multiplier is
+z_Δ = (Z⁻² − (2σ_b)⁻²)^(−½) (:func:`sum_noise_multiplier`; the centred bits have
+sensitivity ½): the accountant keeps charging Z, the sum gets a little more noise.
+
 The noise is drawn from ``numpy``'s PCG64 seeded by the ledger's per-round seed, so a
 round aggregated again after a crash yields the same bytes (and costs the budget once).
 PCG64 is not a cryptographic generator and floating-point noise has known weaknesses
@@ -60,6 +69,11 @@ class DpSettings:
             ``target_epsilon`` for the planned rounds.
         target_epsilon: the budget: the run finishes (``privacy budget``) before a round
             that would take ε above it; None: no budget, ε is only reported.
+        adaptive: adaptive clipping; ``clip`` is then the first round's C.
+        clip_quantile: γ, the share of updates adaptive clipping aims to leave unclipped.
+        clip_lr: η_C, the geometric step of C per round.
+        count_noise: σ_b, the noise std on the count of unclipped updates (None: Z, which
+            makes z_Δ = Z / √0.75 ≈ 1.155·Z).
     """
 
     clip: float
@@ -68,6 +82,10 @@ class DpSettings:
     accountant: str = "rdp"
     noise_multiplier: float | None = None
     target_epsilon: float | None = None
+    adaptive: bool = False
+    clip_quantile: float = 0.5  # the median norm, as Andrew et al. recommend
+    clip_lr: float = 0.2  # Andrew et al.'s η_C
+    count_noise: float | None = None
 
     def __post_init__(self) -> None:
         _positive("--dp-clip", self.clip)
@@ -85,6 +103,18 @@ class DpSettings:
             _positive("--dp-noise-multiplier", self.noise_multiplier)
         if self.target_epsilon is not None:
             _positive("--dp-epsilon", self.target_epsilon)
+        if not 0.0 < self.clip_quantile < 1.0:
+            raise ConfigError(f"--dp-clip-quantile must be in (0, 1), got {self.clip_quantile}")
+        _positive("--dp-clip-lr", self.clip_lr)
+        if self.count_noise is not None:
+            _positive("--dp-clip-count-noise", self.count_noise)
+
+    def sum_noise(self, noise_multiplier: float) -> float:
+        """The sum's noise multiplier z_Δ for an accounted Z (Z itself without adaptive
+        clipping)."""
+        if not self.adaptive:
+            return noise_multiplier
+        return sum_noise_multiplier(noise_multiplier, self.count_noise or noise_multiplier)
 
 
 @dataclass(frozen=True)
@@ -92,7 +122,7 @@ class Noise:
     """The noise of one round: what the ledger recorded before it was drawn."""
 
     seed: int  # 128 random bits, kept in the ledger: the same round noised again is identical
-    noise_multiplier: float
+    noise_multiplier: float  # of the sum: z_Δ with adaptive clipping, else Z
     clip: float
     expected_clients: float
 
@@ -125,6 +155,30 @@ def add_noise(mean: Mapping[str, npt.NDArray[np.float64]], count: int,
         total = np.asarray(mean[name], np.float64) * count
         out[name] = (total + rng.normal(0.0, sigma, total.shape)) / noise.expected_clients
     return out
+
+
+def sum_noise_multiplier(z: float, count_noise: float) -> float:
+    """z_Δ = (Z⁻² − (2σ_b)⁻²)^(−½): the sum's multiplier that, with the count's σ_b, makes
+    one Gaussian mechanism of multiplier Z (Andrew et al., 2021, Theorem 1).
+
+    Raises:
+        ConfigError: 2σ_b ≤ Z (the count alone would cost more than the budget of both).
+    """
+    if 2 * count_noise <= z:
+        raise ConfigError(f"--dp-clip-count-noise {count_noise} must exceed half the noise "
+                          f"multiplier ({z / 2:.4g}) for adaptive clipping")
+    return float((z ** -2 - (2 * count_noise) ** -2) ** -0.5)
+
+
+def next_clip(clip: float, unclipped: int, count: int, settings: DpSettings,
+              noise_multiplier: float, expected: float, seed: int) -> tuple[float, float]:
+    """(noised share of the ``count`` updates that were within ``clip``, next round's C);
+    the count's noise comes from its own stream of the round's seed."""
+    sigma_b = settings.count_noise or noise_multiplier
+    rng = np.random.Generator(np.random.PCG64([seed, 1]))
+    share = (unclipped - 0.5 * count + rng.normal(0.0, sigma_b)) / expected + 0.5
+    return float(share), float(clip * math.exp(-settings.clip_lr * (share -
+                                                                     settings.clip_quantile)))
 
 
 def report(settings: DpSettings, noise_multiplier: float, epsilon: float,

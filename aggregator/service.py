@@ -116,7 +116,7 @@ class AggregatorService:
                                  ledger.sampling_seed if ledger else None),
             self.strategy, model_file.spec, config.limits(), _TimedJournal(self.store, stages),
             restored.state, now=clock(), bounds=config.bounds(),
-            dp_clip=ledger.settings.clip if ledger else None,
+            dp_clip=ledger.clip if ledger else None,
             budget=ledger.affordable if ledger else None)
         self._stored = restored.accepted
         self._recorded = set(restored.recorded_rounds)
@@ -327,8 +327,10 @@ class AggregatorService:
         with self.stages.stage(Stage.AGGREGATE):
             delta = self.round.delta()
             if self.ledger is not None:  # spent (fsync) before the noise exists
+                participants = list(self.round.participants)
+                unclipped = len(participants) - len(self.round.plan().clipped)
                 noise = self.ledger.spend(action.round_id, self.round.population,
-                                          list(self.round.participants))
+                                          participants, unclipped)
                 delta = add_noise(delta, len(self.round.participants), noise)
                 _kill_point("noised")
             weights, server_state = self.strategy.apply(
@@ -346,6 +348,8 @@ class AggregatorService:
         log.info("round=%d aggregated participants=%d version=%d", action.round_id,
                  len(action.clients), self.model.version)
         self._close_round("aggregated")
+        if self.ledger is not None:  # adaptive clipping moves C between rounds
+            self.round.dp_clip = self.ledger.clip
         self.stages.round_closed(action.round_id)
 
     def _finish(self) -> None:

@@ -157,3 +157,22 @@ def test_a_round_spent_before_a_crash_closes_at_start_before_any_update_can_join
     assert restarted.model.version == 1 and AggregatorStore(tmp_path).checkpoint(1) is not None
     assert restarted.ledger is not None and len(restarted.ledger.entries) == 1
     assert read_history(tmp_path)[0]["participants"] == ["a", "b"]
+
+
+def test_adaptive_clipping_moves_c_between_rounds_and_epsilon_still_charges_z(
+        tmp_path: Path) -> None:
+    fed = Federation(tmp_path, rounds=3, dp_adaptive_clip=True, dp_clip_count_noise=2.0, **DP)
+    service = fed.service()
+    for _ in range(3):
+        run_round(fed, service)
+    entries = [Spent(**e) for e in json.loads((tmp_path / LEDGER_FILE).read_text())["rounds"]]
+    assert entries[0].clip == 0.05
+    assert [e.clip for e in entries[1:]] == [e.next_clip for e in entries[:-1]]
+    assert entries[0].next_clip != entries[0].clip
+    assert all(e.sum_noise_multiplier == pytest.approx((1.2 ** -2 - 4.0 ** -2) ** -0.5)
+               for e in entries)
+    row = read_history(tmp_path)[-1]["dp"]
+    assert row["clip"] == entries[-1].clip and row["adaptive_clip"]["quantile"] == 0.5
+    assert row["epsilon"] == pytest.approx(independent_epsilon(row), rel=1e-6)
+    for e in entries:  # C moves by the noised share released (3 clients: a noisy share)
+        assert e.next_clip == pytest.approx(e.clip * np.exp(-0.2 * (e.unclipped_share - 0.5)))

@@ -12,7 +12,15 @@ from dp_accounting import rdp
 from aggregator import accounting
 from aggregator.__main__ import build_parser
 from aggregator.config import build_config
-from aggregator.privacy import Noise, add_noise, dp_plan, expected_clients
+from aggregator.privacy import (
+    DpSettings,
+    Noise,
+    add_noise,
+    dp_plan,
+    expected_clients,
+    next_clip,
+    sum_noise_multiplier,
+)
 from aggregator.schedule import poisson_sample
 from edge_client.errors import ConfigError
 
@@ -103,3 +111,28 @@ def test_the_sampling_rate_defaults_to_the_fraction_then_to_one(tmp_path: Path) 
     plain = build_config(build_parser().parse_args(["--model", "m", *dp]), {})
     assert plain.dp_settings().sampling_rate == 1.0  # type: ignore[union-attr]
     assert build_config(build_parser().parse_args(["--model", "m"]), {}).dp_settings() is None
+
+
+def test_adaptive_clipping_pays_for_its_count_within_z() -> None:
+    z_sum = sum_noise_multiplier(1.0, 1.0)
+    assert z_sum == pytest.approx(1 / 0.75 ** 0.5)
+    assert z_sum ** -2 + (2 * 1.0) ** -2 == pytest.approx(1.0 ** -2)  # one mechanism of Z
+    with pytest.raises(ConfigError, match=r"--dp-clip-count-noise 0\.5 must exceed half"):
+        sum_noise_multiplier(1.0, 0.5)
+    plain = DpSettings(clip=1.0, sampling_rate=1.0, delta=1e-5, noise_multiplier=1.0)
+    assert plain.sum_noise(1.0) == 1.0
+
+
+def test_adaptive_clipping_moves_c_to_the_target_quantile_of_the_norms() -> None:
+    settings = DpSettings(clip=50.0, sampling_rate=1.0, delta=1e-5, noise_multiplier=1.0,
+                          adaptive=True, clip_quantile=0.5, count_noise=1.0)
+    norms = np.linspace(0.1, 10.0, 200)  # median 5.05
+    clip = 50.0
+    for r in range(300):
+        unclipped = int((norms <= clip).sum())
+        share, clip = next_clip(clip, unclipped, len(norms), settings, 1.0, len(norms), r)
+    assert 4.0 < clip < 6.2, clip
+    share, lower = next_clip(5.0, 200, 200, settings, 1.0, 200.0, 1)
+    assert share > 0.95 and lower < 5.0  # nothing clipped: C shrinks
+    share, higher = next_clip(5.0, 0, 200, settings, 1.0, 200.0, 1)
+    assert share < 0.05 and higher > 5.0  # everything clipped: C grows
