@@ -34,7 +34,7 @@ from aggregator import accounting, checkpoint, schedule
 from aggregator.config import AggregatorConfig
 from aggregator.global_model import GlobalModel
 from aggregator.intake import Addressee, Arrived, Intake, Refused
-from aggregator.ledger import PrivacyLedger
+from aggregator.ledger import LEDGER_FILE, PrivacyLedger
 from aggregator.metrics import ServiceMetrics
 from aggregator.modelfile import ModelFile
 from aggregator.privacy import add_noise
@@ -47,7 +47,7 @@ from aggregator.schedule import Action, Phase
 from aggregator.stages import NO_STAGES, Stage, StageHook
 from aggregator.store import AggregatorStore
 from edge_client import protocol
-from edge_client.errors import ModelError, ProtocolError
+from edge_client.errors import ConfigError, ModelError, ProtocolError
 from edge_client.model import embed_weights
 from edge_client.protocol import PRIVACY_BUDGET
 from edge_client.transfer import ReassemblyLimits
@@ -109,7 +109,7 @@ class AggregatorService:
         restored = restore(self.store, config.federation, initial, model_file.spec,
                            config.rounds)
         self.model = restored.model
-        self.ledger = _ledger(config, self.store)
+        self.ledger = _ledger(config, self.store, restored.state.aggregated)
         ledger = self.ledger
         self.round = Round(
             config.rounds_config(model_file.sha256, run_id,
@@ -481,9 +481,25 @@ class _TimedJournal:
         return self.store.accepted(round_id)
 
 
-def _ledger(config: AggregatorConfig, store: AggregatorStore) -> PrivacyLedger | None:
-    """The privacy ledger with DP on (Z computed from --dp-epsilon when not given)."""
+def _ledger(config: AggregatorConfig, store: AggregatorStore,
+            aggregated: int) -> PrivacyLedger | None:
+    """The privacy ledger with DP on (Z computed from --dp-epsilon when not given).
+
+    Raises:
+        ConfigError: a DP run restarted without ``--dp-clip`` (it would publish models
+            without noise after noised ones), or DP turned on for a run that already
+            published models without it (no ε would cover those).
+    """
     dp = config.dp_settings()
+    has_ledger = (store.root / LEDGER_FILE).exists()
+    if dp is None and has_ledger:
+        raise ConfigError(f"{store.root} holds a differentially private run "
+                          f"({LEDGER_FILE}); start it with its --dp-clip, --dp-delta and "
+                          "--dp-noise-multiplier or --dp-epsilon")
+    if dp is not None and not has_ledger and aggregated:
+        raise ConfigError(f"--dp-clip: {store.root} already aggregated {aggregated} rounds "
+                          "without differential privacy, which no epsilon covers; give a new "
+                          "--state-dir (with --initial-weights to start from its model)")
     if dp is None:
         return None
     z = dp.noise_multiplier

@@ -22,6 +22,7 @@ from aggregator.privacy import DpSettings, add_noise, clip_scale
 from aggregator.service import AggregatorService
 from aggregator.store import AggregatorStore
 from aggregator.validation import delta_norm
+from edge_client.errors import ConfigError
 from edge_client.protocol import PRIVACY_BUDGET, Manifest, Status, Update, Weights
 from edge_client.quantize import dequantize_update
 
@@ -176,3 +177,17 @@ def test_adaptive_clipping_moves_c_between_rounds_and_epsilon_still_charges_z(
     assert row["epsilon"] == pytest.approx(independent_epsilon(row), rel=1e-6)
     for e in entries:  # C moves by the noised share released (3 clients: a noisy share)
         assert e.next_clip == pytest.approx(e.clip * np.exp(-0.2 * (e.unclipped_share - 0.5)))
+
+
+def test_a_dp_run_cannot_go_on_without_dp_nor_dp_start_on_rounds_published_without(
+        tmp_path: Path) -> None:
+    dp_run = Federation(tmp_path / "dp", rounds=1, **DP)
+    run_round(dp_run, dp_run.service())
+    plain = Federation(tmp_path / "dp", rounds=2)
+    with pytest.raises(ConfigError, match="holds a differentially private run"):
+        plain.service()
+    plain_run = Federation(tmp_path / "plain", rounds=1)
+    run_round(plain_run, plain_run.service())
+    late = Federation(tmp_path / "plain", rounds=2, **DP)
+    with pytest.raises(ConfigError, match="already aggregated 1 rounds without differential"):
+        late.service()
