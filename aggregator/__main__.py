@@ -154,7 +154,8 @@ def _aggregation_options(g: argparse._ArgumentGroup, d: AggregatorConfig) -> Non
                    "longer than K x the median L2 norm of the round's accepted deltas; 0 = off; "
                    f"default {d.clip_factor:g}")
     g.add_argument("--max-num-samples", type=int, metavar="N", help="credibility bound: an "
-                   f"update claiming more samples is rejected; default {d.max_num_samples}")
+                   "update claiming more samples is accepted but weighs as N at most (logged, "
+                   f"history bounds.capped); default {d.max_num_samples}")
     g.add_argument("--max-update-norm", type=float, metavar="X", help="reject an update whose "
                    f"delta has a larger L2 norm; default {d.max_update_norm:g}")
     g.add_argument("--max-payload", type=int, metavar="BYTES", help="largest MQTT payload "
@@ -173,7 +174,8 @@ def _intake_caps(g: argparse._ArgumentGroup, d: AggregatorConfig) -> None:
     g.add_argument("--max-buffered-bytes", type=int, metavar="BYTES", help="sum of the "
                    f"sizes incomplete transfers declare; default {d.max_buffered_bytes}")
     g.add_argument("--transfer-timeout", type=float, metavar="SECONDS", help="drop an "
-                   "incomplete transfer this long after its first chunk; default "
+                   "incomplete transfer this long after its first chunk (its sender is "
+                   "answered 'transfer: ... expired'); default "
                    "max(30, 2 x --round-timeout)")
 
 

@@ -6,10 +6,19 @@ topic's client id, the round's codec) and dequantizes it. :meth:`Intake.take` re
 :class:`Pending` (a chunk held in memory, or a repeat), :class:`Refused` (with whom to
 answer, when known) or :class:`Arrived` (a :class:`~aggregator.validation.ReceivedUpdate`
 for :meth:`aggregator.round.Round.admit`). It touches nothing but its reassembly buffers.
+
+Every failed transfer whose id names an update (``u-{round}-{nonce}-…``) is answered
+once: at the chunk that makes the whole transfer fail (:class:`TransferFailed`: a
+declaration over the caps, a chunk contradicting the first, a bad size or SHA-256, in
+whatever order its chunks come), at its last chunk when a shared cap refused it, and,
+from :meth:`Intake.expire`, when it expires incomplete, unless a later transfer of the
+same update (a re-send) is in progress or done. The rest of a failed transfer's chunks
+are dropped unanswered.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 
 import cbor2
@@ -34,7 +43,10 @@ from edge_client.transfer import (
     ChunkRejected,
     Reassembler,
     ReassemblyLimits,
+    TransferFailed,
 )
+
+REMEMBER_FAILED = 4096  # failed transfers remembered, so the rest of their chunks stay quiet
 
 
 @dataclass(frozen=True)
@@ -136,6 +148,8 @@ class Intake:
         self.codec = codec
         self.max_message_bytes = limits.max_message_bytes if limits else MAX_CHUNK_BYTES
         self.reassembler = Reassembler(limits.reassembly(reassembly) if limits else reassembly)
+        self._failed: OrderedDict[tuple[str, str], None] = OrderedDict()  # answered
+        self._expired: list[tuple[str, str]] = []  # found while taking a chunk
 
     def take(self, sender: str, payload: bytes, now: float) -> Outcome:
         """Decide about one chunk published on ``update/{sender}`` (``payload`` untrusted;
@@ -147,15 +161,47 @@ class Intake:
             chunk = Chunk.decode(payload)
         except ProtocolError as e:
             return Refused(None, Rejection(Reason.MALFORMED, f"not a chunk from {sender}: {e}"))
+        key = (sender, chunk.transfer_id)
+        if key in self._failed:  # answered already: the rest of its chunks say nothing new
+            return Pending()
+        self._expired += self.reassembler.expire(now)
         try:
             whole = self.reassembler.accept(sender, chunk, now)
         except ChunkRejected as e:
-            last = chunk.index == chunk.count - 1  # answer once per transfer, not per chunk
-            to = addressee(sender, None, chunk.transfer_id) if last else None
+            to = None  # answer once per transfer, not per chunk
+            if isinstance(e, TransferFailed) or chunk.index == chunk.count - 1:
+                to = addressee(sender, None, chunk.transfer_id)
+                self._remember_failed(key)
             return Refused(to, Rejection(Reason.TRANSFER, str(e)))
         if whole is None:
             return Pending()
         return decode_update(whole, sender, self.codec, chunk.transfer_id)
+
+    def expire(self, now: float) -> list[Refused]:
+        """Drop the transfers older than the timeout; the answers to their senders (those
+        whose id names an update no later transfer of the sender re-sends)."""
+        expired, self._expired = self._expired + self.reassembler.expire(now), []
+        answers = []
+        for key in expired:
+            sender, transfer_id = key
+            to = addressee(sender, None, transfer_id)
+            if to is None or key in self._failed or self._resent(sender, transfer_id):
+                continue
+            self._remember_failed(key)
+            answers.append(Refused(to, Rejection(
+                Reason.TRANSFER, f"transfer {transfer_id} from {sender} expired incomplete "
+                f"after {self.reassembler.limits.timeout:g} s")))
+        return answers
+
+    def _resent(self, sender: str, transfer_id: str) -> bool:
+        named = parse_update_transfer_id(transfer_id)
+        return any(t != transfer_id and parse_update_transfer_id(t) == named
+                   for t in self.reassembler.transfer_ids(sender))
+
+    def _remember_failed(self, key: tuple[str, str]) -> None:
+        self._failed[key] = None
+        while len(self._failed) > REMEMBER_FAILED:
+            self._failed.popitem(last=False)
 
 
 def decode_update(payload: bytes, sender: str, codec: str, transfer_id: str = "") -> Outcome:

@@ -36,7 +36,7 @@ class Reason(str, Enum):
     NOT_SELECTED = "not_selected"  # the client was not selected for this round
     DUPLICATE = "duplicate"  # the client already has an accepted update in this round
     # content
-    NUM_SAMPLES = "num_samples"  # <= 0, or above the configured maximum
+    NUM_SAMPLES = "num_samples"  # <= 0 (above --max-num-samples it is clipped, not refused)
     NAME = "name"  # missing or unexpected tensor
     DTYPE = "dtype"
     SHAPE = "shape"

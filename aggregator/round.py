@@ -206,7 +206,7 @@ class Round:
         if self.dp_clip is not None:
             return dp_plan(self.dp_clip, {c: u.norm for c, u in self._counted.items()})
         return plan(self.bounds, {c: u.num_samples for c, u in self._counted.items()},
-                    {c: u.norm for c, u in self._counted.items()})
+                    {c: u.norm for c, u in self._counted.items()}, self.limits.max_num_samples)
 
     def delta(self) -> Mapping[str, npt.NDArray[np.float64]]:
         """The aggregate of the counted updates, each weighed and clipped as :meth:`plan`

@@ -14,7 +14,9 @@ only in memory; after a crash the client re-sends the whole update). The chunk t
 completes an update is acknowledged only after the update is either stored (the round
 stores it through its journal before counting it) or rejected. Effects of closing a
 round are idempotent (checkpoint, then publish, then a history line per round id, then
-``round.json``), so a crash anywhere replays to the same result.
+``round.json``), so a crash anywhere replays to the same result. A round is published
+only after ``round.json`` holds it (announced or extended), so devices are never told a
+round the state directory does not know.
 """
 
 from __future__ import annotations
@@ -185,12 +187,15 @@ class AggregatorService:
             self.tick()  # now, with the updates it was noised for, before any other comes
 
     def tick(self) -> None:
-        """Let time pass: deadlines are checked against the clock; after a reconnect the
-        retained state goes out again."""
+        """Let time pass: deadlines are checked against the clock, expired transfers
+        answered; after a reconnect the retained state goes out again."""
         if self.republish.is_set():
             self.republish.clear()
             log.info("reconnected: publishing the retained state again")
             self._publish_current()
+        for expired in self.intake.expire(self.clock()):  # an incomplete transfer: answered
+            self.round.count_rejection(expired.rejection.reason)
+            self._refuse(expired.to, expired.rejection, None)
         self._carry_out(self.round.tick(self.clock()))
         self._publish_status()
 
@@ -240,6 +245,11 @@ class AggregatorService:
             return
         log.info("presence client=%s online=%s samples=%d", client_id, presence.online,
                  presence.samples)
+        if presence.online and presence.samples > self.config.max_num_samples:
+            log.warning("client=%s announces %d samples, above --max-num-samples %d: if "
+                        "selected, its update weighs as %d samples at most", client_id,
+                        presence.samples, self.config.max_num_samples,
+                        self.config.max_num_samples)
         self._carry_out(self.round.seen(client_id, presence.online, self.clock()))
 
     def _invalid(self, kind: str, text: str, message: Message | None = None) -> None:
@@ -277,15 +287,22 @@ class AggregatorService:
             self.metrics.accepted.inc()
             log.info("update accepted round=%d client=%s samples=%d", update.round_id,
                      sender, update.num_samples)
+            if update.num_samples > self.config.max_num_samples:
+                log.warning("update round=%d client=%s claims %d samples, above "
+                            "--max-num-samples %d: it weighs as %d samples at most",
+                            update.round_id, sender, update.num_samples,
+                            self.config.max_num_samples, self.config.max_num_samples)
             self.transport.ack(message)
             self._reply(to, True, "")
             self._carry_out(decision.actions)
 
-    def _refuse(self, to: Addressee | None, rejection: Rejection, message: Message) -> None:
+    def _refuse(self, to: Addressee | None, rejection: Rejection,
+                message: Message | None) -> None:
         log.warning("update rejected client=%s reason=%s: %s", to and to.client_id,
                     rejection.reason.value, rejection.message)
         self.metrics.rejected.labels(rejection.reason.value).inc()
-        self.transport.ack(message)
+        if message is not None:
+            self.transport.ack(message)
         if to is not None:
             self._reply(to, False, rejection.reply_text())
 
@@ -439,6 +456,10 @@ class AggregatorService:
         self._status_due, self._status_at = False, now
 
     def _publish_round(self) -> None:
+        """The round as the state says, after ``round.json`` holds that state: a crash right
+        after the publish restarts into the round devices were told, not an older state
+        that refuses their updates and announces another round of the same id."""
+        self._save_state()
         with self.stages.stage(Stage.ANNOUNCE):
             self.publisher.round(self.messages.round(self.state))
 

@@ -37,6 +37,13 @@ class ChunkRejected(ProtocolError):
     """A chunk cannot be accepted; the text says why (size, caps, inconsistency, hash)."""
 
 
+class TransferFailed(ChunkRejected):
+    """The whole transfer failed and is forgotten (not just this chunk): it declares more
+    than the cap or more chunks than bytes, a chunk contradicts its first one, or the
+    payload fails its size or SHA-256. Its sender should be told once; a refusal over
+    the shared caps (too many transfers, buffer full) is a plain :class:`ChunkRejected`."""
+
+
 def chunk_overhead(transfer_id: str) -> int:
     """An upper bound on the bytes a chunk's header adds to its data."""
     probe = Chunk(transfer_id=transfer_id, index=MAX_CHUNKS - 1, count=MAX_CHUNKS,
@@ -156,6 +163,10 @@ class Reassembler:
             return None
         return self._finish(key, transfer)
 
+    def transfer_ids(self, sender: str) -> list[str]:
+        """The transfer ids of ``sender`` in progress or completed (and remembered)."""
+        return [t for s, t in (*self._open, *self._done) if s == sender]
+
     def drop(self, sender: str, transfer_id: str) -> None:
         """Forget the incomplete transfer ``transfer_id`` of ``sender`` (if any), e.g. one
         whose first chunk lied about its size: the next chunk starts it afresh."""
@@ -173,10 +184,10 @@ class Reassembler:
     def _admit(self, key: tuple[str, str], chunk: Chunk, now: float) -> _Transfer:
         limits, size = self.limits, chunk.total_size
         if size > limits.max_transfer_bytes:
-            raise ChunkRejected(f"transfer too large: {key[1]} from {key[0]} declares {size} "
-                                f"bytes, cap {limits.max_transfer_bytes}")
+            raise TransferFailed(f"transfer too large: {key[1]} from {key[0]} declares {size} "
+                                 f"bytes, cap {limits.max_transfer_bytes}")
         if chunk.count > max(1, size):
-            raise ChunkRejected(f"transfer {key[1]}: {chunk.count} chunks for {size} bytes")
+            raise TransferFailed(f"transfer {key[1]}: {chunk.count} chunks for {size} bytes")
         if len(self._open) >= limits.max_transfers:
             raise ChunkRejected(f"too many transfers in progress ({limits.max_transfers})")
         if sum(k[0] == key[0] for k in self._open) >= limits.max_transfers_per_sender:
@@ -192,13 +203,15 @@ class Reassembler:
     def _store(self, key: tuple[str, str], transfer: _Transfer, chunk: Chunk) -> None:
         header = (chunk.count, chunk.total_size, chunk.sha256)
         if header != (transfer.count, transfer.total_size, transfer.sha256):
-            raise ChunkRejected(f"chunk {chunk.index} of {key[1]} from {key[0]}: count, "
-                                "total_size or sha256 differ from the transfer's first chunk")
+            del self._open[key]  # it cannot complete now: its sender should know at once
+            raise TransferFailed(f"chunk {chunk.index} of {key[1]} from {key[0]}: count, "
+                                 "total_size or sha256 differ from the transfer's first chunk")
         if chunk.index in transfer.parts:
             return
         if transfer.received + len(chunk.data) > transfer.total_size:
-            raise ChunkRejected(f"chunk {chunk.index} of {key[1]} from {key[0]}: data beyond "
-                                f"total_size {transfer.total_size}")
+            del self._open[key]
+            raise TransferFailed(f"chunk {chunk.index} of {key[1]} from {key[0]}: data beyond "
+                                 f"total_size {transfer.total_size}")
         transfer.parts[chunk.index] = chunk.data
         transfer.received += len(chunk.data)
 
@@ -206,10 +219,10 @@ class Reassembler:
         del self._open[key]
         payload = b"".join(transfer.parts[i] for i in range(transfer.count))
         if len(payload) != transfer.total_size:
-            raise ChunkRejected(f"transfer {key[1]} from {key[0]}: {len(payload)} bytes, "
-                                f"declared {transfer.total_size}")
+            raise TransferFailed(f"transfer {key[1]} from {key[0]}: {len(payload)} bytes, "
+                                 f"declared {transfer.total_size}")
         if hashlib.sha256(payload).hexdigest() != transfer.sha256:
-            raise ChunkRejected(f"transfer {key[1]} from {key[0]}: sha256 mismatch")
+            raise TransferFailed(f"transfer {key[1]} from {key[0]}: sha256 mismatch")
         self._done[key] = None
         while len(self._done) > self.limits.remember_completed:
             self._done.popitem(last=False)

@@ -44,6 +44,7 @@ def export_trainable(
     *,
     learning_rate: float | None = None,
     dp_sgd: bool = False,
+    schema: Mapping[str, Any] | None = None,
     **hyperparameters: float,
 ) -> bytes:
     """Export zoo model ``name`` as a trainable .tflite file with metadata.
@@ -62,6 +63,7 @@ def export_trainable(
             the batch is unrolled.
         **hyperparameters: ``momentum`` for SGD (0.9); ``beta_1``, ``beta_2``,
             ``epsilon`` for Adam (0.9, 0.999, 1e-7).
+        schema: the federation's data schema (a dict), carried in the metadata.
 
     Returns:
         The file contents: flatbuffer followed by the metadata archive.
@@ -88,7 +90,7 @@ def export_trainable(
     flatbuffer = _convert(module, module.signatures(), representative=None)
     settings = {"name": optimizer, "learning_rate": rate, **module.optimizer.hyperparameters()}
     meta = metadata.describe(spec, batch_size, kind="trainable", optimizer=settings, seed=seed,
-                             dp_sgd=dp_sgd)
+                             dp_sgd=dp_sgd, schema=schema)
     return metadata.attach(flatbuffer, meta)
 
 

@@ -25,13 +25,16 @@ from the end of the file. So the file alone tells a client everything.
                                           ...},
                                "outputs": {"loss": {"shape": [], "dtype": "float32"}}},
                      ...},
-      "seed": 0
+      "seed": 0,
+      "schema": {"format": "fedge-schema/1", "label": {...}, "feature": [...]}  (optional)
     }
 
 Shapes in ``input``, ``label``, ``output`` and ``weights`` exclude the batch
 dimension; shapes under ``signatures`` include it. Labels are float32 for every
 task: ``class_index`` (0..classes-1; binary uses 0/1) or ``target`` (regression,
 ``min``/``max`` null). ``learning_rate`` is the default the client feeds to ``lr``.
+``schema`` (present when exported with one) is the federation's data schema
+(``edge_client.schema``): which CSV columns become the input, and how.
 """
 
 from __future__ import annotations
@@ -101,6 +104,7 @@ def describe(
     quantization: str = "none",
     seed: int | None = None,
     dp_sgd: bool = False,
+    schema: Mapping[str, Any] | None = None,
 ) -> Json:
     """Build the ``fedge.json`` document of a model file.
 
@@ -112,9 +116,12 @@ def describe(
         quantization: "none" or "int8".
         seed: the seed of the initial weights, if any.
         dp_sgd: the file also has the ``train_dp`` signature (record-level DP-SGD).
+        schema: the federation's data schema as a dict (``Schema.to_dict()``), or None.
     """
     classification = spec.task != "regression"
+    extra = {} if schema is None else {"schema": dict(schema)}
     return {
+        **extra,
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "kind": kind,

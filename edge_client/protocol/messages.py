@@ -431,5 +431,86 @@ class TensorSet(Message):
         _unique_tensors(self.tensors)
 
 
+MAX_STAT_FEATURES = 1_000  # columns one statistics report may carry
+MAX_STAT_BINS = 1_002  # bins of one column: a categorical's categories (<= 1,000) + unseen
+
+
+@dataclass(frozen=True)
+class FeatureSummary:
+    """One column's statistics at one site (``edge_client.feature_stats``); never a row.
+
+    Attributes:
+        name: the schema column.
+        numeric: a numeric column (else categorical, or the label's classes).
+        count, missing: values and missing cells.
+        total, total_sq: sum and sum of squares of the values (numeric; else 0).
+        low, high: smallest and largest value (numeric; else 0).
+        bins: numeric: counts below the schema's range, in its fixed bins, above it;
+            categorical: the count of each category in schema order, then of unseen ones.
+    """
+
+    name: str
+    numeric: bool
+    count: int
+    missing: int
+    total: float
+    total_sq: float
+    low: float
+    high: float
+    bins: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        _text(self.name, "name")
+        _range(self.count, "count", 0, 2**53)
+        _range(self.missing, "missing", 0, 2**53)
+        for name in ("total", "total_sq", "low", "high"):
+            _check(math.isfinite(getattr(self, name)), name, "not a finite number")
+        _check(self.total_sq >= 0 and self.low <= self.high, "total_sq", "inconsistent")
+        _check(len(self.bins) <= MAX_STAT_BINS, "bins", f"more than {MAX_STAT_BINS} bins")
+        _check(all(type(b) is int and 0 <= b <= self.count for b in self.bins), "bins",
+               "counts must be integers in [0, count]")
+
+
+@dataclass(frozen=True)
+class StatsReport(Message):
+    """A device's retained statistics of its local table, for ``fedge stats``.
+
+    Attributes:
+        client_id: the reporting device.
+        schema_sha256: the schema layout the statistics follow (``layout_sha256``): only
+            reports of the same layout are added.
+        rows: data rows of the table.
+        min_count: the device's small-cell threshold: no column with fewer values is
+            reported, and a published bin below it is suppressed.
+        features: the columns reported, in schema order (then the label's classes).
+        suppressed: the columns left out for having fewer than ``min_count`` values.
+        timestamp: when the statistics were computed (unix seconds).
+    """
+
+    KIND: ClassVar[str] = "stats"
+    client_id: str
+    schema_sha256: str
+    rows: int
+    min_count: int
+    features: tuple[FeatureSummary, ...]
+    suppressed: tuple[str, ...]
+    timestamp: float
+
+    def _check(self) -> None:
+        _id_field(self.client_id, "client_id")
+        _sha_field(self.schema_sha256, "schema_sha256")
+        _range(self.rows, "rows", 0, 2**53)
+        _range(self.min_count, "min_count", 1, 2**31)
+        _check(len(self.features) + len(self.suppressed) <= MAX_STAT_FEATURES, "features",
+               f"more than {MAX_STAT_FEATURES} columns")
+        names = [f.name for f in self.features] + list(self.suppressed)
+        _check(len(set(names)) == len(names), "features", "a column is named twice")
+        for name in self.suppressed:
+            _text(name, "suppressed")
+        _check(all(f.count >= self.min_count for f in self.features), "features",
+               "a column below min_count is reported")
+        _range(self.timestamp, "timestamp", 0.0, 1e11)
+
+
 MESSAGES: tuple[type[Message], ...] = (
-    Manifest, Weights, Round, Presence, Update, Reply, Status, Chunk, TensorSet)
+    Manifest, Weights, Round, Presence, Update, Reply, Status, Chunk, TensorSet, StatsReport)

@@ -204,3 +204,25 @@ def test_a_garbage_tail_is_a_model_error(plain: bytes, tail: bytes) -> None:
         embedded_weights(flatbuffer + tail)
     with pytest.raises(ModelError):
         embed_weights(flatbuffer + tail, {})
+
+
+def test_a_schema_in_the_metadata_is_parsed_strictly_and_must_fit_the_input(plain: bytes
+                                                                            ) -> None:
+    from model_kit import document, flatbuffer, with_document
+
+    from edge_client.schema import Feature, Schema
+
+    assert read_metadata(plain).schema is None  # exported without one
+    five = Schema((Feature("age"), Feature("sex", kind="categorical",
+                                           categories=("F", "M", "X")),
+                   Feature("bmi")), "outcome", ("a", "b", "c"))
+    doc = document(plain)
+    fits = with_document(flatbuffer(plain), {**doc, "schema": five.to_dict()})
+    assert read_metadata(fits).schema == five
+    narrow = five.with_features(five.features[:2])
+    with pytest.raises(ModelError, match="the schema makes 4 inputs, the model's input shape "
+                                         r"is \[5\]"):
+        read_metadata(with_document(flatbuffer(plain), {**doc, "schema": narrow.to_dict()}))
+    broken = {**five.to_dict(), "feature": [{"name": "age", "kind": "text"}]}
+    with pytest.raises(ModelError, match='model metadata: schema: feature "age": kind'):
+        read_metadata(with_document(flatbuffer(plain), {**doc, "schema": broken}))

@@ -17,6 +17,7 @@ from edge_client.transfer import (
     ChunkRejected,
     Reassembler,
     ReassemblyLimits,
+    TransferFailed,
     chunk_overhead,
     split,
 )
@@ -107,18 +108,24 @@ def _chunk(**change: Any) -> Chunk:
 
 
 def test_inconsistent_and_corrupt_transfers_are_rejected() -> None:
+    """Each failure fails the whole transfer (TransferFailed) and forgets it."""
     reassembler = Reassembler()
     reassembler.accept("c", _chunk(), 0.0)
-    with pytest.raises(ChunkRejected, match="differ"):
+    with pytest.raises(TransferFailed, match="differ"):
         reassembler.accept("c", _chunk(index=1, total_size=2001), 0.0)
-    with pytest.raises(ChunkRejected, match="beyond total_size"):
+    assert reassembler.pending == 0
+    reassembler.accept("c", _chunk(), 0.0)
+    reassembler.accept("c", _chunk(index=1, data=bytes(800)), 0.0)
+    with pytest.raises(TransferFailed, match="beyond total_size"):
         reassembler.accept("c", _chunk(index=2, data=bytes(1200)), 0.0)
-    with pytest.raises(ChunkRejected, match="chunks for"):
+    assert reassembler.pending == 0
+    with pytest.raises(TransferFailed, match="chunks for"):
         reassembler.accept("d", _chunk(count=3000, index=0, total_size=2000), 0.0)
     rest = [Chunk.decode(c) for c in split(bytes(2000), "t", max_payload=1000)[1:]]
     tampered = [Chunk(c.transfer_id, c.index, c.count, c.total_size, c.sha256,
                       b"\x01" * len(c.data)) for c in rest]
-    with pytest.raises(ChunkRejected, match="sha256 mismatch"):
+    reassembler.accept("c", _chunk(), 0.0)
+    with pytest.raises(TransferFailed, match="sha256 mismatch"):
         for chunk in tampered:
             reassembler.accept("c", chunk, 0.0)
     assert reassembler.pending == 0

@@ -17,7 +17,11 @@ documented fallback calibrates on 256 standard-normal examples (seed 0): right f
 standardised as fedge-client does by default, wrong for a model trained on raw values
 (--no-normalise); a note says so.
 
+``--schema schema.toml`` (from ``fedge schema infer``) gives the input width instead of
+``--input-shape`` and is carried in the model file's metadata, shown when written.
+
 examples:
+  fedge export --model mlp --schema schema.toml --classes 2 --batch-size 32 --out mlp.tflite
   fedge export --model cnn1d --input-shape 6,100 --classes 4 --batch-size 32 \\
       --out cnn1d.tflite --optimizer adam
   fedge export --from-state /var/lib/fedge-aggregator --version 20 --out v20.tflite
@@ -33,10 +37,12 @@ from pathlib import Path
 from typing import Any
 
 from edge_client.errors import FedgeError
+from edge_client.schema import load_schema
 from models import zoo
 from tools.export.from_state import export_from_state
 from tools.export.int8 import SAME_FILE, Calibration, int8_model
 from tools.extras import MissingExtra, require
+from tools.schema.view import render_schema
 
 HELP = "write a trainable .tflite (zoo model, or a state dir's weights) or an int8 one"
 ZOO_FLAGS = ("model", "input_shape", "classes", "batch_size")
@@ -64,6 +70,9 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         help="per-example input shape, comma-separated: 30 (logreg, mlp), "
         "CHANNELS,TIME (cnn1d, e.g. 6,100), HEIGHT,WIDTH (cnn2d, e.g. 28,28)",
     )  # fmt: skip
+    z.add_argument("--schema", type=Path, metavar="TOML", help="the federation's data schema "
+                   "(`fedge schema infer`): sets the input width (instead of --input-shape) "
+                   "and is carried in the model file for the devices")
     z.add_argument("--classes", type=int, metavar="K",
                    help="0 = regression, 2 = binary, K >= 3 = multiclass")
     z.add_argument("--batch-size", type=int, metavar="B",
@@ -130,8 +139,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check_flags(args: argparse.Namespace) -> None:
-    given = [f"--{f.replace('_', '-')}" for f in (*ZOO_FLAGS, "optimizer", "seed", "weights")
-             if getattr(args, f) is not None]
+    own = (*ZOO_FLAGS, "optimizer", "seed", "weights", "schema")
+    given = [f"--{f.replace('_', '-')}" for f in own if getattr(args, f) is not None]
     if args.from_state is not None:
         given += ["--dp-sgd"] if args.dp_sgd else []
         if given:
@@ -142,12 +151,27 @@ def _check_flags(args: argparse.Namespace) -> None:
         return
     if args.version is not None:
         raise UsageError("--version N picks a checkpoint of --from-state DIR; give both")
+    if args.schema is not None:
+        if args.input_shape is not None:
+            raise UsageError("--schema sets the input width; leave out --input-shape")
+        args.input_shape = _schema_width(args)
     missing = [f"--{f.replace('_', '-')}" for f in ZOO_FLAGS if getattr(args, f) is None]
     if missing:
         raise UsageError(f"give {', '.join(missing)} (a zoo model), or --from-state DIR (a "
                          "run's model and weights)")
     if args.out.suffix.lower() == ".npz":
         raise UsageError("--out FILE.npz (the weights) needs --from-state DIR")
+
+
+def _schema_width(args: argparse.Namespace) -> tuple[int, ...]:
+    schema = load_schema(args.schema)
+    expected = len(schema.classes) if schema.classes else 0
+    if args.classes is not None and args.classes != expected:
+        kind = f"{expected} classes" if expected else "a regression target (0)"
+        raise UsageError(f"--classes {args.classes}: the schema's label {schema.label!r} has "
+                         f"{kind}")
+    args.schema_doc = schema
+    return (len(schema.encoded_names),)
 
 
 def _calibration(args: argparse.Namespace) -> Calibration:
@@ -179,11 +203,14 @@ def _export_zoo(args: argparse.Namespace) -> list[str]:
         written.append(f"wrote {target} ({len(blob):,} bytes, int8)")
         if args.inference_int8 == SAME_FILE:
             return written
+    schema = getattr(args, "schema_doc", None)
     data = export.export_trainable(args.model, args.input_shape, args.classes,
                                    args.batch_size, args.optimizer or "sgd", seed,
-                                   dp_sgd=args.dp_sgd)
+                                   dp_sgd=args.dp_sgd,
+                                   schema=None if schema is None else schema.to_dict())
     args.out.write_bytes(data)
-    return [*written, f"wrote {args.out} ({len(data):,} bytes)"]
+    shown = [] if schema is None else [render_schema(schema)]
+    return [*written, f"wrote {args.out} ({len(data):,} bytes)", *shown]
 
 
 def _load_weights(path: Path) -> dict[str, Any]:
