@@ -18,6 +18,7 @@ from pathlib import Path
 from aggregator.config import AggregatorConfig, build_config, check_exposure
 from aggregator.fedavg import STRATEGIES
 from aggregator.modelfile import load_model_file
+from aggregator.privacy import ACCOUNTANTS
 from aggregator.run import begin
 from aggregator.stages import NO_STAGES, StageHook
 from aggregator.store import AggregatorStore
@@ -65,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     _training_options(p.add_argument_group("training (sent to clients with each round)"), d)
     _aggregation_options(p.add_argument_group("aggregation and update checks"), d)
     _intake_caps(p.add_argument_group("resource caps of the update intake (per process)"), d)
+    _privacy_options(p.add_argument_group(
+        "client-level differential privacy (off unless --dp-clip; docs/privacy.md)"), d)
     g = p.add_argument_group("service")
     g.add_argument("--state-dir", type=Path, metavar="DIR", help="round state, accepted "
                    f"updates, checkpoints and history.jsonl; default ./{d.state_dir}")
@@ -182,6 +185,36 @@ def _intake_caps(g: argparse._ArgumentGroup, d: AggregatorConfig) -> None:
                    "incomplete transfer this long after its first chunk (its sender is "
                    "answered 'transfer: ... expired'); default "
                    "max(30, 2 x --round-timeout)")
+
+
+def _privacy_options(g: argparse._ArgumentGroup, d: AggregatorConfig) -> None:
+    g.add_argument("--dp-clip", type=float, metavar="C", help="turn on client-level DP-FedAvg: "
+                   "clip every update's delta to L2 norm C, weigh every update 1, add Gaussian "
+                   "noise of standard deviation Z*C to the sum (the aggregator adds it: it is "
+                   "trusted); default off")
+    g.add_argument("--dp-noise-multiplier", type=float, metavar="Z", help="noise multiplier Z "
+                   "(noise std / C); or give --dp-epsilon and Z is computed for --rounds")
+    g.add_argument("--dp-epsilon", type=float, metavar="E", help="privacy budget: the run "
+                   "finishes (exit 0, reason 'privacy budget') before a round that would take "
+                   "epsilon above E; without --dp-noise-multiplier, Z is the smallest that "
+                   "lets --rounds rounds fit in E")
+    g.add_argument("--dp-delta", type=float, metavar="D", help="delta of the (epsilon, delta) "
+                   "guarantee; required with --dp-clip (keep it below 1/number of devices)")
+    g.add_argument("--dp-accountant", choices=ACCOUNTANTS, help="rdp (Renyi DP, conservative, "
+                   f"fast) or pld (privacy loss distributions, tighter); default {d.dp_accountant}")
+    g.add_argument("--dp-sampling-rate", type=float, metavar="Q", help="with DP, each online "
+                   "client is selected with probability Q, independently (Poisson sampling); "
+                   "default --fraction, else 1 (every online client)")
+    g.add_argument("--dp-adaptive-clip", action="store_true", default=None, help="adaptive "
+                   "clipping (Andrew et al. 2021): --dp-clip is the first round's C, then C "
+                   "follows the --dp-clip-quantile of the update norms; the noised count it "
+                   "needs is paid for within Z (the sum gets a little more noise)")
+    g.add_argument("--dp-clip-quantile", type=float, metavar="G", help="share of updates "
+                   f"adaptive clipping aims to leave unclipped; default {d.dp_clip_quantile:g}")
+    g.add_argument("--dp-clip-lr", type=float, metavar="ETA", help="geometric step of C per "
+                   f"round with adaptive clipping; default {d.dp_clip_lr:g}")
+    g.add_argument("--dp-clip-count-noise", type=float, metavar="SIGMA", help="noise std on "
+                   "the count of unclipped updates (must exceed Z/2); default Z")
 
 
 class JsonFormatter(logging.Formatter):

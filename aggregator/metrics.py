@@ -36,6 +36,9 @@ class ServiceMetrics:
                              registry=r)
         self.online = Gauge("fedge_clients_online", "Clients whose presence says online",
                             registry=r)
+        self.dp_epsilon = Gauge("fedge_dp_epsilon", "Privacy budget spent: epsilon of the "
+                                "run's noised rounds at its --dp-delta (0 without DP)",
+                                registry=r)
         self.accepted = Counter("fedge_updates_accepted", "Updates accepted", registry=r)
         self.rejected = Counter("fedge_updates_rejected", "Updates (or chunks) rejected, by reason",
                                 ["reason"], registry=r)

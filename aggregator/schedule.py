@@ -76,6 +76,8 @@ class RoundsConfig:
             ``min_clients``), like Flower's ``min_available_clients``.
         max_new_clients: ids that never delivered an accepted update selected per round.
         max_online: ids held online at once, besides those that delivered before.
+        sampling_rate: with differential privacy, each online client is selected with
+            this probability (:func:`poisson_sample`) instead of by :func:`round_size`.
     """
 
     federation: str
@@ -90,6 +92,7 @@ class RoundsConfig:
     min_available: int | None = None
     max_new_clients: int = DEFAULT_MAX_NEW_CLIENTS
     max_online: int = DEFAULT_MAX_ONLINE
+    sampling_rate: float | None = None
 
     def __post_init__(self) -> None:
         if self.total_rounds < 1 or self.min_clients < 1 or self.seed < 0:
@@ -107,6 +110,8 @@ class RoundsConfig:
             raise ConfigError(f"need min_clients {self.min_clients} <= max_new_clients "
                               f"{self.max_new_clients} <= max_online {self.max_online} (a new "
                               "federation could not reach its quorum): raise --max-new-clients")
+        if self.sampling_rate is not None and not 0.0 < self.sampling_rate <= 1.0:
+            raise ConfigError(f"sampling_rate must be in (0, 1], got {self.sampling_rate}")
         if not (math.isfinite(self.round_timeout) and self.round_timeout > 0):
             raise ConfigError(f"round_timeout must be positive, got {self.round_timeout}")
 
@@ -374,6 +379,24 @@ def select_clients(
     return tuple(sorted(pool[int(i)] for i in picked))
 
 
+def poisson_sample(seed: int, round_id: int, online: frozenset[str],
+                   rate: float) -> tuple[str, ...]:
+    """Each online client independently with probability ``rate`` (Poisson sampling, the
+    sampling the DP accountant assumes; the sample may be empty or below the quorum),
+    reproducible from the arguments; at most :data:`MAX_SELECTED` (sorted ids first)."""
+    pool = sorted(online)
+    draws = np.random.default_rng([seed, round_id]).random(len(pool))
+    return tuple(c for c, u in zip(pool, draws, strict=True) if u < rate)[:MAX_SELECTED]
+
+
+def finish(state: RoundState) -> Step:
+    """End the run now, between rounds (its privacy budget cannot pay for another)."""
+    if state.phase is not Phase.WAITING:
+        raise ValidationError(f"the run can only finish between rounds, not {state.phase.value}")
+    return (replace(state, phase=Phase.FINISHED),
+            (Finish(state.round_id, state.aggregated, state.skipped),))
+
+
 def round_size(config: RoundsConfig, online: int) -> int:
     """How many clients a round selects among ``online`` (never fewer than the quorum)."""
     if config.clients_per_round is not None:
@@ -424,7 +447,10 @@ def _announce(config: RoundsConfig, state: RoundState, now: float) -> Step:
     if len(state.online) < (config.min_available or config.min_clients):
         return state, ()
     round_id = state.round_id + 1
-    selected = choose_participants(config, state, round_id)
+    if config.sampling_rate is not None:  # DP: a real random sample, what the accountant assumes
+        selected = poisson_sample(config.seed, round_id, state.online, config.sampling_rate)
+    else:
+        selected = choose_participants(config, state, round_id)
     deadline = now + config.round_timeout
     state = replace(state, round_id=round_id, phase=Phase.COLLECTING,
                     selected=frozenset(selected), accepted=frozenset(), deadline=deadline,

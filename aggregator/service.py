@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -30,12 +32,14 @@ from typing import Any
 
 import numpy as np
 
-from aggregator import checkpoint, schedule
+from aggregator import accounting, checkpoint, schedule
 from aggregator.config import AggregatorConfig
 from aggregator.global_model import GlobalModel
 from aggregator.intake import Addressee, Arrived, Intake, Refused
+from aggregator.ledger import LEDGER_FILE, PrivacyLedger
 from aggregator.metrics import ServiceMetrics
 from aggregator.modelfile import ModelFile
+from aggregator.privacy import add_noise
 from aggregator.publish import Publisher, RunMessages, manifest_signing_key
 from aggregator.reasons import Reason, Rejection
 from aggregator.recovery import restore
@@ -45,8 +49,9 @@ from aggregator.schedule import Action, Phase
 from aggregator.stages import NO_STAGES, Stage, StageHook
 from aggregator.store import AggregatorStore
 from edge_client import protocol
-from edge_client.errors import ModelError, ProtocolError
+from edge_client.errors import ConfigError, ModelError, ProtocolError
 from edge_client.model import embed_weights
+from edge_client.protocol import PRIVACY_BUDGET
 from edge_client.transfer import ReassemblyLimits
 from edge_client.transport import Message, Transport
 
@@ -55,6 +60,9 @@ log = logging.getLogger(__name__)
 TICK_SECONDS = 0.2
 STATUS_EVERY_S = 1.0  # the retained status is republished at most this often while it changes
 ALREADY_ACCEPTED = "already accepted"
+#: a test's kill point: ``FEDGE_KILL_AT=noised`` makes the process SIGKILL itself right
+#: after a DP round was spent and noised, before anything of it is saved or published
+KILL_AT_ENV = "FEDGE_KILL_AT"
 
 
 class AggregatorService:
@@ -104,9 +112,15 @@ class AggregatorService:
         restored = restore(self.store, config.federation, initial, model_file.spec,
                            config.rounds)
         self.model = restored.model
-        self.round = Round(config.rounds_config(model_file.sha256, run_id), self.strategy,
-                           model_file.spec, config.limits(), _TimedJournal(self.store, stages),
-                           restored.state, now=clock(), bounds=config.bounds())
+        self.ledger = _ledger(config, self.store, restored.state.aggregated)
+        ledger = self.ledger
+        self.round = Round(
+            config.rounds_config(model_file.sha256, run_id,
+                                 ledger.sampling_seed if ledger else None),
+            self.strategy, model_file.spec, config.limits(), _TimedJournal(self.store, stages),
+            restored.state, now=clock(), bounds=config.bounds(),
+            dp_clip=ledger.clip if ledger else None,
+            budget=ledger.affordable if ledger else None)
         self._stored = restored.accepted
         self._recorded = set(restored.recorded_rounds)
         self._finishing = False  # the last round closed in this process
@@ -150,6 +164,14 @@ class AggregatorService:
         return self.round.finished
 
     @property
+    def finish_reason(self) -> str:
+        """Why the run finished (``rounds``, ``privacy budget``), or ``""`` while it runs."""
+        if not self.finished:
+            return ""
+        early = self.ledger is not None and self.state.round_id < self.config.rounds
+        return PRIVACY_BUDGET if early else "rounds"
+
+    @property
     def state(self) -> schedule.RoundState:
         """The round state machine's state."""
         return self.round.state
@@ -162,6 +184,9 @@ class AggregatorService:
         self._publish_current()
         self._carry_out(self.round.restore(self._stored, self.clock()))
         self._stored = ()
+        if (self.ledger is not None and self.state.phase is Phase.COLLECTING
+                and self.ledger.has(self.state.round_id)):  # spent before a crash: close it
+            self.tick()  # now, with the updates it was noised for, before any other comes
 
     def tick(self) -> None:
         """Let time pass: deadlines are checked against the clock, expired transfers
@@ -334,8 +359,16 @@ class AggregatorService:
 
     def _aggregate(self, action: schedule.Aggregate) -> None:
         with self.stages.stage(Stage.AGGREGATE):
+            delta = self.round.delta()
+            if self.ledger is not None:  # spent (fsync) before the noise exists
+                participants = list(self.round.participants)
+                unclipped = len(participants) - len(self.round.plan().clipped)
+                noise = self.ledger.spend(action.round_id, self.round.population,
+                                          participants, unclipped)
+                delta = add_noise(delta, len(self.round.participants), noise)
+                _kill_point("noised")
             weights, server_state = self.strategy.apply(
-                self.model.weights, self.round.delta(), self.model.server_state)
+                self.model.weights, delta, self.model.server_state)
         previous = self.model
         with self.stages.stage(Stage.ENCODE):
             self.model = GlobalModel.build(self.config.federation, action.new_version,
@@ -349,12 +382,18 @@ class AggregatorService:
         log.info("round=%d aggregated participants=%d version=%d", action.round_id,
                  len(action.clients), self.model.version)
         self._close_round("aggregated")
+        if self.ledger is not None:  # adaptive clipping moves C between rounds
+            self.round.dp_clip = self.ledger.clip
         self.stages.round_closed(action.round_id)
 
     def _finish(self) -> None:
         """The run is over: the final model into ``final/``, then a finished manifest every
         device acts on, and no retained round left behind."""
         self._finishing = True
+        if self.finish_reason == PRIVACY_BUDGET and self.ledger is not None:
+            log.info("privacy budget: epsilon %.4g spent of %s at delta %g; another round "
+                     "would exceed it, so the run finishes", self.ledger.epsilon,
+                     self.ledger.settings.target_epsilon, self.ledger.settings.delta)
         self._save_final()
         self._publish_manifest()
         self.publisher.clear_round()
@@ -378,6 +417,8 @@ class AggregatorService:
     def _close_round(self, outcome: str) -> None:
         record = self.round.record(outcome, self.model.version, self.clock())
         record["run"] = self.run_info.run_id
+        if self.ledger is not None:
+            record["dp"] = self.ledger.report()
         self.metrics.rounds.labels(outcome).inc()
         self.metrics.round_duration.observe(record["duration_s"])
         self._last_round = _summary(record)
@@ -412,10 +453,10 @@ class AggregatorService:
         self._update_gauges()
 
     def _publish_manifest(self) -> None:
-        finished = "rounds" if self.finished else ""
         with self.stages.stage(Stage.PUBLISH):
             self.publisher.manifest(self.messages.manifest(
-                self.model.version, self.model.sha256, self.state.round_id, finished))
+                self.model.version, self.model.sha256, self.state.round_id,
+                self.finish_reason))
 
     def _publish_status(self, *, force: bool = False) -> None:
         now = self.clock()
@@ -428,7 +469,7 @@ class AggregatorService:
             deadline=s.deadline or 0.0, selected=len(s.selected), accepted=len(s.accepted),
             rejected=dict(self.round.traffic.rejections) if collecting else {},
             online=len(s.online), last_round=self._last_round, updated_at=now,
-            finished="rounds" if self.finished else ""))
+            finished=self.finish_reason))
         self._status_due, self._status_at = False, now
 
     def _publish_round(self) -> None:
@@ -457,6 +498,8 @@ class AggregatorService:
         collecting = s.phase is Phase.COLLECTING
         m.participants.set(len(self.round.participants) if collecting else 0)
         m.samples.set(self.round.samples if collecting else 0)
+        if self.ledger is not None:
+            m.dp_epsilon.set(self.ledger.epsilon)
 
 
 class _TimedJournal:
@@ -476,11 +519,50 @@ class _TimedJournal:
         return self.store.accepted(round_id)
 
 
+def _ledger(config: AggregatorConfig, store: AggregatorStore,
+            aggregated: int) -> PrivacyLedger | None:
+    """The privacy ledger with DP on (Z computed from --dp-epsilon when not given).
+
+    Raises:
+        ConfigError: a DP run restarted without ``--dp-clip`` (it would publish models
+            without noise after noised ones), or DP turned on for a run that already
+            published models without it (no ε would cover those).
+    """
+    dp = config.dp_settings()
+    has_ledger = (store.root / LEDGER_FILE).exists()
+    if dp is None and has_ledger:
+        raise ConfigError(f"{store.root} holds a differentially private run "
+                          f"({LEDGER_FILE}); start it with its --dp-clip, --dp-delta and "
+                          "--dp-noise-multiplier or --dp-epsilon")
+    if dp is not None and not has_ledger and aggregated:
+        raise ConfigError(f"--dp-clip: {store.root} already aggregated {aggregated} rounds "
+                          "without differential privacy, which no epsilon covers; give a new "
+                          "--state-dir (with --initial-weights to start from its model)")
+    if dp is None:
+        return None
+    z = dp.noise_multiplier
+    if z is None:
+        assert dp.target_epsilon is not None  # DpSettings requires one of the two
+        z = accounting.noise_multiplier(dp.target_epsilon, dp.delta, dp.sampling_rate,
+                                        config.rounds)
+        log.info("privacy: noise multiplier %.4f lets %d rounds at q=%g fit in epsilon %g "
+                 "(delta %g)", z, config.rounds, dp.sampling_rate, dp.target_epsilon, dp.delta)
+    return PrivacyLedger(store.root, dp, z)
+
+
+def _kill_point(name: str) -> None:
+    if os.environ.get(KILL_AT_ENV) == name:
+        log.warning("%s=%s: killing this process (a test's fault)", KILL_AT_ENV, name)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _summary(record: dict[str, Any]) -> dict[str, float]:
     """The numbers of a history line that the retained status carries."""
     numbers = {"round": record.get("round", 0), "version": record.get("version", 0),
                "participants": len(record.get("participants", ())),
                "samples": record.get("samples", 0), **record.get("metrics", {})}
+    if "dp" in record:
+        numbers["dp_epsilon"] = record["dp"]["epsilon"]
     return {k: float(v) for k, v in list(numbers.items())[:64]
             if isinstance(v, (int, float)) and not isinstance(v, bool)}
 

@@ -43,6 +43,7 @@ def export_trainable(
     seed: int = 0,
     *,
     learning_rate: float | None = None,
+    dp_sgd: bool = False,
     schema: Mapping[str, Any] | None = None,
     **hyperparameters: float,
 ) -> bytes:
@@ -57,6 +58,9 @@ def export_trainable(
         seed: seed of the initial weights (Glorot uniform, zero biases).
         learning_rate: default learning rate written to the metadata
             (0.01 for SGD, 0.001 for Adam); ``train`` takes ``lr`` at every step.
+        dp_sgd: also export the ``train_dp`` signature (record-level DP-SGD with
+            per-example clipping, :mod:`models.modules`); conversion takes longer, since
+            the batch is unrolled.
         **hyperparameters: ``momentum`` for SGD (0.9); ``beta_1``, ``beta_2``,
             ``epsilon`` for Adam (0.9, 0.999, 1e-7).
         schema: the federation's data schema (a dict), carried in the metadata.
@@ -78,14 +82,15 @@ def export_trainable(
         raise ValueError(f"learning rate must be positive, got {learning_rate}")
     try:
         module = TrainableModule(
-            spec, batch_size, zoo.initial_weights(spec, seed), optimizer, hyperparameters
+            spec, batch_size, zoo.initial_weights(spec, seed), optimizer, hyperparameters,
+            dp_sgd=dp_sgd,
         )
     except TypeError as exc:
         raise ValueError(f"bad hyperparameter for {optimizer}: {exc}") from exc
     flatbuffer = _convert(module, module.signatures(), representative=None)
     settings = {"name": optimizer, "learning_rate": rate, **module.optimizer.hyperparameters()}
     meta = metadata.describe(spec, batch_size, kind="trainable", optimizer=settings, seed=seed,
-                             schema=schema)
+                             dp_sgd=dp_sgd, schema=schema)
     return metadata.attach(flatbuffer, meta)
 
 

@@ -57,7 +57,7 @@ def _tensor(shape: Sequence[int]) -> Json:
     return {"shape": [int(d) for d in shape], "dtype": "float32"}
 
 
-def _signatures(spec: ModelSpec, batch: int, kind: str) -> Json:
+def _signatures(spec: ModelSpec, batch: int, kind: str, dp_sgd: bool = False) -> Json:
     x = _tensor([batch, *spec.input_shape])
     vector, scalar = _tensor([batch]), _tensor([])
     output = _tensor([batch, spec.classes] if spec.classes else [batch])
@@ -65,7 +65,7 @@ def _signatures(spec: ModelSpec, batch: int, kind: str) -> Json:
     if kind == "inference":
         return {"infer": infer}
     weights = {n: _tensor(s) for n, s in spec.weight_shapes().items()}
-    return {
+    signatures: Json = {
         "train": {
             "inputs": {"x": x, "y": vector, "mask": vector, "lr": scalar, "mu": scalar},
             "outputs": {"loss": scalar},
@@ -78,6 +78,14 @@ def _signatures(spec: ModelSpec, batch: int, kind: str) -> Json:
         "get_weights": {"inputs": {}, "outputs": weights},
         "set_weights": {"inputs": weights, "outputs": {"ok": scalar}},
     }
+    if dp_sgd:
+        noise = {f"noise_{n}": t for n, t in weights.items()}
+        signatures["train_dp"] = {
+            "inputs": {"x": x, "y": vector, "mask": vector, "lr": scalar, "mu": scalar,
+                       "clip": scalar, "denominator": scalar, **noise},
+            "outputs": {"loss": scalar, "clipped": scalar},
+        }
+    return signatures
 
 
 def _label(spec: ModelSpec) -> Json:
@@ -95,6 +103,7 @@ def describe(
     optimizer: Mapping[str, Any] | None,
     quantization: str = "none",
     seed: int | None = None,
+    dp_sgd: bool = False,
     schema: Mapping[str, Any] | None = None,
 ) -> Json:
     """Build the ``fedge.json`` document of a model file.
@@ -106,6 +115,7 @@ def describe(
         optimizer: name, default learning rate and hyperparameters, or None.
         quantization: "none" or "int8".
         seed: the seed of the initial weights, if any.
+        dp_sgd: the file also has the ``train_dp`` signature (record-level DP-SGD).
         schema: the federation's data schema as a dict (``Schema.to_dict()``), or None.
     """
     classification = spec.task != "regression"
@@ -129,7 +139,7 @@ def describe(
         "optimizer": dict(optimizer) if optimizer is not None else None,
         "quantization": quantization,
         "weights": [{"name": n, **_tensor(s)} for n, s in spec.weight_shapes().items()],
-        "signatures": _signatures(spec, batch_size, kind),
+        "signatures": _signatures(spec, batch_size, kind, dp_sgd),
         "seed": seed,
     }
 

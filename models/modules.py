@@ -9,6 +9,14 @@ Every signature has a fixed batch size. Inputs and outputs (``B`` = batch size):
   (binary: ``[P(0), P(1)]``), ``(B,)`` predictions for regression.
 - ``evaluate(x, y, mask) -> {"loss", "correct"}``: masked mean loss and the
   number of correctly classified masked examples (always 0 for regression).
+- ``train_dp(x, y, mask, lr, mu, clip, denominator, noise_<name>...) -> {"loss",
+  "clipped"}`` (exported with ``dp_sgd=True``): one DP-SGD step (Abadi et al., 2016).
+  Each masked example's gradient is computed on its own (the batch unrolled: every op
+  stays a builtin), clipped to global L2 norm ``clip``; their sum plus the device's
+  Gaussian ``noise_<name>`` (one input per weight, std σ·clip, drawn by the device) is
+  divided by ``denominator`` (the expected batch size of Poisson sampling) and applied by
+  the optimizer, with the FedProx gradient added (data-independent). ``clipped`` counts
+  the examples whose gradient was scaled down.
 - ``get_weights() -> {name: weight}``.
 - ``set_weights(**weights) -> {"ok"}``: assigns the weights, makes them the
   FedProx anchor and resets the optimizer state (momentum, Adam moments and
@@ -74,6 +82,7 @@ class TrainableModule(tf.Module):  # type: ignore[misc]
         initial: Mapping[str, Array],
         optimizer: str,
         hyperparameters: Mapping[str, float],
+        dp_sgd: bool = False,
     ) -> None:
         """Create the variables.
 
@@ -83,9 +92,10 @@ class TrainableModule(tf.Module):  # type: ignore[misc]
             initial: initial weights by name, in model order.
             optimizer: "sgd" or "adam".
             hyperparameters: optimizer hyperparameters (not the learning rate).
+            dp_sgd: also export ``train_dp`` (record-level DP-SGD).
         """
         super().__init__(name=spec.name)
-        self.spec, self.batch_size = spec, batch_size
+        self.spec, self.batch_size, self.dp_sgd = spec, batch_size, dp_sgd
         self.names = list(initial)
         self.params = [tf.Variable(w, name=n) for n, w in initial.items()]
         self.anchors = [
@@ -145,7 +155,39 @@ class TrainableModule(tf.Module):  # type: ignore[misc]
             return {"ok": tf.constant(1.0)}
 
         functions = [train, infer, evaluate, get_weights, set_weights]
+        if self.dp_sgd:
+            functions.append(self._train_dp(weight_specs))
         return {f.__name__: f.get_concrete_function() for f in functions}
+
+    def _train_dp(self, weight_specs: Mapping[str, Any]) -> Any:
+        """The ``train_dp`` signature (see the module docstring)."""
+        task, scalar = self.spec.task, tf.TensorSpec([], tf.float32)
+        noise_specs = {f"noise_{n}": tf.TensorSpec(s.shape, tf.float32, name=f"noise_{n}")
+                       for n, s in weight_specs.items()}
+
+        @graph(self._x_spec(), self._vector_spec("y"), self._vector_spec("mask"), scalar,
+               scalar, scalar, scalar, noise_specs)
+        def train_dp(x: Tensor, y: Tensor, mask: Tensor, lr: Tensor, mu: Tensor, clip: Tensor,
+                     denominator: Tensor, noise: dict[str, Tensor]) -> dict[str, Tensor]:
+            total = [noise[f"noise_{n}"] for n in self.names]
+            losses, clipped = [], tf.constant(0.0)
+            for i in range(self.batch_size):  # unrolled: per-example gradients, builtins only
+                with tf.GradientTape() as tape:
+                    loss = task_loss(task, self._logits(x[i:i + 1]), y[i:i + 1])[0]
+                grads = tape.gradient(loss, self.params)
+                norm = tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(g)) for g in grads]))
+                scale = tf.minimum(1.0, clip / tf.maximum(norm, 1e-12))
+                clipped += mask[i] * tf.cast(norm > clip, tf.float32)
+                total = [t + (mask[i] * scale) * g for t, g in zip(total, grads, strict=True)]
+                losses.append(loss)
+            with tf.GradientTape() as tape:
+                prox = proximal_term(self.params, self.anchors, mu)
+            prox_grads = tape.gradient(prox, self.params)
+            step = [t / denominator + p for t, p in zip(total, prox_grads, strict=True)]
+            self.optimizer.apply(self.params, step, lr)
+            return {"loss": masked_mean(tf.stack(losses), mask), "clipped": clipped}
+
+        return train_dp
 
 
 class InferenceModule(tf.Module):  # type: ignore[misc]

@@ -31,6 +31,7 @@ AREAS: tuple[tuple[str, str], ...] = (
     ("test_resource_caps.py", "resource caps"),
     ("test_scale_faults.py", "scale"),
     ("test_flood_faults.py", "floods"),
+    ("test_privacy_faults.py", "privacy"),
 )
 OUTCOMES = {"pass": "pass", "fail": "**FAIL**", "known bug": "**known bug** (reported)"}
 

@@ -40,7 +40,8 @@ from edge_client.protocol.tensor import Tensor, _unique_tensors
 
 M = TypeVar("M", bound="Message")
 #: why a run ended, as a finished manifest says (docs/protocol.md, "Runs")
-FINISH_REASONS = ("", "rounds")
+PRIVACY_BUDGET = "privacy budget"  # the next round would take epsilon above the target
+FINISH_REASONS = ("", "rounds", PRIVACY_BUDGET)
 PHASES = ("waiting", "collecting", "finished")
 MAX_RUN_ID = 32
 MAX_EVALUATION_BYTES = 128 * 1024  # a site's evaluation counts (edge_client.score_counts)
@@ -147,7 +148,8 @@ class Manifest(SignedMessage):
         codec: codec of the published global weights.
         signature: over :meth:`signed_bytes`; ``None`` when unsigned.
         run_id: the run of the federation these weights belong to (see :func:`_run_id`).
-        finished: why the run is over (``"rounds"``: its last round closed), or ``""``
+        finished: why the run is over (``"rounds"``: its last round closed; ``"privacy
+            budget"``: another round would exceed the DP budget), or ``""``
             while it runs. A device that sees it takes these weights as the final model.
     """
 

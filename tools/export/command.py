@@ -80,6 +80,10 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     z.add_argument("--optimizer", choices=("sgd", "adam"), help="default: sgd")
     z.add_argument("--seed", type=int, metavar="N",
                    help="seed of the initial weights (default: 0)")
+    z.add_argument("--dp-sgd", action="store_true", help="also export the train_dp signature: "
+                   "record-level DP-SGD (per-example gradient clipping, device-drawn noise; "
+                   "builtin ops only, the batch unrolled: slower to convert and to train); "
+                   "docs/privacy.md")
     z.add_argument("--weights", type=Path, metavar="FILE.npz",
                    help="weights for the int8 model, by name (default: the initial ones)")
     s = parser.add_argument_group("from an aggregator's state dir (no TensorFlow needed)")
@@ -138,6 +142,7 @@ def _check_flags(args: argparse.Namespace) -> None:
     own = (*ZOO_FLAGS, "optimizer", "seed", "weights", "schema")
     given = [f"--{f.replace('_', '-')}" for f in own if getattr(args, f) is not None]
     if args.from_state is not None:
+        given += ["--dp-sgd"] if args.dp_sgd else []
         if given:
             raise UsageError(f"--from-state takes the model and weights from the state dir; "
                              f"leave out {', '.join(given)}")
@@ -201,6 +206,7 @@ def _export_zoo(args: argparse.Namespace) -> list[str]:
     schema = getattr(args, "schema_doc", None)
     data = export.export_trainable(args.model, args.input_shape, args.classes,
                                    args.batch_size, args.optimizer or "sgd", seed,
+                                   dp_sgd=args.dp_sgd,
                                    schema=None if schema is None else schema.to_dict())
     args.out.write_bytes(data)
     shown = [] if schema is None else [render_schema(schema)]
