@@ -60,8 +60,8 @@ from edge_client.protocol.limits import (
 from edge_client.protocol.messages import (
     FINISH_REASONS,
     MESSAGES,
-    REASON_BUSY,
     PRIVACY_BUDGET,
+    REASON_BUSY,
     Chunk,
     FeatureSummary,
     Hyperparameters,
