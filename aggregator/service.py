@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -60,9 +58,6 @@ log = logging.getLogger(__name__)
 TICK_SECONDS = 0.2
 STATUS_EVERY_S = 1.0  # the retained status is republished at most this often while it changes
 ALREADY_ACCEPTED = "already accepted"
-#: a test's kill point: ``FEDGE_KILL_AT=noised`` makes the process SIGKILL itself right
-#: after a DP round was spent and noised, before anything of it is saved or published
-KILL_AT_ENV = "FEDGE_KILL_AT"
 
 
 class AggregatorService:
@@ -366,7 +361,6 @@ class AggregatorService:
                 noise = self.ledger.spend(action.round_id, self.round.population,
                                           participants, unclipped)
                 delta = add_noise(delta, len(self.round.participants), noise)
-                _kill_point("noised")
             weights, server_state = self.strategy.apply(
                 self.model.weights, delta, self.model.server_state)
         previous = self.model
@@ -548,12 +542,6 @@ def _ledger(config: AggregatorConfig, store: AggregatorStore,
         log.info("privacy: noise multiplier %.4f lets %d rounds at q=%g fit in epsilon %g "
                  "(delta %g)", z, config.rounds, dp.sampling_rate, dp.target_epsilon, dp.delta)
     return PrivacyLedger(store.root, dp, z)
-
-
-def _kill_point(name: str) -> None:
-    if os.environ.get(KILL_AT_ENV) == name:
-        log.warning("%s=%s: killing this process (a test's fault)", KILL_AT_ENV, name)
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _summary(record: dict[str, Any]) -> dict[str, float]:
