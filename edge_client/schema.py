@@ -73,12 +73,15 @@ class Schema:
         label: the label column.
         classes: the label values in class-index order; empty for a regression target.
         left_out: columns a proposal left out, with why (informative only).
+        class_counts: the federation's rows per class (``fedge stats --out``), for balanced
+            class weights (``fedge export --class-weights balanced``); empty: not known.
     """
 
     features: tuple[Feature, ...]
     label: str
     classes: tuple[str, ...] = ()
     left_out: Mapping[str, str] = field(default_factory=dict)
+    class_counts: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         _check(self)
@@ -98,6 +101,8 @@ class Schema:
         """A JSON- and TOML-ready dict (what model metadata carries)."""
         out: dict[str, Any] = {"format": SCHEMA_FORMAT, "label": {"column": self.label,
                                                                  "classes": list(self.classes)}}
+        if self.class_counts:
+            out["label"]["counts"] = list(self.class_counts)
         out["feature"] = [_feature_dict(f) for f in self.features]
         if self.left_out:
             out["left_out"] = dict(self.left_out)
@@ -132,6 +137,9 @@ def _check(schema: Schema) -> None:
         raise ConfigError(f"{where}: feature names must be distinct and differ from the label")
     if len(set(schema.classes)) != len(schema.classes):
         raise ConfigError(f"{where}: label classes must be distinct")
+    if schema.class_counts and (len(schema.class_counts) != len(schema.classes)
+                                or min(schema.class_counts) < 0):
+        raise ConfigError(f"{where}: label counts must be one count >= 0 per class")
     for f in schema.features:
         at = f'{where}: feature "{f.name}"'
         if not f.name or f.kind not in KINDS or f.missing not in MISSING:
@@ -198,10 +206,13 @@ def schema_from_dict(obj: Any, where: str = "schema") -> Schema:
     left_out = obj.get("left_out", {})
     if not isinstance(left_out, dict):
         raise ConfigError(f"{where}: left_out must be a table")
+    counts = label.get("counts", [])
+    if not isinstance(counts, list) or not all(type(c) is int for c in counts):
+        raise ConfigError(f"{where}: label counts must be a list of integers")
     try:
         return Schema(tuple(_feature(f, where) for f in features), label["column"],
                       _strings(label.get("classes", []), f"{where}: label classes"),
-                      {str(k): str(v) for k, v in left_out.items()})
+                      {str(k): str(v) for k, v in left_out.items()}, tuple(counts))
     except ConfigError as e:
         raise ConfigError(str(e).replace("schema:", f"{where}:", 1)) from None
 
@@ -231,7 +242,11 @@ def schema_toml(schema: Schema) -> str:
     lines = [f'format = "{SCHEMA_FORMAT}"', "",
              "# classes: label values in class order (empty: a regression target)",
              "[label]", f"column = {_toml_value(schema.label)}",
-             f"classes = {_toml_value(list(schema.classes))}", ""]
+             f"classes = {_toml_value(list(schema.classes))}"]
+    if schema.class_counts:
+        lines += ["# counts: the federation's rows per class (for --class-weights balanced)",
+                  f"counts = {_toml_value(list(schema.class_counts))}"]
+    lines.append("")
     if schema.left_out:
         lines += ["# columns left out of the model, and why (delete a line or add a feature)",
                   "[left_out]"]

@@ -147,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(render(found, columns, min_count))
     if args.out is not None and schema is not None:
-        args.out.write_text(schema_toml(shared_schema(schema, columns)))
+        args.out.write_text(schema_toml(shared_schema(schema, columns, min_count)))
         print(f"wrote {args.out}: the schema with the federation's statistics",
               file=sys.stderr if args.json else sys.stdout)
     return 0

@@ -7,7 +7,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from edge_client.feature_stats import Combined, median_from_bins, published_bins
+from edge_client.feature_stats import (
+    DEFAULT_MIN_COUNT,
+    Combined,
+    median_from_bins,
+    published_bins,
+)
 from edge_client.protocol import StatsReport
 from edge_client.schema import Feature, Schema
 
@@ -64,10 +69,17 @@ def render(c: Collected, columns: Sequence[Combined], min_count: int) -> str:
     return "\n".join(lines)
 
 
-def shared_schema(schema: Schema, columns: Sequence[Combined]) -> Schema:
+def shared_schema(schema: Schema, columns: Sequence[Combined],
+                  min_count: int = DEFAULT_MIN_COUNT) -> Schema:
     """``schema`` with the federation's statistics: every numeric column's shared mean and
-    std (so every site standardises identically) and its ``mean``/``median`` fill value."""
+    std (so every site standardises identically) and its ``mean``/``median`` fill value,
+    and the label's class counts (for balanced class weights) unless one is suppressed."""
     by_name = {k.name: k for k in columns}
+    label = by_name.get(schema.label)
+    counts: tuple[int, ...] = ()
+    if schema.classes and label is not None and not label.numeric:
+        shown = published_bins(label.bins[: len(schema.classes)], min_count)
+        counts = () if None in shown else tuple(int(c or 0) for c in shown)
     features: list[Feature] = []
     for f in schema.features:
         k = by_name.get(f.name)
@@ -77,4 +89,4 @@ def shared_schema(schema: Schema, columns: Sequence[Combined]) -> Schema:
         fill = {"mean": k.mean, "median": median_from_bins(k, f)}.get(f.missing, f.fill)
         features.append(replace(f, fill=float(fill), mean=k.mean,
                                 std=max(k.std, STD_FLOOR) if math.isfinite(k.std) else 1.0))
-    return schema.with_features(features)
+    return replace(schema.with_features(features), class_counts=counts)

@@ -69,6 +69,8 @@ def test_fedge_stats_adds_the_devices_reports_over_provisioned_tls(
     assert shared.shared_scaling
     assert shared.features[0].mean == pytest.approx(np.mean(pooled), rel=1e-9)
     assert shared.features[0].fill == shared.features[0].mean
+    per_class = [sum(a <= 55 for a in pooled), sum(a > 55 for a in pooled)]
+    assert shared.class_counts == (tuple(per_class) if min(per_class) >= 10 else ())
     # a device given the shared schema standardises with the federation's statistics
     data, stats = prepare_data(ClientConfig(data=tmp_path / "dev-1.csv", schema=shared_path))
     assert stats is not None and stats.mean[0] == shared.features[0].mean
