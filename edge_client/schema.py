@@ -23,6 +23,8 @@ from edge_client.settings import load_toml
 SCHEMA_FORMAT = "fedge-schema/1"
 Kind = Literal["numeric", "categorical"]
 Missing = Literal["mean", "median", "constant", "error"]
+Scaling = Literal["shared", "per-site"]
+SCALINGS: tuple[Scaling, ...] = ("shared", "per-site")
 KINDS: tuple[Kind, ...] = ("numeric", "categorical")
 MISSING: tuple[Missing, ...] = ("mean", "median", "constant", "error")
 MAX_CATEGORIES = 1_000  # one-hot width per column: beyond this a column is an identifier
@@ -75,6 +77,10 @@ class Schema:
         left_out: columns a proposal left out, with why (informative only).
         class_counts: the federation's rows per class (``fedge stats --out``), for balanced
             class weights (``fedge export --class-weights balanced``); empty: not known.
+        scaling: ``shared`` asks for the aggregator's statistics phase (it combines the
+            devices' reports and publishes the model with the shared statistics before
+            round 1); ``per-site``: each site standardises with its own unless the schema
+            already has shared statistics.
     """
 
     features: tuple[Feature, ...]
@@ -82,6 +88,7 @@ class Schema:
     classes: tuple[str, ...] = ()
     left_out: Mapping[str, str] = field(default_factory=dict)
     class_counts: tuple[int, ...] = ()
+    scaling: Scaling = "per-site"
 
     def __post_init__(self) -> None:
         _check(self)
@@ -103,6 +110,8 @@ class Schema:
                                                                  "classes": list(self.classes)}}
         if self.class_counts:
             out["label"]["counts"] = list(self.class_counts)
+        if self.scaling != "per-site":
+            out["scaling"] = self.scaling
         out["feature"] = [_feature_dict(f) for f in self.features]
         if self.left_out:
             out["left_out"] = dict(self.left_out)
@@ -137,6 +146,8 @@ def _check(schema: Schema) -> None:
         raise ConfigError(f"{where}: feature names must be distinct and differ from the label")
     if len(set(schema.classes)) != len(schema.classes):
         raise ConfigError(f"{where}: label classes must be distinct")
+    if schema.scaling not in SCALINGS:
+        raise ConfigError(f"{where}: scaling must be one of {SCALINGS}")
     if schema.class_counts and (len(schema.class_counts) != len(schema.classes)
                                 or min(schema.class_counts) < 0):
         raise ConfigError(f"{where}: label counts must be one count >= 0 per class")
@@ -212,7 +223,8 @@ def schema_from_dict(obj: Any, where: str = "schema") -> Schema:
     try:
         return Schema(tuple(_feature(f, where) for f in features), label["column"],
                       _strings(label.get("classes", []), f"{where}: label classes"),
-                      {str(k): str(v) for k, v in left_out.items()}, tuple(counts))
+                      {str(k): str(v) for k, v in left_out.items()}, tuple(counts),
+                      obj.get("scaling", "per-site"))
     except ConfigError as e:
         raise ConfigError(str(e).replace("schema:", f"{where}:", 1)) from None
 
@@ -239,7 +251,9 @@ def _toml_value(value: Any) -> str:
 def schema_toml(schema: Schema) -> str:
     """The schema as an editable TOML document, with comments on what to edit."""
     d = schema.to_dict()
-    lines = [f'format = "{SCHEMA_FORMAT}"', "",
+    lines = [f'format = "{SCHEMA_FORMAT}"',
+             "# scaling: shared = the aggregator combines the devices' statistics before round 1",
+             f"scaling = {_toml_value(schema.scaling)}", "",
              "# classes: label values in class order (empty: a regression target)",
              "[label]", f"column = {_toml_value(schema.label)}",
              f"classes = {_toml_value(list(schema.classes))}"]

@@ -146,8 +146,7 @@ def write_csv(path: Path, rows: Sequence[Row]) -> Path:
 def shared_lung_schema(train_csvs: Sequence[Path]) -> Schema:
     """:data:`SCHEMA` with the sites' federated statistics (fills, shared mean and std, class
     counts), as ``fedge stats --out`` makes it from the devices' reports."""
-    from edge_client.feature_stats import combine, site_summaries
-    from tools.stats.view import shared_schema
+    from edge_client.feature_stats import combine, shared_schema, site_summaries
 
     reports = [site_summaries(path, SCHEMA)[1] for path in train_csvs]
     return shared_schema(SCHEMA, combine(reports))

@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from edge_client.errors import ConfigError, ProtocolError
-from edge_client.feature_stats import DEFAULT_MIN_COUNT, combine, layout_sha256
+from edge_client.feature_stats import DEFAULT_MIN_COUNT, combine, layout_sha256, shared_schema
 from edge_client.protocol import StatsReport, Topics, is_clear
 from edge_client.schema import load_schema, schema_toml
 from edge_client.settings import PASSWORD_ENV
 from edge_client.transport import BrokerConfig, MqttTransport, Transport, TransportError
-from tools.stats.view import Collected, as_json, render, shared_schema
+from tools.stats.view import Collected, as_json, render
 
 QUIET_S = 0.5  # retained reports come in a burst after the subscribe: stop after this lull
 

@@ -33,3 +33,16 @@ def test_label_counts_survive_the_toml_round_trip(tmp_path: Path) -> None:
     path.write_text(path.read_text().replace("counts = [120, 14]", "counts = [120]"))
     with pytest.raises(ConfigError, match="label counts must be one count >= 0 per class"):
         load_schema(path)
+
+
+def test_scaling_is_kept_in_the_toml_and_checked(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    path = tmp_path / "s.toml"
+    path.write_text(schema_toml(replace(SCHEMA, scaling="shared")))
+    assert load_schema(path).scaling == "shared"
+    assert load_schema(path).to_dict()["scaling"] == "shared"
+    assert "scaling" not in SCHEMA.to_dict()  # the default leaves model metadata as before
+    path.write_text(path.read_text().replace('scaling = "shared"', 'scaling = "global"'))
+    with pytest.raises(ConfigError, match="scaling must be one of"):
+        load_schema(path)
