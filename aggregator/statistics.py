@@ -25,7 +25,7 @@ from edge_client.feature_stats import DEFAULT_MIN_COUNT, combine, layout_sha256,
 from edge_client.model import with_schema
 from edge_client.protocol import StatsReport, Topics, is_clear
 from edge_client.schema import Schema
-from edge_client.transport import Transport
+from edge_client.transport import Message, Transport
 
 log = logging.getLogger(__name__)
 STATISTICS_DIR, STATISTICS_MODEL = "statistics", "model.tflite"
@@ -35,6 +35,23 @@ POLL_S = 1.0
 def needs_statistics(schema: Schema | None) -> bool:
     """The schema asks for shared scaling and does not have it yet."""
     return schema is not None and schema.scaling == "shared" and not schema.shared_scaling
+
+
+def read_report(topics: Topics, message: Message) -> StatsReport | None:
+    """The statistics report in ``message``; None when it is no report (another topic, or a
+    cleared one).
+
+    Raises:
+        ProtocolError: an unreadable report, or one naming another client than its topic.
+    """
+    ref = topics.parse(message.topic)
+    if ref.kind != "stats" or ref.client_id is None or is_clear(message.payload):
+        return None
+    report = StatsReport.decode(message.payload)
+    if report.client_id != ref.client_id:
+        raise ProtocolError(f"the report on {message.topic} names another client "
+                            f"{report.client_id!r}")
+    return report
 
 
 def collect_reports(transport: Transport, topics: Topics, schema: Schema, wanted: int,
@@ -55,16 +72,15 @@ def collect_reports(transport: Transport, topics: Topics, schema: Schema, wanted
                 said = clock()
             continue
         try:
-            ref = topics.parse(message.topic)
-            if ref.kind != "stats" or ref.client_id is None or is_clear(message.payload):
-                continue
-            report = StatsReport.decode(message.payload)
+            report = read_report(topics, message)
         except ProtocolError as e:
-            log.warning("statistics phase: unreadable report on %s: %s", message.topic, e)
+            log.warning("statistics phase: report on %s left out: %s", message.topic, e)
             continue
-        if report.client_id != ref.client_id or report.schema_sha256 != layout:
-            log.warning("statistics phase: report of %s left out (another client or schema)",
-                        ref.client_id)
+        if report is None:
+            continue
+        if report.schema_sha256 != layout:
+            log.warning("statistics phase: %s reports another schema's layout; left out",
+                        report.client_id)
             continue
         reports[report.client_id] = report
         log.info("statistics phase: %s reported %d rows", report.client_id, report.rows)
