@@ -86,6 +86,9 @@ class AggregatorService:
         self.metrics = metrics or ServiceMetrics()
         self.topics = config.topics()
         meta = model_file.metadata
+        # what the devices standardise with, stated in every history line (docs/data.md)
+        self._scaling = None if meta.schema is None else (
+            "shared" if meta.schema.shared_scaling else "per-site")
         if config.batch_size is not None and config.batch_size != meta.batch_size:
             log.warning("--batch-size %d differs from the model file's fixed batch size %d",
                         config.batch_size, meta.batch_size)
@@ -413,6 +416,8 @@ class AggregatorService:
         record["run"] = self.run_info.run_id
         if self.ledger is not None:
             record["dp"] = self.ledger.report()
+        if self._scaling is not None:
+            record["scaling"] = self._scaling
         self.metrics.rounds.labels(outcome).inc()
         self.metrics.round_duration.observe(record["duration_s"])
         self._last_round = _summary(record)

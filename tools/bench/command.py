@@ -29,6 +29,7 @@ SECTIONS: dict[str, str] = {
     "round": "tools.bench.round",
     "data": "tools.bench.data",
     "results": "tools.bench.results",
+    "tables": "tools.bench.tables",
 }
 NOT_IN_ALL = frozenset({"results"})  # minutes of real federations: run only when named
 
