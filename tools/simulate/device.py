@@ -4,8 +4,9 @@ A :class:`SimDevice` talks through a :class:`Link` (the Transport port plus cras
 reconnect). It announces itself with a retained presence (its Last Will, set by the link,
 says offline), reads the retained manifest and round, and when a round selects it
 publishes a chunked update and waits for the reply, exactly as ``fedge-client`` does on
-the wire. The update's tensors are precomputed quantized random deltas
-(:class:`UpdateSource`), so a thousand devices fit in a few processes.
+the wire. The update comes from a :class:`Source`: precomputed quantized random deltas
+(:class:`UpdateSource`), so a thousand devices fit in a few processes, or real training
+with the TFLite runtime (:class:`tools.simulate.trained.TrainingSource`, ``--train``).
 
 Faults (:class:`Faults`) are drawn per device and round from ``(seed, device, round)``,
 so a run is reproducible: a device may skip the round (dropout), answer late (slow),
@@ -52,6 +53,16 @@ class Link(Transport, Protocol):
         """Connect again under the same client id, with the same subscriptions."""
 
 
+class Source(Protocol):
+    """Where a device's update comes from: precomputed deltas, or real training."""
+
+    def ready(self, r: Round) -> bool:
+        """Whether an update for round ``r`` can be made now (e.g. its weights arrived)."""
+
+    def update(self, spec: DeviceSpec, r: Round, nonce: bytes) -> Update:
+        """The update ``spec``'s device sends in round ``r`` (the same for the same nonce)."""
+
+
 class UpdateSource:
     """A few random deltas (σ = 0.01), quantized up front with every codec, shared by devices."""
 
@@ -70,6 +81,18 @@ class UpdateSource:
     def tensors(self, device: int, codec: str) -> tuple[Tensor, ...]:
         """The wire tensors device ``device`` sends with ``codec``."""
         return self._tensors[device % self._variants, codec]
+
+    def ready(self, r: Round) -> bool:
+        """Always: the deltas are precomputed."""
+        return True
+
+    def update(self, spec: DeviceSpec, r: Round, nonce: bytes) -> Update:
+        """A precomputed delta as the update of ``spec``'s device in round ``r``."""
+        return Update(federation=r.federation, round_id=r.round_id, client_id=spec.client_id,
+                      base_version=r.weights_version, model_sha256=r.model_sha256,
+                      nonce=nonce, num_samples=spec.samples, metrics={"train_loss": 0.5},
+                      codec=r.codec, tensors=self.tensors(spec.index, r.codec),
+                      run_id=r.run_id)
 
 
 @dataclass(frozen=True)
@@ -113,13 +136,10 @@ def presence(spec: DeviceSpec, online: bool, now: float) -> bytes:
                     timestamp=now).encode()
 
 
-def update_chunks(spec: DeviceSpec, source: UpdateSource, r: Round, nonce: bytes,
+def update_chunks(spec: DeviceSpec, source: Source, r: Round, nonce: bytes,
                   suffix: str = "") -> list[bytes]:
     """The encoded chunks of the update ``spec``'s device sends in round ``r``."""
-    update = Update(federation=r.federation, round_id=r.round_id, client_id=spec.client_id,
-                    base_version=r.weights_version, model_sha256=r.model_sha256, nonce=nonce,
-                    num_samples=spec.samples, metrics={"train_loss": 0.5}, codec=r.codec,
-                    tensors=source.tensors(spec.index, r.codec), run_id=r.run_id)
+    update = source.update(spec, r, nonce)
     attempt = int(suffix[1:]) if suffix else None  # suffix: "" or "-{copies}"
     return split(update.encode(), update_transfer_id(r.round_id, nonce, attempt),
                  max_payload=spec.max_payload)
@@ -128,7 +148,7 @@ def update_chunks(spec: DeviceSpec, source: UpdateSource, r: Round, nonce: bytes
 class SimDevice:
     """One simulated device; see the module docstring. Drive it with :meth:`step`."""
 
-    def __init__(self, spec: DeviceSpec, link: Link, source: UpdateSource, report: Report,
+    def __init__(self, spec: DeviceSpec, link: Link, source: Source, report: Report,
                  *, clock: Callable[[], float] = time.time) -> None:
         self.spec, self.link, self.source = spec, link, source
         self.report, self.clock = report, clock
@@ -166,6 +186,8 @@ class SimDevice:
         while (message := self.link.get(timeout=0.0)) is not None:
             self._handle(message)
             busy = True
+        if self._round is not None and self._round.round_id not in self._done:
+            self._consider()  # e.g. the round's weights reached a training source meanwhile
         if self._due is not None and now >= self._due[0]:
             _, r, plan = self._due
             self._due = None
@@ -201,6 +223,8 @@ class SimDevice:
             return
         if m.model_sha256 != r.model_sha256 or self.clock() >= r.deadline:
             return  # the round's model is not announced yet, or the round is over
+        if not self.source.ready(r):
+            return  # considered again on the next step
         self._done.add(r.round_id)
         if not r.selects(self.spec.client_id):
             return
@@ -256,7 +280,8 @@ class SimDevice:
         self._unanswered = _Unanswered(r.round_id, nonce, len(copies), self.clock())
         self.report({"event": "sent", "round": r.round_id, "client": self.spec.client_id,
                      "chunks": len(chunks), "bytes": sum(map(len, chunks)),
-                     "encode_s": encode_s, "copies": len(copies), "at": self.clock()})
+                     "encode_s": encode_s, "copies": len(copies), "at": self.clock(),
+                     "metrics": dict(self.source.update(self.spec, r, nonce).metrics)})
 
     def _resend(self, now: float) -> bool:
         """No reply for a while and the round still open: the same update, a new transfer id."""

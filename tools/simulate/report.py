@@ -64,7 +64,7 @@ def round_row(row: dict[str, Any], counts: Counter[str], crashed: list[str]) -> 
                              if k.startswith("rejected:")},
         "faults": {"dropout": counts["dropout"], "slow": counts["slow"],
                    "crashed": counts["crashed"], "duplicate": counts["duplicate"]},
-        "crashed_ids": sorted(crashed),
+        "crashed_ids": sorted(crashed), "dp": row.get("dp"),
     }
 
 

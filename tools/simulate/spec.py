@@ -31,6 +31,11 @@ class WorkerSpec:
     seed: int = 0
     max_payload: int = 128 * 1024
     resend_after: float = RESEND_AFTER_S
+    # --train: devices train on their shard of this dataset (split over fleet_size devices)
+    # with this model file; None: precomputed random deltas
+    dataset: str | None = None
+    model_file: str | None = None
+    fleet_size: int = 0
 
     def to_json(self) -> str:
         """The spec as JSON."""

@@ -31,11 +31,13 @@ from edge_client.transport import BrokerConfig, Message, MqttTransport, Will
 from tools.simulate.device import (
     DeviceSpec,
     SimDevice,
+    Source,
     UpdateSource,
     presence,
     subscriptions,
 )
 from tools.simulate.spec import WorkerSpec
+from tools.simulate.trained import GlobalFeed, TrainingSource
 
 log = logging.getLogger(__name__)
 IDLE_S = 0.002  # a sweep that found nothing to do sleeps this long
@@ -117,11 +119,26 @@ class EventWriter:
             self._out.flush()
 
 
-def build_devices(spec: WorkerSpec, report: EventWriter) -> list[tuple[SimDevice, MqttLink]]:
+def training_source(spec: WorkerSpec, topics: Topics) -> tuple[TrainingSource, MqttTransport]:
+    """``--train``: this worker's devices' shards, one interpreter, and the weights feed."""
+    from tools.simulate.shards import fleet_data  # only --train loads a dataset
+
+    assert spec.dataset is not None and spec.model_file is not None
+    data = fleet_data(spec.dataset, spec.fleet_size, spec.seed)
+    feed_t = MqttTransport(BrokerConfig(url=spec.broker, client_id=f"feed-{spec.devices[0][0]}",
+                                        mqtt_version=spec.mqtt_version, durable=False))
+    feed_t.start(wait=CONNECT_TIMEOUT_S)
+    shards = {index: data.shards[index] for _, index, _ in spec.devices}
+    source = TrainingSource(Path(spec.model_file).read_bytes(), GlobalFeed(feed_t, topics),
+                            shards, spec.seed)
+    return source, feed_t
+
+
+def build_devices(spec: WorkerSpec, report: EventWriter, source: Source
+                  ) -> list[tuple[SimDevice, MqttLink]]:
     """One device and link per ``spec.devices`` entry (not connected yet)."""
     topics = Topics(spec.federation, spec.prefix)
     floor = Topics(spec.floor_federation, spec.prefix) if spec.floor_federation else None
-    source = UpdateSource(spec.shapes, spec.seed)
     made = []
     for client_id, index, samples in spec.devices:
         dspec = DeviceSpec(client_id, index, samples, topics, spec.faults, spec.seed,
@@ -136,10 +153,12 @@ def build_devices(spec: WorkerSpec, report: EventWriter) -> list[tuple[SimDevice
     return made
 
 
-def drive(devices: Sequence[SimDevice], stop: threading.Event, report: EventWriter) -> None:
-    """Sweeps every device until ``stop``; one device's failure is reported, not fatal."""
+def drive(devices: Sequence[SimDevice], stop: threading.Event, report: EventWriter,
+          feed: GlobalFeed | None = None) -> None:
+    """Sweeps the weights feed and every device until ``stop``; one device's failure is
+    reported, not fatal."""
     while not stop.is_set():
-        busy = False
+        busy = feed.step() if feed is not None else False
         for device in devices:
             try:
                 busy = device.step() or busy
@@ -153,13 +172,24 @@ def run(spec: WorkerSpec, stop: threading.Event) -> int:
     """Connects every device, reports ready, drives them until ``stop``, says goodbye."""
     with open(spec.events, "a", buffering=1) as out:
         report = EventWriter(out)
-        pairs = build_devices(spec, report)
+        topics = Topics(spec.federation, spec.prefix)
+        trainer, feed_t = None, None
+        if spec.dataset is not None:
+            trainer, feed_t = training_source(spec, topics)
+        source: Source = trainer or UpdateSource(spec.shapes, spec.seed)
+        pairs = build_devices(spec, report, source)
         for _, link in pairs:
             link.connect()
-        report({"event": "ready", "devices": len(pairs)})
+        report({"event": "ready", "devices": len(pairs),
+                "runtime": trainer.model.runtime if trainer else None})
         try:
-            drive([d for d, _ in pairs], stop, report)
+            drive([d for d, _ in pairs], stop, report, trainer.feed if trainer else None)
         finally:
+            if trainer is not None:
+                report({"event": "trained", "devices": trainer.trained,
+                        "train_s": trainer.train_s})
+            if feed_t is not None:
+                feed_t.stop()
             with ThreadPoolExecutor(32) as pool:
                 for device, link in pairs:
                     pool.submit(link.close, device.presence(False),

@@ -65,14 +65,24 @@ class Clock:
         return self.now
 
 
-def _setup(faults: Faults, max_payload: int = 128 * 1024
+class LateSource(UpdateSource):
+    """Random deltas that can be made only once ``arrived`` (as trained ones need weights)."""
+
+    arrived = False
+
+    def ready(self, r: Round) -> bool:
+        return self.arrived
+
+
+def _setup(faults: Faults, max_payload: int = 128 * 1024, source: UpdateSource | None = None
            ) -> tuple[MemoryBroker, SimDevice, FakeLink, list[dict[str, Any]], Clock]:
     broker, clock = MemoryBroker(), Clock()
     events: list[dict[str, Any]] = []
     topics = Topics("fed")
     spec = DeviceSpec("dev-1", 1, 50, topics, faults, seed=3, max_payload=max_payload)
     link = FakeLink(broker, "dev-1", subscriptions(spec))
-    device = SimDevice(spec, link, UpdateSource(SHAPES, seed=3), events.append, clock=clock)
+    device = SimDevice(spec, link, source or UpdateSource(SHAPES, seed=3), events.append,
+                       clock=clock)
     agg = broker.connect("aggregator")
     agg.publish(topics.manifest(), Manifest(
         federation="fed", model_sha256=SHA, model_size=10, weights_version=0,
@@ -170,3 +180,15 @@ def test_a_dropout_sends_nothing() -> None:
     device.step()
     assert _update_chunks(broker) == []
     assert [e["dropout"] for e in events if e["event"] == "plan"] == [True]
+
+
+def test_a_device_whose_source_is_not_ready_waits_and_sends_once_it_is() -> None:
+    source = LateSource(SHAPES, seed=3)
+    broker, device, _, events, _ = _setup(Faults(), source=source)
+    device.step()
+    device.step()
+    assert _update_chunks(broker) == [] and not [e for e in events if e["event"] == "plan"]
+    source.arrived = True
+    device.step()  # no new message: the device considers the open round again by itself
+    assert len(_update_chunks(broker)) == 1
+    assert [e["event"] for e in events].count("sent") == 1
