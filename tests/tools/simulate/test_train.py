@@ -68,6 +68,8 @@ def test_trained_devices_improve_the_global_model_on_held_out_data(tmp_path: Pat
      "cannot give 1000 clients a sample each"),
     (["--train", "--epochs", "0"], "--epochs must be at least 1"),
     (["--train", "--lr", "-1"], "--lr must be positive"),
+    (["--devices", "1000", "--workers", "2"], "at most 300 fit in one (give --workers 4"),
+    (["--devices", "4000"], "--workers 8: 500 devices per worker"),
 ])
 def test_bad_training_flags_are_named(tmp_path: Path, flags: list[str], message: str) -> None:
     res = _simulate(tmp_path, *flags)
