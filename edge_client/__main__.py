@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dp-batch", type=int, metavar="L", help="expected Poisson batch per step "
                    "(sampling rate L / local training records); at most the model file's "
                    "batch; default: the largest L up to half of it whose Poisson sample exceeds "
-                   "it in at most 0.1 %% of the steps (16 for a batch of 32)")
+                   "it in at most one step in 1000 (16 for a batch of 32)")
     g.add_argument("--privacy", action="store_true", default=None, help="print the privacy "
                    "ledger of --state-dir (every round trained with DP-SGD, its q, z, steps "
                    "and epsilon; at --dp-delta if given) and exit")
