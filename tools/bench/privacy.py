@@ -216,8 +216,8 @@ def _reading(rows: dict[str, list[dict[str, Any]]], reference: list[float]) -> s
             "a hospital has little signal to hide noise in, and at small ε z grows fast. "
             f"Breast-cancer is an easy task (the model reaches {100 * base:.0f} % without "
             "DP), so this is a favourable case; harder tasks and smaller sites pay more. "
-            "Each hospital's ε is about its own records; the hospitals hold disjoint patients, so the final "
-            "model is (ε, δ)-DP for any one patient (parallel composition).")
+            "Each hospital's ε is about its own records; the hospitals hold disjoint "
+            "patients, so the final model is (ε, δ)-DP for any one patient (parallel composition).")
 
 
 def render(result: dict[str, Any]) -> str:
