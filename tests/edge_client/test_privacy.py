@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from client_kit import ScriptedAggregator, linear_data
 from dp_accounting import rdp as dp_rdp
+from import_block import TENSORFLOW, blocked_env
 
 from aggregator.intake import received
 from aggregator.validation import check_declined
@@ -106,12 +107,15 @@ def test_dp_sgd_training_with_no_noise_and_a_wide_clip_learns(logreg_dp_file: by
 
 def _client(broker: MosquittoBroker, ns: str, data: Path, state: Path, budget: float,
             ) -> subprocess.Popen[str]:
+    """A real fedge-client process that can import neither TensorFlow, scipy nor
+    dp_accounting: a device has none of them (the edge extra)."""
+    blocked = blocked_env(data.parent, (*TENSORFLOW, "scipy", "dp_accounting"))
     return subprocess.Popen(
         [sys.executable, "-m", "edge_client", "--broker", broker.url, "--federation", ns,
          "--client-id", "dev1", "--data", str(data), "--state-dir", str(state), "--once",
          "--seed", "0", "--no-normalise", "--dp-budget", str(budget), "--dp-delta", "1e-5",
          "--dp-noise-multiplier", str(Z)],
-        cwd=ROOT, stderr=subprocess.PIPE, text=True)
+        cwd=ROOT, stderr=subprocess.PIPE, text=True, env=blocked)
 
 
 def _aggregator_judgement(update: Update) -> str | None:
