@@ -172,3 +172,17 @@ def test_a_device_reports_its_epsilon_then_declines_the_round_past_its_budget(
     shown = subprocess.run([sys.executable, "-m", "edge_client", "--privacy", "--state-dir",
                             str(state)], cwd=ROOT, capture_output=True, text=True, check=True)
     assert f"epsilon spent: {one:.4f} at delta 1e-05" in shown.stdout
+
+
+def test_the_dp_flags_need_a_budget_and_a_budget_needs_delta_and_noise() -> None:
+    from edge_client.config import ClientConfig
+    from edge_client.device import dp_settings
+
+    assert dp_settings(ClientConfig()) is None
+    with pytest.raises(ConfigError, match="--dp-delta without --dp-budget"):
+        dp_settings(ClientConfig(dp_delta=1e-5))
+    with pytest.raises(ConfigError, match="--dp-budget needs --dp-delta"):
+        dp_settings(ClientConfig(dp_budget=3.0, dp_delta=1e-5))
+    settings = dp_settings(ClientConfig(dp_budget=3.0, dp_delta=1e-5, dp_noise_multiplier=1.1,
+                                        dp_batch=8))
+    assert settings == DpSgdSettings(3.0, 1e-5, 1.1, 1.0, 8)
