@@ -7,6 +7,7 @@ logging, serves metrics, connects the durable MQTT session and runs the service.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import signal
@@ -17,13 +18,20 @@ from pathlib import Path
 
 from aggregator.config import AggregatorConfig, build_config, check_exposure
 from aggregator.fedavg import STRATEGIES
-from aggregator.modelfile import load_model_file
+from aggregator.modelfile import ModelFile, load_model_file, model_file_of
 from aggregator.privacy import ACCOUNTANTS
 from aggregator.run import begin
 from aggregator.stages import NO_STAGES, StageHook
+from aggregator.statistics import (
+    STATISTICS_DIR,
+    STATISTICS_MODEL,
+    collect_reports,
+    needs_statistics,
+    shared_model,
+)
 from aggregator.store import AggregatorStore
 from edge_client.errors import ConfigError
-from edge_client.files import hold_lock
+from edge_client.files import atomic_write, hold_lock, make_dirs
 from edge_client.protocol import CODECS
 from edge_client.transport import MqttTransport, TransportError
 
@@ -263,6 +271,9 @@ def _serve(config: AggregatorConfig, stop: threading.Event, stages: StageHook) -
 
     model_file = load_model_file(config.model)
     store = AggregatorStore(config.state_dir)
+    model_file = _with_statistics(config, model_file, stop)
+    if stop.is_set():
+        return 0
     run = begin(store, model_file.sha256, model_file.data, config.initial_weights)
     transport = MqttTransport(config.broker_config(fresh_session=run.new))
     service = AggregatorService(config, transport, model_file, store=store, stages=stages,
@@ -278,6 +289,37 @@ def _serve(config: AggregatorConfig, stop: threading.Event, stages: StageHook) -
     finally:
         transport.stop()
         service.metrics.close()
+
+
+def _with_statistics(config: AggregatorConfig, model_file: ModelFile,
+                     stop: threading.Event) -> ModelFile:
+    """The statistics phase (:mod:`aggregator.statistics`) when the model's schema asks for
+    shared scaling: the model with the federation's statistics, kept in the state dir."""
+    schema = model_file.metadata.schema
+    if schema is None or not needs_statistics(schema):
+        return model_file
+    kept = config.state_dir / STATISTICS_DIR / STATISTICS_MODEL
+    if kept.exists():
+        log.info("statistics phase done before: training %s", kept)
+        return model_file_of(kept.read_bytes(), str(kept))
+    log.info("statistics phase: waiting for the statistics of %d sites (--min-clients)",
+             config.min_clients)
+    transport = MqttTransport(dataclasses.replace(
+        config.broker_config(), client_id=f"{config.mqtt_client_id}-stats", durable=False,
+        manual_ack=False))
+    transport.start(wait=CONNECT_TIMEOUT)
+    try:
+        reports = collect_reports(transport, config.topics(), schema, config.min_clients, stop)
+    finally:
+        transport.stop()
+    if stop.is_set():
+        return model_file
+    data = shared_model(model_file.data, schema, reports)
+    make_dirs(kept.parent)
+    atomic_write(kept, data)
+    log.info("statistics phase: %d sites combined; the model carries the shared statistics "
+             "(%s)", len(reports), kept)
+    return model_file_of(data, str(kept))
 
 
 def main(argv: Sequence[str] | None = None, stages: StageHook = NO_STAGES) -> int:

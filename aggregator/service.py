@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -60,9 +58,6 @@ log = logging.getLogger(__name__)
 TICK_SECONDS = 0.2
 STATUS_EVERY_S = 1.0  # the retained status is republished at most this often while it changes
 ALREADY_ACCEPTED = "already accepted"
-#: a test's kill point: ``FEDGE_KILL_AT=noised`` makes the process SIGKILL itself right
-#: after a DP round was spent and noised, before anything of it is saved or published
-KILL_AT_ENV = "FEDGE_KILL_AT"
 
 
 class AggregatorService:
@@ -91,6 +86,9 @@ class AggregatorService:
         self.metrics = metrics or ServiceMetrics()
         self.topics = config.topics()
         meta = model_file.metadata
+        # what the devices standardise with, stated in every history line (docs/data.md)
+        self._scaling = None if meta.schema is None else (
+            "shared" if meta.schema.shared_scaling else "per-site")
         if config.batch_size is not None and config.batch_size != meta.batch_size:
             log.warning("--batch-size %d differs from the model file's fixed batch size %d",
                         config.batch_size, meta.batch_size)
@@ -366,7 +364,6 @@ class AggregatorService:
                 noise = self.ledger.spend(action.round_id, self.round.population,
                                           participants, unclipped)
                 delta = add_noise(delta, len(self.round.participants), noise)
-                _kill_point("noised")
             weights, server_state = self.strategy.apply(
                 self.model.weights, delta, self.model.server_state)
         previous = self.model
@@ -419,6 +416,8 @@ class AggregatorService:
         record["run"] = self.run_info.run_id
         if self.ledger is not None:
             record["dp"] = self.ledger.report()
+        if self._scaling is not None:
+            record["scaling"] = self._scaling
         self.metrics.rounds.labels(outcome).inc()
         self.metrics.round_duration.observe(record["duration_s"])
         self._last_round = _summary(record)
@@ -548,12 +547,6 @@ def _ledger(config: AggregatorConfig, store: AggregatorStore,
         log.info("privacy: noise multiplier %.4f lets %d rounds at q=%g fit in epsilon %g "
                  "(delta %g)", z, config.rounds, dp.sampling_rate, dp.target_epsilon, dp.delta)
     return PrivacyLedger(store.root, dp, z)
-
-
-def _kill_point(name: str) -> None:
-    if os.environ.get(KILL_AT_ENV) == name:
-        log.warning("%s=%s: killing this process (a test's fault)", KILL_AT_ENV, name)
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _summary(record: dict[str, Any]) -> dict[str, float]:

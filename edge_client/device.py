@@ -40,8 +40,10 @@ def _version(dist: str) -> str:
         return "unknown"
 
 
-def prepare_data(config: ClientConfig) -> tuple[LocalData, NormStats | None]:
-    """Loads the local data file and (unless disabled) standardises it with local statistics.
+def prepare_data(config: ClientConfig, schema: Schema | None = None
+                 ) -> tuple[LocalData, NormStats | None]:
+    """Loads the local data file and (unless disabled) standardises it with local statistics
+    (or the schema's shared ones); ``schema`` overrides ``--schema`` (the model's).
 
     Returns:
         The data the device trains on, and the statistics it was standardised with (None:
@@ -49,7 +51,7 @@ def prepare_data(config: ClientConfig) -> tuple[LocalData, NormStats | None]:
     """
     if config.data is None:
         raise ConfigError("--data is required: the local data file to train on")
-    schema = _schema(config)
+    schema = schema or _schema(config)
     if schema is not None:
         data = load_schema_csv(config.data, schema).data
     else:
@@ -134,11 +136,12 @@ def share_stats(transport: Transport, topics: Topics, data: Path, schema: Schema
     publish_stats(transport, topics, report)
 
 
-def prepare_test_data(config: ClientConfig, stats: NormStats | None) -> LocalData | None:
+def prepare_test_data(config: ClientConfig, stats: NormStats | None,
+                      schema: Schema | None = None) -> LocalData | None:
     """``--eval-data``, read like ``--data`` and scaled with the training data's statistics."""
     if config.eval_data is None:
         return None
-    schema = _schema(config)
+    schema = schema or _schema(config)
     if schema is not None:
         data = load_schema_csv(config.eval_data, schema).data
     else:
@@ -158,6 +161,23 @@ def keep_norm_stats(state: StateDir, stats: NormStats | None) -> None:
         (state.root / NORMALISATION_FILE).unlink(missing_ok=True)
         return
     state.write(NORMALISATION_FILE, stats.to_json().encode())
+
+
+def adopt_schema(config: ClientConfig, state: StateDir, schema: Schema, split: LocalSplit,
+                 test: LocalData | None) -> None:
+    """Re-reads the table onto the model's ``schema`` (the federation's fills and shared
+    mean/std, from the aggregator's statistics phase) into the same split, in place: the
+    same rows in the same order, now imputed and standardised as at every other site."""
+    log.info("the model carries the federation's statistics: %s re-read onto its schema "
+             "(shared scaling)", config.data)
+    data, stats = prepare_data(config, schema)
+    again = LocalSplit.of(data.x, data.y, seed=config.seed or 0, holdout=config.holdout)
+    np.copyto(split.x_train, again.x_train)
+    np.copyto(split.x_eval, again.x_eval)
+    keep_norm_stats(state, stats)
+    fresh = prepare_test_data(config, stats, schema)
+    if test is not None and fresh is not None:
+        np.copyto(test.x, fresh.x)
 
 
 def signature_verifier(config: ClientConfig) -> Callable[[SignedMessage], None] | None:
@@ -266,10 +286,15 @@ def _run(config: ClientConfig, stop: threading.Event,
                               presence=presence, verify=verify)
 
     schema = _schema(config)
+    read_with = [schema]  # the schema the table was last read with
 
     def load_model(blob: bytes) -> Trainer:
         model = TrainableModel(blob, num_threads=config.threads)
         check_model_schema(model.metadata.schema, schema)
+        shared = model.metadata.schema
+        if shared is not None and shared.shared_scaling and shared != read_with[0]:
+            adopt_schema(config, state, shared, split, test)
+            read_with[0] = shared
         return model
 
     client = EdgeClient(settings, transport, state, split, load_model,

@@ -18,13 +18,14 @@ import hashlib
 import json
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
 from edge_client.encode import ABSENT, UNSEEN, parsed_blocks
+from edge_client.normalise import STD_FLOOR
 from edge_client.protocol import FeatureSummary
 from edge_client.schema import HISTOGRAM_BINS, Feature, Schema
 from edge_client.table import read_header
@@ -193,3 +194,26 @@ def median_from_bins(c: Combined, f: Feature) -> float:
             return f.low + (i - 1 + (half - seen) / b) * width
         seen += b
     return c.mean
+
+
+def shared_schema(schema: Schema, columns: Sequence[Combined],
+                  min_count: int = DEFAULT_MIN_COUNT) -> Schema:
+    """``schema`` with the federation's statistics: every numeric column's shared mean and
+    std (so every site standardises identically) and its ``mean``/``median`` fill value,
+    and the label's class counts (for balanced class weights) unless one is suppressed."""
+    by_name = {k.name: k for k in columns}
+    label = by_name.get(schema.label)
+    counts: tuple[int, ...] = ()
+    if schema.classes and label is not None and not label.numeric:
+        shown = published_bins(label.bins[: len(schema.classes)], min_count)
+        counts = () if None in shown else tuple(int(c or 0) for c in shown)
+    features: list[Feature] = []
+    for f in schema.features:
+        k = by_name.get(f.name)
+        if f.kind != "numeric" or k is None:
+            features.append(f)
+            continue
+        fill = {"mean": k.mean, "median": median_from_bins(k, f)}.get(f.missing, f.fill)
+        features.append(replace(f, fill=float(fill), mean=k.mean,
+                                std=max(k.std, STD_FLOOR) if math.isfinite(k.std) else 1.0))
+    return replace(schema.with_features(features), class_counts=counts)

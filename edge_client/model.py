@@ -29,12 +29,13 @@ from edge_client.model_file import (
     embed_weights,
     embedded_weights,
     read_metadata,
+    with_schema,
 )
 from edge_client.runtime import Interpreter
 
 __all__ = [
     "DpFit", "ModelMetadata", "TrainableModel", "embed_weights", "embedded_weights",
-    "read_metadata",
+    "read_metadata", "with_schema",
 ]
 DP_SIGNATURE = "train_dp"  # record-level DP-SGD (fedge export --dp-sgd)
 

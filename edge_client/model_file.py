@@ -325,6 +325,31 @@ def embed_weights(data: bytes, weights: Mapping[str, Array]) -> bytes:
     return data[: archive_start(data)] + archive.getvalue()
 
 
+def with_schema(data: bytes, schema: Schema) -> bytes:
+    """The same model file whose metadata carries ``schema`` (e.g. with the federation's
+    shared statistics): the flatbuffer and any embedded weights unchanged.
+
+    Raises:
+        ModelError: ``data`` is not a fedge model file, or ``schema`` makes another input
+            width than the model takes.
+    """
+    read_metadata(data)
+    raw = _raw_member(data, MEMBER, MAX_METADATA_BYTES)
+    assert raw is not None  # read_metadata read it
+    doc = json.loads(raw)
+    doc["schema"] = schema.to_dict()
+    document = json.dumps(doc, sort_keys=True, indent=1).encode()
+    weights = _raw_member(data, WEIGHTS_MEMBER, len(data))
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_STORED) as zf:
+        zf.writestr(zipfile.ZipInfo(MEMBER, date_time=_ZIP_DATE), document)
+        if weights is not None:
+            zf.writestr(zipfile.ZipInfo(WEIGHTS_MEMBER, date_time=_ZIP_DATE), weights)
+    out = data[: archive_start(data)] + archive.getvalue()
+    read_metadata(out)  # the schema must fit the model's input
+    return out
+
+
 def _read_npy(npz: zipfile.ZipFile, spec: TensorSpec) -> Array:
     """One weight of an embedded ``weights.npz``; its header is checked before any read."""
     where = f"embedded {WEIGHTS_MEMBER}: {spec.name!r}"

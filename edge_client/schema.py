@@ -23,6 +23,8 @@ from edge_client.settings import load_toml
 SCHEMA_FORMAT = "fedge-schema/1"
 Kind = Literal["numeric", "categorical"]
 Missing = Literal["mean", "median", "constant", "error"]
+Scaling = Literal["shared", "per-site"]
+SCALINGS: tuple[Scaling, ...] = ("shared", "per-site")
 KINDS: tuple[Kind, ...] = ("numeric", "categorical")
 MISSING: tuple[Missing, ...] = ("mean", "median", "constant", "error")
 MAX_CATEGORIES = 1_000  # one-hot width per column: beyond this a column is an identifier
@@ -73,12 +75,20 @@ class Schema:
         label: the label column.
         classes: the label values in class-index order; empty for a regression target.
         left_out: columns a proposal left out, with why (informative only).
+        class_counts: the federation's rows per class (``fedge stats --out``), for balanced
+            class weights (``fedge export --class-weights balanced``); empty: not known.
+        scaling: ``shared`` asks for the aggregator's statistics phase (it combines the
+            devices' reports and publishes the model with the shared statistics before
+            round 1); ``per-site``: each site standardises with its own unless the schema
+            already has shared statistics.
     """
 
     features: tuple[Feature, ...]
     label: str
     classes: tuple[str, ...] = ()
     left_out: Mapping[str, str] = field(default_factory=dict)
+    class_counts: tuple[int, ...] = ()
+    scaling: Scaling = "per-site"
 
     def __post_init__(self) -> None:
         _check(self)
@@ -98,6 +108,10 @@ class Schema:
         """A JSON- and TOML-ready dict (what model metadata carries)."""
         out: dict[str, Any] = {"format": SCHEMA_FORMAT, "label": {"column": self.label,
                                                                  "classes": list(self.classes)}}
+        if self.class_counts:
+            out["label"]["counts"] = list(self.class_counts)
+        if self.scaling != "per-site":
+            out["scaling"] = self.scaling
         out["feature"] = [_feature_dict(f) for f in self.features]
         if self.left_out:
             out["left_out"] = dict(self.left_out)
@@ -132,6 +146,11 @@ def _check(schema: Schema) -> None:
         raise ConfigError(f"{where}: feature names must be distinct and differ from the label")
     if len(set(schema.classes)) != len(schema.classes):
         raise ConfigError(f"{where}: label classes must be distinct")
+    if schema.scaling not in SCALINGS:
+        raise ConfigError(f"{where}: scaling must be one of {SCALINGS}")
+    if schema.class_counts and (len(schema.class_counts) != len(schema.classes)
+                                or min(schema.class_counts) < 0):
+        raise ConfigError(f"{where}: label counts must be one count >= 0 per class")
     for f in schema.features:
         at = f'{where}: feature "{f.name}"'
         if not f.name or f.kind not in KINDS or f.missing not in MISSING:
@@ -198,10 +217,14 @@ def schema_from_dict(obj: Any, where: str = "schema") -> Schema:
     left_out = obj.get("left_out", {})
     if not isinstance(left_out, dict):
         raise ConfigError(f"{where}: left_out must be a table")
+    counts = label.get("counts", [])
+    if not isinstance(counts, list) or not all(type(c) is int for c in counts):
+        raise ConfigError(f"{where}: label counts must be a list of integers")
     try:
         return Schema(tuple(_feature(f, where) for f in features), label["column"],
                       _strings(label.get("classes", []), f"{where}: label classes"),
-                      {str(k): str(v) for k, v in left_out.items()})
+                      {str(k): str(v) for k, v in left_out.items()}, tuple(counts),
+                      obj.get("scaling", "per-site"))
     except ConfigError as e:
         raise ConfigError(str(e).replace("schema:", f"{where}:", 1)) from None
 
@@ -228,10 +251,16 @@ def _toml_value(value: Any) -> str:
 def schema_toml(schema: Schema) -> str:
     """The schema as an editable TOML document, with comments on what to edit."""
     d = schema.to_dict()
-    lines = [f'format = "{SCHEMA_FORMAT}"', "",
+    lines = [f'format = "{SCHEMA_FORMAT}"',
+             "# scaling: shared = the aggregator combines the devices' statistics before round 1",
+             f"scaling = {_toml_value(schema.scaling)}", "",
              "# classes: label values in class order (empty: a regression target)",
              "[label]", f"column = {_toml_value(schema.label)}",
-             f"classes = {_toml_value(list(schema.classes))}", ""]
+             f"classes = {_toml_value(list(schema.classes))}"]
+    if schema.class_counts:
+        lines += ["# counts: the federation's rows per class (for --class-weights balanced)",
+                  f"counts = {_toml_value(list(schema.class_counts))}"]
+    lines.append("")
     if schema.left_out:
         lines += ["# columns left out of the model, and why (delete a line or add a feature)",
                   "[left_out]"]

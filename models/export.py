@@ -45,6 +45,7 @@ def export_trainable(
     learning_rate: float | None = None,
     dp_sgd: bool = False,
     schema: Mapping[str, Any] | None = None,
+    class_weights: Sequence[float] | None = None,
     **hyperparameters: float,
 ) -> bytes:
     """Export zoo model ``name`` as a trainable .tflite file with metadata.
@@ -64,6 +65,8 @@ def export_trainable(
         **hyperparameters: ``momentum`` for SGD (0.9); ``beta_1``, ``beta_2``,
             ``epsilon`` for Adam (0.9, 0.999, 1e-7).
         schema: the federation's data schema (a dict), carried in the metadata.
+        class_weights: one loss weight per class (> 0, finite) for ``train``, recorded in
+            the metadata; None: unweighted.
 
     Returns:
         The file contents: flatbuffer followed by the metadata archive.
@@ -80,17 +83,18 @@ def export_trainable(
     rate = DEFAULT_LEARNING_RATE[optimizer] if learning_rate is None else float(learning_rate)
     if not rate > 0:
         raise ValueError(f"learning rate must be positive, got {learning_rate}")
+    weights = _check_class_weights(spec, class_weights)
     try:
         module = TrainableModule(
             spec, batch_size, zoo.initial_weights(spec, seed), optimizer, hyperparameters,
-            dp_sgd=dp_sgd,
+            weights, dp_sgd=dp_sgd,
         )
     except TypeError as exc:
         raise ValueError(f"bad hyperparameter for {optimizer}: {exc}") from exc
     flatbuffer = _convert(module, module.signatures(), representative=None)
     settings = {"name": optimizer, "learning_rate": rate, **module.optimizer.hyperparameters()}
     meta = metadata.describe(spec, batch_size, kind="trainable", optimizer=settings, seed=seed,
-                             dp_sgd=dp_sgd, schema=schema)
+                             dp_sgd=dp_sgd, schema=schema, class_weights=weights)
     return metadata.attach(flatbuffer, meta)
 
 
@@ -145,6 +149,21 @@ def custom_operators(data: bytes) -> list[str]:
     """Return the custom (non-builtin, e.g. ``Flex*``) operators of a .tflite file."""
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(data))
     return [code.customCode.decode() for code in model.operatorCodes if code.customCode]
+
+
+def _check_class_weights(
+    spec: zoo.ModelSpec, class_weights: Sequence[float] | None
+) -> tuple[float, ...] | None:
+    if class_weights is None:
+        return None
+    weights = tuple(float(w) for w in class_weights)
+    if spec.task == "regression":
+        raise ValueError("class weights need a classification model (--classes >= 2)")
+    if len(weights) != spec.classes:
+        raise ValueError(f"need one class weight per class ({spec.classes}), got {len(weights)}")
+    if not all(np.isfinite(w) and w > 0 for w in weights):
+        raise ValueError(f"class weights must be finite and > 0, got {list(weights)}")
+    return weights
 
 
 def _check_batch_size(batch_size: int) -> None:

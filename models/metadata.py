@@ -26,7 +26,8 @@ from the end of the file. So the file alone tells a client everything.
                                "outputs": {"loss": {"shape": [], "dtype": "float32"}}},
                      ...},
       "seed": 0,
-      "schema": {"format": "fedge-schema/1", "label": {...}, "feature": [...]}  (optional)
+      "schema": {"format": "fedge-schema/1", "label": {...}, "feature": [...]},  (optional)
+      "class_weights": [0.6, 2.9]  (optional: train's loss weight per class)
     }
 
 Shapes in ``input``, ``label``, ``output`` and ``weights`` exclude the batch
@@ -35,6 +36,7 @@ task: ``class_index`` (0..classes-1; binary uses 0/1) or ``target`` (regression,
 ``min``/``max`` null). ``learning_rate`` is the default the client feeds to ``lr``.
 ``schema`` (present when exported with one) is the federation's data schema
 (``edge_client.schema``): which CSV columns become the input, and how.
+``class_weights`` (present when exported with them) weight ``train``'s loss by class.
 """
 
 from __future__ import annotations
@@ -105,6 +107,7 @@ def describe(
     seed: int | None = None,
     dp_sgd: bool = False,
     schema: Mapping[str, Any] | None = None,
+    class_weights: Sequence[float] | None = None,
 ) -> Json:
     """Build the ``fedge.json`` document of a model file.
 
@@ -117,9 +120,12 @@ def describe(
         seed: the seed of the initial weights, if any.
         dp_sgd: the file also has the ``train_dp`` signature (record-level DP-SGD).
         schema: the federation's data schema as a dict (``Schema.to_dict()``), or None.
+        class_weights: ``train``'s loss weight per class, or None (unweighted).
     """
     classification = spec.task != "regression"
-    extra = {} if schema is None else {"schema": dict(schema)}
+    extra: Json = {} if schema is None else {"schema": dict(schema)}
+    if class_weights is not None:
+        extra["class_weights"] = [float(w) for w in class_weights]
     return {
         **extra,
         "format": FORMAT,

@@ -4,11 +4,13 @@ Every signature has a fixed batch size. Inputs and outputs (``B`` = batch size):
 
 - ``train(x, y, mask, lr, mu) -> {"loss"}``: one optimizer step on the masked
   batch; ``loss`` is the masked mean task loss *before* the step, without the
-  proximal term. ``mu`` > 0 adds FedProx ``mu/2·||w − anchor||²``.
+  proximal term. ``mu`` > 0 adds FedProx ``mu/2·||w − anchor||²``. With class
+  weights (``--class-weights``) the loss is weighted: ``Σ mask·w[y]·loss / Σ mask``.
 - ``infer(x) -> {"output"}``: ``(B, classes)`` probabilities for classification
   (binary: ``[P(0), P(1)]``), ``(B,)`` predictions for regression.
-- ``evaluate(x, y, mask) -> {"loss", "correct"}``: masked mean loss and the
-  number of correctly classified masked examples (always 0 for regression).
+- ``evaluate(x, y, mask) -> {"loss", "correct"}``: masked mean loss (never
+  class-weighted, so evaluations compare across models) and the number of
+  correctly classified masked examples (always 0 for regression).
 - ``train_dp(x, y, mask, lr, mu, clip, denominator, noise_<name>...) -> {"loss",
   "clipped"}`` (exported with ``dp_sgd=True``): one DP-SGD step (Abadi et al., 2016).
   Each masked example's gradient is computed on its own (the batch unrolled: every op
@@ -28,7 +30,7 @@ Every signature has a fixed batch size. Inputs and outputs (``B`` = batch size):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy.typing as npt
@@ -36,7 +38,7 @@ import tensorflow as tf
 
 from models.architecture import Task
 from models.layers import Tensor, forward
-from models.losses import masked_mean, proximal_term, task_loss
+from models.losses import class_weighted, masked_mean, proximal_term, task_loss
 from models.optimizers import make_optimizer
 from models.zoo import ModelSpec
 
@@ -82,6 +84,7 @@ class TrainableModule(tf.Module):  # type: ignore[misc]
         initial: Mapping[str, Array],
         optimizer: str,
         hyperparameters: Mapping[str, float],
+        class_weights: Sequence[float] | None = None,
         dp_sgd: bool = False,
     ) -> None:
         """Create the variables.
@@ -92,6 +95,7 @@ class TrainableModule(tf.Module):  # type: ignore[misc]
             initial: initial weights by name, in model order.
             optimizer: "sgd" or "adam".
             hyperparameters: optimizer hyperparameters (not the learning rate).
+            class_weights: one loss weight per class for ``train``, or None (all 1).
             dp_sgd: also export ``train_dp`` (record-level DP-SGD).
         """
         super().__init__(name=spec.name)
@@ -102,6 +106,13 @@ class TrainableModule(tf.Module):  # type: ignore[misc]
             tf.Variable(w, trainable=False, name=f"{n}_anchor") for n, w in initial.items()
         ]
         self.optimizer = make_optimizer(optimizer, self.params, **hyperparameters)
+        self.class_weights = None if class_weights is None else tuple(class_weights)
+
+    def _train_loss(self, x: Tensor, y: Tensor, mask: Tensor) -> Tensor:
+        per_example = task_loss(self.spec.task, self._logits(x), y)
+        if self.class_weights is not None:
+            per_example = class_weighted(per_example, y, self.class_weights)
+        return masked_mean(per_example, mask)
 
     def _x_spec(self) -> Any:
         return tf.TensorSpec([self.batch_size, *self.spec.input_shape], tf.float32, name="x")
@@ -121,7 +132,7 @@ class TrainableModule(tf.Module):  # type: ignore[misc]
         @graph(*batch_specs, scalar, scalar)
         def train(x: Tensor, y: Tensor, mask: Tensor, lr: Tensor, mu: Tensor) -> dict[str, Tensor]:
             with tf.GradientTape() as tape:
-                loss = masked_mean(task_loss(task, self._logits(x), y), mask)
+                loss = self._train_loss(x, y, mask)
                 objective = loss + proximal_term(self.params, self.anchors, mu)
             grads = tape.gradient(objective, self.params)
             self.optimizer.apply(self.params, grads, lr)
@@ -173,7 +184,10 @@ class TrainableModule(tf.Module):  # type: ignore[misc]
             losses, clipped = [], tf.constant(0.0)
             for i in range(self.batch_size):  # unrolled: per-example gradients, builtins only
                 with tf.GradientTape() as tape:
-                    loss = task_loss(task, self._logits(x[i:i + 1]), y[i:i + 1])[0]
+                    loss = task_loss(task, self._logits(x[i:i + 1]), y[i:i + 1])
+                    if self.class_weights is not None:  # as train: Keras's class_weight
+                        loss = class_weighted(loss, y[i:i + 1], self.class_weights)
+                    loss = loss[0]
                 grads = tape.gradient(loss, self.params)
                 norm = tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(g)) for g in grads]))
                 scale = tf.minimum(1.0, clip / tf.maximum(norm, 1e-12))

@@ -80,3 +80,50 @@ def test_two_sites_train_on_their_own_tables_through_the_schema(
     assert cli.main(["evaluate", "--model", str(final), "--client-state",
                      str(tmp_path / "site-b"), "--data", str(tmp_path / "site-b.csv")]) == 0
     assert "accuracy" in capsys.readouterr().out
+
+
+def test_the_aggregator_publishes_the_federations_statistics_before_round_one(
+        broker: MosquittoBroker, namespace: str, tmp_path: Path) -> None:
+    """schema scaling = "shared": no fedge stats --out, no re-export; every site ends up
+    standardising with the pooled mean/std of all sites' rows."""
+    for i, (site, columns) in enumerate(COLUMNS.items()):
+        _table(tmp_path / f"{site}.csv", columns, 150 + 50 * i, i)
+    schema_path, model = tmp_path / "schema.toml", tmp_path / "model.tflite"
+    assert cli.main(["schema", "infer", str(tmp_path / "site-a.csv"), "--label-column",
+                     "outcome", "--out", str(schema_path)]) == 0
+    text = schema_path.read_text()
+    schema_path.write_text(text.replace('scaling = "per-site"', 'scaling = "shared"'))
+    assert load_schema(schema_path).scaling == "shared"
+    assert cli.main(["export", "--model", "logreg", "--schema", str(schema_path),
+                     "--classes", "2", "--batch-size", "16", "--out", str(model)]) == 0
+    common = ["--broker", broker.url, "--federation", namespace]
+    state = tmp_path / "agg"
+    with Fleet(tmp_path / "logs") as fleet:
+        agg = fleet.start("aggregator", "aggregator", [
+            *common, "--model", str(model), "--state-dir", str(state), "--rounds", "2",
+            "--min-clients", "2", "--min-available", "2", "--round-timeout", "20",
+            "--epochs", "2", "--lr", "0.1"])
+        for site in COLUMNS:
+            fleet.start(site, "edge_client", [
+                *common, "--client-id", site, "--data", str(tmp_path / f"{site}.csv"),
+                "--schema", str(schema_path), "--state-dir", str(tmp_path / site),
+                "--holdout", "0", "--max-rounds", "2", "--seed", "1"])
+        assert agg.proc.wait(timeout=120) == 0, agg.tail(40)
+        for child in fleet.children[1:]:
+            assert child.proc.wait(timeout=30) == 0, child.tail(30)
+            assert "re-read onto its schema (shared scaling)" in child.log_path.read_text()
+    ages = np.concatenate([
+        np.genfromtxt(tmp_path / f"{site}.csv", delimiter=",", names=True)["age"]
+        for site in COLUMNS])
+    shared = read_metadata((state / "statistics" / "model.tflite").read_bytes()).schema
+    assert shared is not None and shared.shared_scaling and shared.scaling == "shared"
+    age = next(f for f in shared.features if f.name == "age")
+    assert age.mean == pytest.approx(float(ages.mean()), rel=1e-9)
+    assert age.std == pytest.approx(float(ages.std()), rel=1e-9)
+    rows = [json.loads(line) for line in (state / "history.jsonl").read_text().splitlines()]
+    assert [(r["outcome"], r["scaling"]) for r in rows] == [("aggregated", "shared")] * 2
+    for site in COLUMNS:
+        used = json.loads((tmp_path / site / "normalisation.json").read_text())
+        assert used["mean"][used["features"].index("age")] == age.mean  # the shared one
+    final = read_metadata((state / "final" / "model.tflite").read_bytes()).schema
+    assert final == shared

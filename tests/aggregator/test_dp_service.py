@@ -4,7 +4,9 @@ mean plus exactly the noise the ledger recorded, and the run stops at its budget
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from aggregator.intake import received
 from aggregator.ledger import LEDGER_FILE, PrivacyLedger, Spent
 from aggregator.privacy import DpSettings, add_noise, clip_scale
 from aggregator.service import AggregatorService
+from aggregator.stages import Stage
 from aggregator.store import AggregatorStore
 from aggregator.validation import delta_norm
 from edge_client.errors import ConfigError
@@ -129,11 +132,28 @@ def test_a_round_spent_again_after_a_crash_costs_nothing_and_replays_its_noise(
 
 
 class Crash(BaseException):
-    """Stands for SIGKILL at the kill point (BaseException: nothing in the service catches it)."""
+    """Stands for SIGKILL (BaseException: nothing in the service catches it)."""
+
+
+class CrashAfterAggregate:
+    """A stage hook raising :class:`Crash` when the aggregate stage (delta, spend, noise)
+    ends: what tests/reliability/crash_at.py does to the real process with SIGKILL."""
+
+    @contextlib.contextmanager
+    def stage(self, stage: Stage) -> Iterator[None]:
+        yield
+        if stage is Stage.AGGREGATE:
+            raise Crash(stage.name)
+
+    def round_opened(self, round_id: int) -> None:
+        """Nothing to do."""
+
+    def round_closed(self, round_id: int) -> None:
+        """Nothing to do."""
 
 
 def test_a_round_spent_before_a_crash_closes_at_start_before_any_update_can_join(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path) -> None:
     """Else a redelivered late update could join the restored round and a second, different
     noised version of it (with the same noise) would be published after the first."""
     fed = Federation(tmp_path, rounds=2, min_clients=2, min_available=3, **DP)
@@ -141,16 +161,13 @@ def test_a_round_spent_before_a_crash_closes_at_start_before_any_update_can_join
     fed.send(service, "a")
     fed.send(service, "b")  # c was selected too but stays silent: the round waits
 
-    def crash(name: str) -> None:
-        raise Crash(name)
-    monkeypatch.setattr("aggregator.service._kill_point", crash)
+    service.stages = CrashAfterAggregate()
     fed.now += 11.0  # past the deadline: the round closes, is spent and noised, then "killed"
     with pytest.raises(Crash):
         fed.pump(service)
     ledger = json.loads((tmp_path / LEDGER_FILE).read_text())
     assert [(e["round"], e["participants"]) for e in ledger["rounds"]] == [(1, ["a", "b"])]
     assert AggregatorStore(tmp_path).checkpoint(1) is None
-    monkeypatch.undo()
     restarted = AggregatorService(fed.config, fed.broker.connect("aggregator"), MODEL,
                                   clock=lambda: fed.now)
     assert restarted.state.round_id == 1 and restarted.state.phase.value == "collecting"

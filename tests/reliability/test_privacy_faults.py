@@ -1,11 +1,12 @@
 """Client-level DP under a process fault, end to end: real ``python -m aggregator``, three
 real ``python -m edge_client`` devices, a real Mosquitto.
 
-The aggregator kills itself (``FEDGE_KILL_AT=noised``) right after round 1 was entered in
-the privacy ledger and noised, before anything of it was checkpointed or published; the
-same command is started again. The budget must be spent once per published round, the
-published weights must be the clipped mean plus the noise the ledger recorded, and the run
-must finish at its budget with reason ``privacy budget`` and exit 0.
+The aggregator kills itself (tests/reliability/crash_at.py, after the aggregate stage of
+round 1) right after round 1 was entered in the privacy ledger and noised, before anything
+of it was checkpointed or published; the same command is started again. The budget must be
+spent once per published round, the published weights must be the clipped mean plus the
+noise the ledger recorded, and the run must finish at its budget with reason
+``privacy budget`` and exit 0.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from aggregator import accounting
 from aggregator.intake import received
 from aggregator.ledger import LEDGER_FILE, Spent
 from aggregator.privacy import add_noise, clip_scale
-from aggregator.service import KILL_AT_ENV
 from aggregator.store import AggregatorStore
 from aggregator.validation import delta_norm
 from edge_client.protocol import PRIVACY_BUDGET, Manifest, Topics, Update, Weights
@@ -68,7 +68,7 @@ def check_noised_rounds(state_dir: Path) -> str:
 
 @pytest.mark.fault(
     name="aggregator kill -9 between DP noising and publishing, then restart",
-    injected="FEDGE_KILL_AT=noised: the aggregator SIGKILLs itself right after round 1 was "
+    injected="a stage hook (crash_at.py): the aggregator SIGKILLs itself right after round 1 was "
              "spent in STATE/privacy.json and noised, before checkpoint and publish; then the "
              "same command again; DP with a budget of 2 of 5 rounds; 3 real clients",
     expected="round 1 is spent once and its noise replayed (same ledger entry); the run "
@@ -79,10 +79,9 @@ def test_kill_9_between_noising_and_publishing_spends_the_budget_once(
     two = accounting.epsilon([(1.0, Z)] * 2, DELTA, "rdp")
     three = accounting.epsilon([(1.0, Z)] * 3, DELTA, "rdp")
     budget = (two + three) / 2
-    fleet.env[KILL_AT_ENV] = "noised"
-    agg = aggregator(rounds=5, min_clients=3, min_available=3, round_timeout=20, epochs=1,
-                     lr=0.1, codec="int8", dp_clip=CLIP, dp_noise_multiplier=Z,
-                     dp_delta=DELTA, dp_epsilon=budget)
+    agg = aggregator(crash_after=("AGGREGATE", 1), rounds=5, min_clients=3, min_available=3,
+                     round_timeout=20, epochs=1, lr=0.1, codec="int8", dp_clip=CLIP,
+                     dp_noise_multiplier=Z, dp_delta=DELTA, dp_epsilon=budget)
     clients = [start_client(fleet, tmp_path, durable_broker.url, namespace, f"clinic-{i}",
                             seed=i, rounds=5, samples=60 + 20 * i) for i in range(3)]
     code = agg.wait_exit(90)
@@ -93,7 +92,6 @@ def test_kill_9_between_noising_and_publishing_spends_the_budget_once(
     spent = ledger["rounds"][0]
     scenario.observe(f"killed after spending round 1 (epsilon {spent['epsilon']:.3f}), "
                      "before its checkpoint")
-    del fleet.env[KILL_AT_ENV]
     agg.start()
     assert agg.wait_exit(90) == 0, agg.child.tail(40)
     all_exit_0(clients)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -268,19 +267,13 @@ def test_aggregator_kill_9_right_after_announcing_a_round(
     agg = AggregatorProcess(fleet, model_path, durable_broker.url, namespace,
                             tmp_path / "aggregator", {"rounds": 2, "min-clients": 3,
                                                       "round-timeout": 30, "codec": "int8"})
-    log_path = fleet.log_dir / "aggregator-crashing.log"
-    with open(log_path, "wb") as out:
-        proc = subprocess.Popen([sys.executable, str(HERE / "crash_after_announce.py"), "2",
-                                 *agg.argv()], stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=fleet.env,
-                                start_new_session=True)
-    agg.children.append(Child("aggregator-crashing", proc, log_path))
+    crashing = agg.start(crash_after=("ANNOUNCE", 2))
     for d in devs:
         u = make_update(d.wait_round(1, timeout=40), d.client_id, samples[d.client_id],
                         model_file)
         d.send(u)
         assert d.wait_reply(u.nonce).accepted
-    assert proc.wait(60) == -signal.SIGKILL, agg.child.tail(30)
+    assert crashing.proc.wait(60) == -signal.SIGKILL, agg.child.tail(30)
     told = {d.client_id: d.wait_round(2) for d in devs}
     scenario.observe(f"killed after round 2's announcement (deadline in "
                      f"{told['dev-a'].deadline - time.time():.0f} s)")

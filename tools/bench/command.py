@@ -29,6 +29,7 @@ SECTIONS: dict[str, str] = {
     "round": "tools.bench.round",
     "data": "tools.bench.data",
     "results": "tools.bench.results",
+    "tables": "tools.bench.tables",
     "privacy": "tools.bench.privacy",
 }
 #: minutes of federations each: run only when named

@@ -20,8 +20,15 @@ standardised as fedge-client does by default, wrong for a model trained on raw v
 ``--schema schema.toml`` (from ``fedge schema infer``) gives the input width instead of
 ``--input-shape`` and is carried in the model file's metadata, shown when written.
 
+``--class-weights balanced`` weights the training loss by class, w[c] = N / (K * N[c]) (as
+scikit-learn's "balanced"), so a rare outcome counts as much as a common one. The class
+counts N[c] come from ``--class-counts`` or from the schema's label counts (written by
+``fedge stats --schema S --out shared.toml``: the federation's, never one site's).
+
 examples:
   fedge export --model mlp --schema schema.toml --classes 2 --batch-size 32 --out mlp.tflite
+  fedge export --model mlp --schema shared.toml --classes 2 --batch-size 32 --out mlp.tflite \\
+      --class-weights balanced
   fedge export --model cnn1d --input-shape 6,100 --classes 4 --batch-size 32 \\
       --out cnn1d.tflite --optimizer adam
   fedge export --from-state /var/lib/fedge-aggregator --version 20 --out v20.tflite
@@ -39,6 +46,7 @@ from typing import Any
 from edge_client.errors import FedgeError
 from edge_client.schema import load_schema
 from models import zoo
+from tools.export.class_weights import class_weights
 from tools.export.from_state import export_from_state
 from tools.export.int8 import SAME_FILE, Calibration, int8_model
 from tools.extras import MissingExtra, require
@@ -78,6 +86,11 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     z.add_argument("--batch-size", type=int, metavar="B",
                    help="fixed batch size of the training signatures")
     z.add_argument("--optimizer", choices=("sgd", "adam"), help="default: sgd")
+    z.add_argument("--class-weights", choices=("balanced", "none"), help="weight the "
+                   "training loss by class: balanced = N / (K * N[c]) from --class-counts or "
+                   "the schema's label counts; default: none")
+    z.add_argument("--class-counts", type=_counts, metavar="N0,N1,...", help="rows per class "
+                   "for --class-weights balanced (default: the --schema's label counts)")
     z.add_argument("--seed", type=int, metavar="N",
                    help="seed of the initial weights (default: 0)")
     z.add_argument("--dp-sgd", action="store_true", help="also export the train_dp signature: "
@@ -115,6 +128,18 @@ def _shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+def _counts(text: str) -> tuple[int, ...]:
+    try:
+        counts = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"bad counts {text!r}: give one whole number per class, comma-separated, e.g. "
+            "480,20") from None
+    if any(c < 0 for c in counts):
+        raise argparse.ArgumentTypeError(f"bad counts {text!r}: counts cannot be negative")
+    return counts
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``fedge export`` with parsed arguments; return the exit status."""
     try:
@@ -139,7 +164,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check_flags(args: argparse.Namespace) -> None:
-    own = (*ZOO_FLAGS, "optimizer", "seed", "weights", "schema")
+    own = (*ZOO_FLAGS, "optimizer", "seed", "weights", "schema", "class_weights",
+           "class_counts")
     given = [f"--{f.replace('_', '-')}" for f in own if getattr(args, f) is not None]
     if args.from_state is not None:
         given += ["--dp-sgd"] if args.dp_sgd else []
@@ -186,6 +212,8 @@ def _calibration(args: argparse.Namespace) -> Calibration:
 
 def _export_zoo(args: argparse.Namespace) -> list[str]:
     spec = zoo.build(args.model, args.input_shape, args.classes)  # fail before TF loads
+    schema = getattr(args, "schema_doc", None)
+    loss_weights = class_weights(args.class_weights, args.class_counts, schema, args.classes)
     int8_weights = None
     if args.inference_int8 is not None and args.weights is not None:
         int8_weights = _load_weights(args.weights)
@@ -203,13 +231,16 @@ def _export_zoo(args: argparse.Namespace) -> list[str]:
         written.append(f"wrote {target} ({len(blob):,} bytes, int8)")
         if args.inference_int8 == SAME_FILE:
             return written
-    schema = getattr(args, "schema_doc", None)
     data = export.export_trainable(args.model, args.input_shape, args.classes,
                                    args.batch_size, args.optimizer or "sgd", seed,
                                    dp_sgd=args.dp_sgd,
-                                   schema=None if schema is None else schema.to_dict())
+                                   schema=None if schema is None else schema.to_dict(),
+                                   class_weights=loss_weights)
     args.out.write_bytes(data)
     shown = [] if schema is None else [render_schema(schema)]
+    if loss_weights is not None:
+        shown.append("class weights (training loss): "
+                      + ", ".join(f"{w:.4g}" for w in loss_weights))
     return [*written, f"wrote {args.out} ({len(data):,} bytes)", *shown]
 
 

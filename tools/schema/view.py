@@ -21,9 +21,14 @@ def render_schema(schema: Schema) -> str:
     label = (f"classes {', '.join(schema.classes)}" if schema.classes
              else "regression target")
     width = max(len(f.name) for f in schema.features)
+    scaling = ("shared (federated statistics)" if schema.shared_scaling
+               else "shared (the aggregator collects the statistics before round 1)"
+               if schema.scaling == "shared" else "per site")
     lines = [f"schema: {len(schema.features)} columns -> {len(schema.encoded_names)} model "
-             f"inputs; label {schema.label!r} ({label}); scaling "
-             f"{'shared (federated statistics)' if schema.shared_scaling else 'per site'}"]
+             f"inputs; label {schema.label!r} ({label}); scaling {scaling}"]
+    if schema.class_counts:
+        lines.append("  class counts: " + ", ".join(
+            f"{c} {n}" for c, n in zip(schema.classes, schema.class_counts, strict=True)))
     lines += [f"  {f.name:<{width}}  {f.kind:<11}  {len(f.encoded_names())} input(s); {_how(f)}"
               for f in schema.features]
     lines += [f"  left out: {name} ({why})" for name, why in schema.left_out.items()]

@@ -22,13 +22,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from aggregator.statistics import read_report
 from edge_client.errors import ConfigError, ProtocolError
-from edge_client.feature_stats import DEFAULT_MIN_COUNT, combine, layout_sha256
-from edge_client.protocol import StatsReport, Topics, is_clear
+from edge_client.feature_stats import DEFAULT_MIN_COUNT, combine, layout_sha256, shared_schema
+from edge_client.protocol import Topics
 from edge_client.schema import load_schema, schema_toml
 from edge_client.settings import PASSWORD_ENV
 from edge_client.transport import BrokerConfig, MqttTransport, Transport, TransportError
-from tools.stats.view import Collected, as_json, render, shared_schema
+from tools.stats.view import Collected, as_json, render
 
 QUIET_S = 0.5  # retained reports come in a burst after the subscribe: stop after this lull
 
@@ -84,15 +85,11 @@ def collect(transport: Transport, topics: Topics, timeout: float) -> Collected:
         if message is None:
             break
         try:
-            ref = topics.parse(message.topic)
-            if ref.kind != "stats" or ref.client_id is None or is_clear(message.payload):
-                continue
-            report = StatsReport.decode(message.payload)
+            report = read_report(topics, message)
         except ProtocolError as e:
-            found.ignored[message.topic.rsplit("/", 1)[-1][:64]] = f"unreadable report: {e}"
+            found.ignored[message.topic.rsplit("/", 1)[-1][:64]] = f"left out: {e}"
             continue
-        if report.client_id != ref.client_id:
-            found.ignored[ref.client_id] = f"report names another client {report.client_id!r}"
+        if report is None:
             continue
         found.reports[report.client_id] = report
     return found
@@ -147,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(render(found, columns, min_count))
     if args.out is not None and schema is not None:
-        args.out.write_text(schema_toml(shared_schema(schema, columns)))
+        args.out.write_text(schema_toml(shared_schema(schema, columns, min_count)))
         print(f"wrote {args.out}: the schema with the federation's statistics",
               file=sys.stderr if args.json else sys.stdout)
     return 0

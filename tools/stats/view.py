@@ -1,17 +1,14 @@
-"""Federated statistics as a table or JSON, small cells suppressed; the shared-scaling schema."""
+"""Federated statistics as a table or JSON, small cells suppressed (the shared-scaling schema
+is :func:`edge_client.feature_stats.shared_schema`, which the aggregator uses too)."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
-from edge_client.feature_stats import Combined, median_from_bins, published_bins
+from edge_client.feature_stats import Combined, published_bins
 from edge_client.protocol import StatsReport
-from edge_client.schema import Feature, Schema
-
-STD_FLOOR = 1e-6  # as the device's own scaling (edge_client.normalise): no division by ~0
 
 
 @dataclass
@@ -62,19 +59,3 @@ def render(c: Collected, columns: Sequence[Combined], min_count: int) -> str:
                          f"{_bins(k.bins, min_count)}")
     lines += [f"  ignored {who}: {why}" for who, why in sorted(c.ignored.items())]
     return "\n".join(lines)
-
-
-def shared_schema(schema: Schema, columns: Sequence[Combined]) -> Schema:
-    """``schema`` with the federation's statistics: every numeric column's shared mean and
-    std (so every site standardises identically) and its ``mean``/``median`` fill value."""
-    by_name = {k.name: k for k in columns}
-    features: list[Feature] = []
-    for f in schema.features:
-        k = by_name.get(f.name)
-        if f.kind != "numeric" or k is None:
-            features.append(f)
-            continue
-        fill = {"mean": k.mean, "median": median_from_bins(k, f)}.get(f.missing, f.fill)
-        features.append(replace(f, fill=float(fill), mean=k.mean,
-                                std=max(k.std, STD_FLOOR) if math.isfinite(k.std) else 1.0))
-    return schema.with_features(features)

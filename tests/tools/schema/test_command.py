@@ -141,3 +141,25 @@ def test_infer_rules_for_free_text_empty_columns_and_regression(tmp_path: Path) 
 def _many_labels(path: Path) -> Path:
     path.write_text("x,y\n" + "".join(f"{i % 3},{i}.5\n" for i in range(1001)))
     return path
+
+
+def test_show_states_the_scaling_asked_for_and_the_class_counts(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import dataclasses
+
+    from edge_client.schema import Schema, schema_toml
+
+    base = Schema((Feature("age", low=0.0, high=100.0),), "outcome", ("no", "yes"))
+    expected = [(base, "scaling per site"),
+                (dataclasses.replace(base, scaling="shared", class_counts=(90, 10)),
+                 "scaling shared (the aggregator collects the statistics before round 1)"),
+                (base.with_features([dataclasses.replace(base.features[0], mean=5.0,
+                                                         std=1.0)]),
+                 "scaling shared (federated statistics)")]
+    for i, (schema, line) in enumerate(expected):
+        path = tmp_path / f"s{i}.toml"
+        path.write_text(schema_toml(schema))
+        assert cli.main(["schema", "show", str(path)]) == 0
+        out = capsys.readouterr().out
+        assert line in out
+        assert ("class counts: no 90, yes 10" in out) == bool(schema.class_counts)

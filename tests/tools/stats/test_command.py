@@ -69,8 +69,52 @@ def test_fedge_stats_adds_the_devices_reports_over_provisioned_tls(
     assert shared.shared_scaling
     assert shared.features[0].mean == pytest.approx(np.mean(pooled), rel=1e-9)
     assert shared.features[0].fill == shared.features[0].mean
+    per_class = [sum(a <= 55 for a in pooled), sum(a > 55 for a in pooled)]
+    assert shared.class_counts == (tuple(per_class) if min(per_class) >= 10 else ())
     # a device given the shared schema standardises with the federation's statistics
     data, stats = prepare_data(ClientConfig(data=tmp_path / "dev-1.csv", schema=shared_path))
     assert stats is not None and stats.mean[0] == shared.features[0].mean
     assert stats.mean[1:] == (0.0, 0.0, 0.0) and stats.std[1:] == (1.0, 1.0, 1.0)
     assert data.feature_names == ("age", "age_missing", "sex=F", "sex=M")
+
+
+def test_the_aggregators_statistics_phase_reads_the_reports_over_provisioned_tls(
+        tmp_path: Path) -> None:
+    """The phase's own connection is allowed to read stats/+ on the provisioned broker (its
+    ACL) and makes the model with the devices' pooled statistics."""
+    import dataclasses
+    import threading
+
+    from aggregator.__main__ import _with_statistics
+    from aggregator.config import AggregatorConfig
+    from aggregator.modelfile import model_file_of
+    from models.export import export_trainable
+
+    schema = dataclasses.replace(SCHEMA, scaling="shared")
+    pooled: list[float] = []
+    with provisioned("dev-1,dev-2") as fed:
+        for i, who in enumerate(("dev-1", "dev-2")):
+            pooled += _site(tmp_path / f"{who}.csv", 30 + 10 * i, i)
+            transport = fed.transport(who)
+            try:
+                publish_stats(transport, fed.topics, stats_report(
+                    tmp_path / f"{who}.csv", schema, who, 10, 1_750_000_000.0))
+            finally:
+                transport.stop()
+        tls = fed.tls("aggregator")
+        config = AggregatorConfig(model=Path("m.tflite"), state_dir=tmp_path / "state",
+                                  broker=fed.broker.url, federation=fed.topics.federation,
+                                  min_clients=2, **tls)
+        model = model_file_of(export_trainable("logreg", (4,), 2, 8,
+                                               schema=schema.to_dict()), "model")
+        stop = threading.Event()
+        timer = threading.Timer(60, stop.set)  # never reading them ends the wait, and fails
+        timer.start()
+        try:
+            made = _with_statistics(config, model, stop)
+        finally:
+            timer.cancel()
+    shared = made.metadata.schema
+    assert shared is not None and shared.shared_scaling
+    assert shared.features[0].mean == pytest.approx(np.mean(pooled), rel=1e-9)
+    assert (tmp_path / "state" / "statistics" / "model.tflite").read_bytes() == made.data
