@@ -47,6 +47,8 @@ class Reason(str, Enum):
     INF = "inf"
     NORM = "norm"  # L2 norm of the whole delta above the bound
     EVALUATION = "evaluation"  # evaluation counts that do not decode or do not add up
+    # the device
+    DECLINED = "declined"  # the device declined the round: its own privacy budget is spent
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ from aggregator.validation import (
     ReceivedUpdate,
     UpdateLimits,
     check_content,
+    check_declined,
     check_identity,
     delta_norm,
 )
@@ -134,7 +135,8 @@ class Round:
             check_identity(update, self.config.federation, self.config.model_sha256,
                            self.config.run_id)
             or schedule.admission(self.state, update.client_id, update.round_id,
-                                  update.base_version))
+                                  update.base_version)
+            or check_declined(update))
         norm, evaluation = 0.0, None
         if rejection is None:  # the norm is checked here and bounds the delta at close
             norm = delta_norm(update.delta)

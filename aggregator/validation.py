@@ -21,7 +21,7 @@ import numpy.typing as npt
 
 from aggregator.reasons import Reason, Rejection
 from edge_client.errors import ConfigError
-from edge_client.protocol import TensorSpec
+from edge_client.protocol import TensorSpec, is_declined
 from edge_client.score_counts import ConfusionCounts, ThresholdCounts
 
 Counts = ThresholdCounts | ConfusionCounts
@@ -85,6 +85,19 @@ def check_identity(update: ReceivedUpdate, federation: str, model_sha256: str,
             f"{model_sha256[:16]!r}...",
         )
     return None
+
+
+def check_declined(update: ReceivedUpdate) -> Rejection | None:
+    """A device that declines the round (its record-level privacy budget would be
+    exceeded: :func:`edge_client.protocol.is_declined`) is refused with reason
+    ``declined``, naming its ε; None for an ordinary update."""
+    if not is_declined(update.metrics, len(update.delta)):
+        return None
+    m = update.metrics
+    return Rejection(Reason.DECLINED, (
+        f"client {update.client_id} declined round {update.round_id}: privacy budget: its "
+        f"epsilon {m.get('dp_epsilon', -1):.4g} would become {m.get('dp_epsilon_next', -1):.4g}"
+        f", over its budget {m.get('dp_budget', -1):g}"))
 
 
 def check_content(update: ReceivedUpdate, spec: tuple[TensorSpec, ...],

@@ -22,9 +22,11 @@ __all__ = [
     "model_check",  # what a model file passes before an interpreter sees it
     "model_file",  # the metadata a .tflite file carries
     "normalise",  # normalisation statistics computed on the device
+    "privacy",  # the device's DP-SGD settings and its privacy ledger (privacy.json)
     "probe",  # the crash-proof first load of a model file, in a child process
     "protocol",  # THE wire format: topics, messages, ids, strict CBOR
     "quantize",  # update codecs and error feedback
+    "rdp",  # Rényi-DP accounting of the sampled Gaussian, math only
     "runtime",  # the only adapter over a TFLite interpreter
     "schema",  # the federation-wide data schema (TOML, model metadata)
     "score_counts",  # evaluation counts that sites add exactly (federated evaluation)

@@ -129,6 +129,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"TFLite interpreter threads; default {d.threads}")
     g.add_argument("--seed", type=int, metavar="N",
                    help="seed for shuffling and stochastic rounding")
+    g = p.add_argument_group("record-level privacy: DP-SGD on this device (docs/privacy.md)")
+    g.add_argument("--dp-budget", type=float, metavar="EPSILON", help="train every round "
+                   "with DP-SGD (the model needs train_dp: `fedge export --dp-sgd`) and never "
+                   "spend more than this epsilon of this device's records over all rounds: "
+                   "a round that would is declined (not trained; the aggregator is told "
+                   "why); the ledger is STATE/privacy.json. Needs --dp-delta and "
+                   "--dp-noise-multiplier")
+    g.add_argument("--dp-delta", type=float, metavar="D", help="the delta of the budget; "
+                   "well below 1 / local records (no default)")
+    g.add_argument("--dp-noise-multiplier", type=float, metavar="Z", help="noise std / clip "
+                   "of every DP-SGD step (no default)")
+    g.add_argument("--dp-clip", type=float, metavar="C", help="per-example gradient L2 clip; "
+                   f"default {d.dp_clip:g}")
+    g.add_argument("--dp-batch", type=int, metavar="L", help="expected Poisson batch per step "
+                   "(sampling rate L / local training records); at most the model file's "
+                   "batch; default: the largest L up to half of it whose Poisson sample exceeds "
+                   "it in at most one step in 1000 (16 for a batch of 32)")
+    g.add_argument("--privacy", action="store_true", default=None, help="print the privacy "
+                   "ledger of --state-dir (every round trained with DP-SGD, its q, z, steps "
+                   "and epsilon; at --dp-delta if given) and exit")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
@@ -144,6 +164,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         config = build_config(args)
+        if config.privacy:
+            from edge_client.privacy import LEDGER_FILE, describe
+
+            print(describe(config.state_dir / LEDGER_FILE, config.dp_delta), end="")
+            return 0
         from edge_client.device import run_client
 
         return run_client(config, stop)

@@ -42,6 +42,12 @@ published again under a new transfer id; the aggregator counts a nonce once. A r
 refusing it as ``busy`` (temporary: the aggregator had no room for the transfer) keeps
 it pending: it is re-sent after ``BUSY_RETRY_S``, doubling with each busy reply up to
 ``resend_after`` (jittered), until the round's deadline; any other refusal is final.
+
+Record-level privacy: with ``dp`` (``--dp-budget``), every round is trained with DP-SGD
+(``train_dp``) and charged to the device's ledger (:mod:`edge_client.privacy`) before it
+trains; a round that would take ε over the budget is not trained: the device sends an
+update that declines it (no tensors, :data:`~edge_client.protocol.DECLINED_METRIC`), which
+the aggregator refuses with reason ``declined`` and counts.
 """
 
 from __future__ import annotations
@@ -60,6 +66,7 @@ import numpy as np
 
 from edge_client.admission import ModelAdmission
 from edge_client.errors import FedgeError, ModelError, ProtocolError
+from edge_client.privacy import LEDGER_FILE, Declined, DpSgdSettings, PrivacyLedger
 from edge_client.protocol import (
     Chunk,
     Manifest,
@@ -75,7 +82,14 @@ from edge_client.protocol import (
 )
 from edge_client.quantize import dequantize_update, residual_from_bytes, residual_to_bytes
 from edge_client.state import MODEL_FILE, StateDir
-from edge_client.training import Array, LocalSplit, TrainedUpdate, Trainer, train_round
+from edge_client.training import (
+    Array,
+    LocalSplit,
+    TrainedUpdate,
+    Trainer,
+    declined_update,
+    train_round,
+)
 from edge_client.transfer import DEFAULT_MAX_PAYLOAD, ChunkRejected, Reassembler, split
 from edge_client.transport import Message, Transport, TransportError
 
@@ -126,10 +140,14 @@ class EdgeClient:
                  data: LocalSplit, load_model: Callable[[bytes], Trainer], *,
                  clock: Callable[[], float] = time.time, rng: np.random.Generator,
                  test: tuple[Array, Array] | None = None,
-                 probe: Callable[[bytes], None] | None = None) -> None:
+                 probe: Callable[[bytes], None] | None = None,
+                 dp: DpSgdSettings | None = None) -> None:
         """``probe`` checks a new model file in a child process (see
-        :func:`edge_client.probe.probe_model`); None loads it directly (in-memory tests)."""
+        :func:`edge_client.probe.probe_model`); None loads it directly (in-memory tests).
+        ``dp``: train every round with DP-SGD within this privacy budget."""
         self.s, self.t, self.state, self.data = settings, transport, state, data
+        self.dp = dp
+        self.ledger = None if dp is None else PrivacyLedger(state.root / LEDGER_FILE, dp.delta)
         self.test = test  # --eval-data: the global model's counts on it go with each update
         self._clock, self._rng = clock, rng
         self.admission = ModelAdmission(state, load_model, probe, clock=clock)
@@ -463,6 +481,11 @@ class EdgeClient:
         except ModelError as e:
             self.fatal = ModelError(f"the federation's model does not fit the local data: {e}")
             raise self.fatal from e
+        if self.dp is not None and "train_dp" not in model.metadata.signatures:
+            self.fatal = ModelError("--dp-budget: the federation's model has no train_dp "
+                                    "signature (export it with `fedge export ... --dp-sgd`); "
+                                    "this device trains only with DP-SGD")
+            raise self.fatal
         self.model, self.model_sha, self.version = model, digest, None
         if stored:
             self.admission.keep(blob, digest)  # marks a file stored by an older fedge probed
@@ -502,20 +525,36 @@ class EdgeClient:
             log.error("round %d: cannot train: %s", r.round_id, e)
             self._done_rounds.add((r.run_id, r.round_id))
             return
-        payload = trained.update.encode()
-        path = self.state.outbox_put(r.round_id, trained.update.nonce.hex(), payload)
-        self.state.write("residual.bin", residual_to_bytes(trained.residual))
-        self._pending = _Pending(trained.update, payload, path)
+        update = trained if isinstance(trained, Update) else trained.update
+        payload = update.encode()
+        path = self.state.outbox_put(r.round_id, update.nonce.hex(), payload)
+        if not isinstance(trained, Update):
+            self.state.write("residual.bin", residual_to_bytes(trained.residual))
+        self._pending = _Pending(update, payload, path)
 
-    def _train(self, r: Round) -> TrainedUpdate:
+    def _train(self, r: Round) -> TrainedUpdate | Update:
+        """The trained update, or (out of privacy budget) the update declining the round."""
         assert self.model is not None and self._global is not None
+        spend = None
+        if self.dp is not None and self.ledger is not None:
+            charged = self.ledger.charge(
+                self.dp, samples=len(self.data.x_train), capacity=self.model.metadata.batch_size,
+                epochs=r.hyperparameters.epochs, run_id=r.run_id, round_id=r.round_id)
+            if isinstance(charged, Declined):
+                log.error("round %d: declined, not trained: %s", r.round_id, charged.message)
+                return declined_update(r, charged, client_id=self.s.client_id,
+                                       num_samples=len(self.data.x_train))
+            spend = charged
+            log.info("round %d: DP-SGD, %d steps at q=%.4g, z=%g, clip %g; epsilon after "
+                     "it %.4f of %g", r.round_id, spend.steps, spend.sampling_rate,
+                     spend.noise_multiplier, spend.clip, spend.epsilon, self.dp.budget)
         self.model.set_weights(self._global)  # from the global weights, every time
         raw = self.state.read("residual.bin")
         residual = residual_from_bytes(raw) if raw else {}
         if residual and set(residual) != set(self._global):
             residual = {}  # a new model architecture: the old residual does not apply
         return train_round(self.model, self.data, r, client_id=self.s.client_id,
-                           residual=residual, rng=self._rng, test=self.test)
+                           residual=residual, rng=self._rng, test=self.test, dp=spend)
 
     def _send_pending(self) -> None:
         p, r, m, now = self._pending, self.round, self.manifest, self._clock()

@@ -63,14 +63,24 @@ class ClientConfig:
     # (an earlier run's manifests, rounds, chunks) must not reach this one; nothing needed
     # lives there (model, weights and round are retained, unanswered updates in the outbox)
     resume_session: bool = False
+    # record-level DP-SGD (docs/privacy.md): off unless a budget is given; no default delta
+    # or noise: both depend on the data set and must be chosen
+    dp_budget: float | None = None  # ε this device may spend over every round it trains
+    dp_delta: float | None = None
+    dp_noise_multiplier: float | None = None
+    dp_clip: float = 1.0  # per-example L2 clip; 1 is the usual start for standardised data
+    dp_batch: int | None = None  # expected Poisson batch; None: half the file's fixed batch
+    privacy: bool = False  # print the privacy ledger of --state-dir and exit
 
 
 #: what the field types do not say: int ranges (no upper bound) and the MQTT versions
 BOUNDS = Bounds(
     ints={"window": (1, None), "stride": (1, None), "max_rounds": (1, None),
           "threads": (1, None), "max_payload": (1, None), "seed": (0, None),
-          "min_count": (1, None)},
-    floats={"holdout": (0.0, 0.9, True)},
+          "min_count": (1, None), "dp_batch": (1, None)},
+    floats={"holdout": (0.0, 0.9, True), "dp_budget": (0.0, 1e6, False),
+            "dp_delta": (0.0, 0.5, False), "dp_noise_multiplier": (0.0, 1e6, False),
+            "dp_clip": (0.0, 1e6, False)},
     choices={"mqtt_version": ("5", "3.1.1")},
 )
 

@@ -21,6 +21,7 @@ from edge_client.files import hold_lock
 from edge_client.model import TrainableModel
 from edge_client.model_file import read_schema
 from edge_client.normalise import NormStats, compute_norm_stats, normalise
+from edge_client.privacy import DpSgdSettings
 from edge_client.probe import probe_model
 from edge_client.protocol import Presence, SignedMessage, StatsReport, Topics
 from edge_client.runtime import interpreter_class
@@ -201,6 +202,28 @@ def signature_verifier(config: ClientConfig) -> Callable[[SignedMessage], None] 
     return trusted.verify
 
 
+def dp_settings(config: ClientConfig) -> DpSgdSettings | None:
+    """The device's DP-SGD settings (``--dp-budget`` and co.), or None without a budget.
+
+    Raises:
+        ConfigError: a --dp-* flag without --dp-budget, or a budget without --dp-delta
+            and --dp-noise-multiplier.
+    """
+    if config.dp_budget is None:
+        given = [f for f, v in (("--dp-delta", config.dp_delta),
+                                ("--dp-noise-multiplier", config.dp_noise_multiplier),
+                                ("--dp-batch", config.dp_batch)) if v is not None]
+        if given:
+            raise ConfigError(f"{', '.join(given)} without --dp-budget: give the privacy "
+                              "budget to train with DP-SGD")
+        return None
+    if config.dp_delta is None or config.dp_noise_multiplier is None:
+        raise ConfigError("--dp-budget needs --dp-delta and --dp-noise-multiplier (no "
+                          "defaults: both depend on the data)")
+    return DpSgdSettings(config.dp_budget, config.dp_delta, config.dp_noise_multiplier,
+                         config.dp_clip, config.dp_batch)
+
+
 def run_client(config: ClientConfig, stop: threading.Event) -> int:
     """Runs the edge client until done or stopped; returns the exit code.
 
@@ -215,6 +238,7 @@ def run_client(config: ClientConfig, stop: threading.Event) -> int:
     for warning in check_exposure(config):
         log.warning("%s", warning)
     verify = signature_verifier(config)  # a bad key stops the start before the state dir
+    dp_settings(config)
     with hold_lock(config.state_dir, "--state-dir", "fedge-client"):
         return _run(config, stop, verify)
 
@@ -275,7 +299,8 @@ def _run(config: ClientConfig, stop: threading.Event,
 
     client = EdgeClient(settings, transport, state, split, load_model,
                         rng=np.random.default_rng(config.seed),
-                        test=None if test is None else (test.x, test.y), probe=probe_model)
+                        test=None if test is None else (test.x, test.y), probe=probe_model,
+                        dp=dp_settings(config))
     transport.on_connect_hooks.append(client.announce_presence.set)
     log.info("client %s: %d local samples (%d for training, --holdout %g held out for local "
              "evaluation), broker %s, federation %s", client_id, len(data),

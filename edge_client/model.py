@@ -12,7 +12,9 @@ regression (``classes == 0``), target values. Both are fed as float32.
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +34,22 @@ from edge_client.model_file import (
 from edge_client.runtime import Interpreter
 
 __all__ = [
-    "ModelMetadata", "TrainableModel", "embed_weights", "embedded_weights",
+    "DpFit", "ModelMetadata", "TrainableModel", "embed_weights", "embedded_weights",
     "read_metadata", "with_schema",
 ]
+DP_SIGNATURE = "train_dp"  # record-level DP-SGD (fedge export --dp-sgd)
+
+
+@dataclass(frozen=True)
+class DpFit:
+    """What :meth:`TrainableModel.fit_dp` did: mean loss of the non-empty steps, how many
+    example gradients were clipped out of how many, and how many steps drew a Poisson
+    sample larger than the file's fixed batch (cut down to it at random)."""
+
+    loss: float
+    clipped: int
+    examples: int
+    truncated: int
 
 
 class TrainableModel:
@@ -137,6 +152,62 @@ class TrainableModel:
                 total += float(self._interpreter.run("train", {**batch, **scalars})["loss"]) * count
             losses.append(total / len(xs))
         return losses
+
+    @property
+    def has_dp_sgd(self) -> bool:
+        """Whether the file has the ``train_dp`` signature (``fedge export --dp-sgd``)."""
+        return DP_SIGNATURE in self._metadata.signatures
+
+    def fit_dp(self, x: Array, y: Array, *, steps: int, sampling_rate: float, clip: float,
+               noise_multiplier: float, expected_batch: int, lr: float | None = None,
+               mu: float = 0.0, rng: np.random.Generator | None = None) -> DpFit:
+        """``steps`` DP-SGD steps (``train_dp``): each step's batch is a Poisson sample of
+        the examples at ``sampling_rate``; each example's gradient is clipped to ``clip``,
+        the sum gets N(0, (noise_multiplier·clip)²) per coordinate and is divided by
+        ``expected_batch`` (fixed: the sampled count is not released). An empty sample
+        still takes its noisy step. A sample larger than the file's batch (rare with the
+        device's default expected batch, :func:`edge_client.privacy.default_batch`) is cut
+        down to it at random and counted.
+
+        ``rng`` draws the samples and the noise; None (what a device uses) seeds a fresh
+        generator from ``secrets``, so neither can be recomputed from ``--seed``.
+
+        Raises:
+            ModelError: the file has no ``train_dp``, or the data do not fit the model.
+            ConfigError: bad steps, rate, clip, noise or learning rate.
+        """
+        if not self.has_dp_sgd:
+            raise ModelError(f"model {self._metadata.model!r} has no train_dp signature: "
+                             "export it with `fedge export ... --dp-sgd`")
+        rate = self._metadata.learning_rate if lr is None else lr
+        if (steps < 1 or not 0 < sampling_rate <= 1 or not clip > 0 or noise_multiplier < 0
+                or expected_batch < 1 or rate is None or not rate > 0 or not mu >= 0):
+            raise ConfigError(f"DP-SGD needs steps ≥ 1, 0 < q ≤ 1, clip > 0, z ≥ 0, L ≥ 1, "
+                              f"lr > 0, mu ≥ 0; got {steps=}, {sampling_rate=}, {clip=}, "
+                              f"{noise_multiplier=}, {expected_batch=}, {rate=}, {mu=}")
+        xs, ys = self._checked(x, y)
+        assert ys is not None
+        rng = rng or np.random.default_rng(secrets.randbits(128))
+        size, std = self._metadata.batch_size, noise_multiplier * clip
+        scalars = {k: np.asarray(v, np.float32) for k, v in (
+            ("lr", rate), ("mu", mu), ("clip", clip), ("denominator", expected_batch))}
+        losses, clipped, examples, truncated = [], 0, 0, 0
+        for _ in range(steps):
+            index = np.flatnonzero(rng.random(len(xs)) < sampling_rate)
+            if len(index) > size:
+                truncated += 1
+                index = rng.choice(index, size, replace=False)
+            noise = {f"noise_{w.name}": rng.normal(0.0, std, w.shape).astype(np.float32)
+                     for w in self._metadata.weights}
+            out = self._interpreter.run(DP_SIGNATURE, {
+                "x": _padded(xs[index], size), "y": _padded(ys[index], size),
+                "mask": _padded(np.ones(len(index), np.float32), size), **scalars, **noise})
+            if len(index):
+                losses.append(float(out["loss"]))
+                clipped += round(float(out["clipped"]))
+                examples += len(index)
+        loss = float(np.mean(losses)) if losses else float("nan")
+        return DpFit(loss, clipped, examples, truncated)
 
     def evaluate(self, x: Array, y: Array) -> tuple[float, float]:
         """Return the mean loss and the accuracy (NaN for regression) on ``x, y``.

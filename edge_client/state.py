@@ -19,6 +19,9 @@ temp file, fsync, rename, fsync of the dir)::
     normalisation.json        the statistics this device standardises its features with
                               (NormStats JSON, "fedge-norm-stats/1"); absent when it trains
                               on raw values. ``fedge evaluate --client-state`` applies them.
+    privacy.json              the device's DP-SGD privacy ledger (``edge_client.privacy``):
+                              every round it trained with ``--dp-budget``, written before
+                              the round trains; never reset (deleting it forgets the spend)
     outbox/RRRRRRRR-NONCE.bin an encoded update (round id in 8 digits, nonce in hex) kept
                               until the aggregator answered it or its round is over
 

@@ -18,8 +18,10 @@ import cbor2
 import numpy as np
 import numpy.typing as npt
 
+from edge_client.model import DpFit
 from edge_client.model_file import ModelMetadata
-from edge_client.protocol import Round, Update
+from edge_client.privacy import Declined, Spend
+from edge_client.protocol import DECLINED_METRIC, Round, Update
 from edge_client.quantize import quantize_update
 from edge_client.score_counts import (
     ConfusionCounts,
@@ -40,6 +42,9 @@ class Trainer(Protocol):
 
     def fit(self, x: Array, y: Array, *, epochs: int = 1, lr: float | None = None,
             mu: float = 0.0, rng: np.random.Generator) -> list[float]: ...
+    def fit_dp(self, x: Array, y: Array, *, steps: int, sampling_rate: float, clip: float,
+               noise_multiplier: float, expected_batch: int, lr: float | None = None,
+               mu: float = 0.0, rng: np.random.Generator | None = None) -> DpFit: ...
     def evaluate(self, x: Array, y: Array) -> tuple[float, float]: ...
     def get_weights(self) -> dict[str, Array]: ...
     def set_weights(self, weights: Mapping[str, Array]) -> None: ...
@@ -115,7 +120,8 @@ def evaluation_counts(model: Trainer, task: str, x: Array, y: Array,
 def train_round(model: Trainer, data: LocalSplit, announcement: Round, *, client_id: str,
                 residual: Mapping[str, npt.NDArray[np.float32]], rng: np.random.Generator,
                 nonce: bytes | None = None,
-                test: tuple[Array, Array] | None = None) -> TrainedUpdate:
+                test: tuple[Array, Array] | None = None,
+                dp: Spend | None = None) -> TrainedUpdate:
     """Evaluates the global model, trains E epochs, and quantizes the delta with error feedback.
 
     The model must hold the round's base (global) weights when called; it holds the
@@ -126,7 +132,12 @@ def train_round(model: Trainer, data: LocalSplit, announcement: Round, *, client
     (last epoch), ``eval_loss`` and ``eval_accuracy`` (after training, hold-out), and
     ``num_eval``. Accuracy is -1 for regression. With ``test`` (``--eval-data``), the
     update also carries the received global model's evaluation counts on it
-    (:func:`evaluation_counts`).
+    (:func:`evaluation_counts`). With ``dp`` (the round's charged spend,
+    :mod:`edge_client.privacy`) it trains with DP-SGD (``train_dp``) instead, and the
+    metrics are only ``dp_epsilon`` (this device's ε after the round), ``dp_delta``,
+    ``dp_noise_multiplier``, ``dp_sampling_rate``, ``dp_steps``, ``dp_clip`` and
+    ``dp_truncated_steps``: losses, accuracies and the clipped count are computed on the
+    records without noise, so they stay in the device's log.
     """
     hp = announcement.hyperparameters
     base = model.get_weights()
@@ -135,8 +146,23 @@ def train_round(model: Trainer, data: LocalSplit, announcement: Round, *, client
     if test is not None:  # the global model on this site's test file, before training
         evaluation = evaluation_counts(model, model.metadata.task, test[0], test[1], base)
         model.set_weights(base)
-    losses = model.fit(data.x_train, data.y_train, epochs=hp.epochs, lr=hp.learning_rate,
-                       mu=hp.mu, rng=rng)
+    dp_metrics: dict[str, float] = {}
+    if dp is None:
+        train_loss = model.fit(data.x_train, data.y_train, epochs=hp.epochs,
+                               lr=hp.learning_rate, mu=hp.mu, rng=rng)[-1]
+    else:
+        fit = model.fit_dp(data.x_train, data.y_train, steps=dp.steps,
+                           sampling_rate=dp.sampling_rate, clip=dp.clip,
+                           noise_multiplier=dp.noise_multiplier,
+                           expected_batch=dp.expected_batch, lr=hp.learning_rate, mu=hp.mu)
+        train_loss = fit.loss
+        dp_metrics = {
+            "dp_epsilon": dp.epsilon, "dp_delta": dp.delta,
+            "dp_noise_multiplier": dp.noise_multiplier, "dp_sampling_rate": dp.sampling_rate,
+            "dp_steps": float(dp.steps), "dp_clip": dp.clip,
+            "dp_truncated_steps": float(fit.truncated)}
+        log.info("round %d: DP-SGD clipped %d of %d example gradients (kept on the device)",
+                 announcement.round_id, fit.clipped, fit.examples)
     e_loss, e_acc = model.evaluate(data.x_eval, data.y_eval)
     trained = model.get_weights()
     delta = {name: (trained[name].astype(np.float32) - base[name].astype(np.float32))
@@ -144,9 +170,9 @@ def train_round(model: Trainer, data: LocalSplit, announcement: Round, *, client
     tensors, new_residual = quantize_update(delta, announcement.codec, residual or None, rng=rng)
     metrics = {
         "global_loss": _finite(g_loss), "global_accuracy": _finite(g_acc),
-        "train_loss": _finite(losses[-1]), "eval_loss": _finite(e_loss),
+        "train_loss": _finite(train_loss), "eval_loss": _finite(e_loss),
         "eval_accuracy": _finite(e_acc), "num_eval": float(len(data.x_eval)),
-    }
+    } if dp is None else dp_metrics  # losses on the records are not noised: not sent
     update = Update(
         federation=announcement.federation, round_id=announcement.round_id,
         client_id=client_id, base_version=announcement.weights_version,
@@ -157,3 +183,19 @@ def train_round(model: Trainer, data: LocalSplit, announcement: Round, *, client
     log.info("round %d: trained %d samples x %d epochs, loss %.4f -> %.4f, hold-out acc %.3f",
              announcement.round_id, len(data.x_train), hp.epochs, g_loss, e_loss, e_acc)
     return TrainedUpdate(update, dict(new_residual))
+
+
+def declined_update(announcement: Round, declined: Declined, *, client_id: str,
+                    num_samples: int, nonce: bytes | None = None) -> Update:
+    """The update that declines ``announcement``: no tensors, :data:`DECLINED_METRIC` and
+    the device's ε spent, ε had it trained, and its budget (the aggregator refuses it with
+    reason ``declined`` and counts it in the round's history line)."""
+    return Update(
+        federation=announcement.federation, round_id=announcement.round_id,
+        client_id=client_id, base_version=announcement.weights_version,
+        model_sha256=announcement.model_sha256, nonce=nonce or os.urandom(16),
+        num_samples=max(1, num_samples),
+        metrics={DECLINED_METRIC: 1.0, "dp_epsilon": declined.spent,
+                 "dp_epsilon_next": declined.after, "dp_budget": declined.budget,
+                 "dp_delta": declined.delta},
+        codec=announcement.codec, tensors=(), run_id=announcement.run_id)

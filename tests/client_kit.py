@@ -70,6 +70,10 @@ class ScriptedAggregator:
     #: reasons the first completed updates are refused with, in order (then: accepted)
     refusals: list[str] = field(default_factory=list)
     refused_at: list[float] = field(default_factory=list)  # monotonic time of each refusal
+    #: decides about each completed update after the refusals: a reason refuses it
+    #: (e.g. the real aggregator's validation), None accepts it
+    judge: Callable[[Update], str | None] | None = None
+    refused: list[Update] = field(default_factory=list)  # the updates refused, in order
     completions: int = 0
     chunks_seen: int = 0
     _chunks: Reassembler = field(default_factory=Reassembler)
@@ -113,12 +117,13 @@ class ScriptedAggregator:
     def sign(self, message: S) -> S:
         return message if self.signing_key is None else self.signing_key.sign(message)
 
-    def collect(self, n: int, timeout: float, on_chunk: Callable[[], None] | None = None
-                ) -> list[Update]:
+    def collect(self, n: int, timeout: float, on_chunk: Callable[[], None] | None = None,
+                *, refused: bool = False) -> list[Update]:
         """Waits for ``n`` distinct updates (by nonce), replying accepted to each (after
-        the :attr:`refusals`)."""
+        the :attr:`refusals`, and unless :attr:`judge` refuses it); ``refused=True``
+        counts the refused updates instead."""
         end = time.monotonic() + timeout
-        while len(self.updates) < n and time.monotonic() < end:
+        while len(self.refused if refused else self.updates) < n and time.monotonic() < end:
             msg = self.transport.get(timeout=0.2)
             if msg is None:
                 continue
@@ -133,8 +138,11 @@ class ScriptedAggregator:
             self.completions += 1
             update = Update.decode(payload)
             refusal = self.refusals.pop(0) if self.refusals else None
+            if refusal is None and self.judge is not None:
+                refusal = self.judge(update)
             if refusal is not None:
                 self.refused_at.append(time.monotonic())
+                self.refused.append(update)
             elif all(u.nonce != update.nonce for u in self.updates):
                 self.updates.append(update)
             reply = self.sign(Reply(federation=update.federation, round_id=update.round_id,
@@ -144,7 +152,7 @@ class ScriptedAggregator:
             # not connected right now: the reply is queued and sent after the reconnect
             with contextlib.suppress(TransportError):
                 self.transport.publish(self.topics.reply(update.client_id), reply.encode())
-        return self.updates
+        return self.refused if refused else self.updates
 
     @staticmethod
     def delta(update: Update) -> dict[str, np.ndarray[Any, Any]]:

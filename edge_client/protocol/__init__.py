@@ -58,6 +58,7 @@ from edge_client.protocol.limits import (
     UnsupportedVersion,
 )
 from edge_client.protocol.messages import (
+    DECLINED_METRIC,
     FINISH_REASONS,
     MESSAGES,
     PRIVACY_BUDGET,
@@ -77,6 +78,7 @@ from edge_client.protocol.messages import (
     TensorSet,
     Update,
     Weights,
+    is_declined,
 )
 from edge_client.protocol.tensor import Tensor, TensorSpec
 from edge_client.protocol.topics import TopicRef, Topics, is_clear, parse_topic
@@ -85,6 +87,7 @@ __all__ = [
     "CLEAR",
     "CODECS",
     "CODEC_DTYPES",
+    "DECLINED_METRIC",
     "DEFAULT_PREFIX",
     "FINISH_REASONS",
     "ID_RULE",
@@ -132,6 +135,7 @@ __all__ = [
     "Weights",
     "check_id",
     "is_clear",
+    "is_declined",
     "is_id",
     "parse_topic",
     "parse_update_transfer_id",

@@ -310,6 +310,22 @@ class Update(Message):
             _check(tensor.codec == self.codec, "tensors",
                    f"tensor {_short(tensor.name)} codec {tensor.codec} != update codec")
 
+    @property
+    def declined(self) -> bool:
+        """Whether the device declines the round (:data:`DECLINED_METRIC`, no tensors)."""
+        return is_declined(self.metrics, len(self.tensors))
+
+
+def is_declined(metrics: typing.Mapping[str, float], tensors: int) -> bool:
+    """Whether an update with these metrics and this many tensors declines its round."""
+    return tensors == 0 and metrics.get(DECLINED_METRIC, 0.0) == 1.0
+
+
+#: the metric that marks an update declining its round: it carries no tensors, and metrics
+#: ``dp_epsilon`` (ε the device spent), ``dp_epsilon_next`` (ε had it trained) and
+#: ``dp_budget`` (its ``--dp-budget``): the device's record-level privacy budget is spent
+DECLINED_METRIC = "dp_declined"
+
 
 #: the code of a temporary refusal (``"busy: …"``): the aggregator had no room for the
 #: transfer just now; the client keeps its update and re-sends it within the round

@@ -66,6 +66,11 @@ POISONS: dict[str, tuple[Callable[[ReceivedUpdate], ReceivedUpdate], Reason, str
     "model hash": (lambda u: replace(u, model_sha256="cd" * 32), Reason.MODEL_HASH,
                    "model_sha256"),
     "federation": (lambda u: replace(u, federation="ward-8"), Reason.FEDERATION, "ward-8"),
+    # a device out of record-level privacy budget declines the round (no tensors)
+    "declined": (lambda u: replace(u, delta={}, metrics={
+        "dp_declined": 1.0, "dp_epsilon": 2.5, "dp_epsilon_next": 3.25, "dp_budget": 3.0}),
+        Reason.DECLINED, "epsilon 2.5 would become 3.25, over its budget 3"),
+    "no tensors, not declined": (lambda u: replace(u, delta={}), Reason.NAME, "missing"),
 }
 
 

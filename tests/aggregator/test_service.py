@@ -311,6 +311,9 @@ def poisoned(r: Round, good: Update, model_file: ModelFile) -> dict[str, Update]
         "model_hash": replace(good, model_sha256="0" * 64, nonce=b"model-00"),
         "federation": replace(good, federation="other", nonce=b"federat0"),
         "codec": make_update(r, "dev-a", 10, model_file, codec="fp16", salt="codec"),
+        # a device out of record-level privacy budget (fedge-client --dp-budget)
+        "declined": replace(good, tensors=(), nonce=b"declined", metrics={
+            "dp_declined": 1.0, "dp_epsilon": 2.5, "dp_epsilon_next": 3.1, "dp_budget": 3.0}),
     }
 
 
@@ -344,7 +347,7 @@ def test_poisoned_updates_are_rejected_counted_and_change_nothing(
     (line,) = run.service.store.history()
     assert line["participants"] == sorted(SAMPLES) and line["samples"] == sum(SAMPLES.values())
     codes = ["malformed", "inf", "shape", "norm", "wrong_round", "model_hash",
-             "federation", "codec", "client_id"]
+             "federation", "codec", "declined", "client_id"]
     assert line["rejections"] == {code: 2 if code == "malformed" else 1 for code in codes}
     metric = run.service.metrics.value
     assert metric("fedge_updates_rejected_total", {"reason": "malformed"}) == 2

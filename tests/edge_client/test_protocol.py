@@ -101,6 +101,13 @@ SAMPLES: dict[str, Message] = {
                           run_id=RUN),
     "update-fp16": Update("cardio", 8, "watch-02", 7, SHA_A, NONCE, 64, {}, "fp16",
                           (_tensor("dense0_kernel", "fp16", (4, 2), 7),), run_id=RUN),
+    # a device out of record-level privacy budget declines the round: no tensors
+    "update-declined": Update("cardio", 8, "watch-03", 7, SHA_A, NONCE, 120,
+                              {"dp_declined": 1.0, "dp_epsilon": 2.75, "dp_epsilon_next": 3.5,
+                               "dp_budget": 3.0, "dp_delta": 1e-5}, "fp32", (), run_id=RUN),
+    "reply-declined": Reply("cardio", 8, "watch-03", NONCE, False,
+                            "declined: client watch-03 declined round 8: privacy budget: its "
+                            "epsilon 2.75 would become 3.5, over its budget 3", run_id=RUN),
     "reply-accepted": Reply("cardio", 8, "watch-01", NONCE, True, run_id=RUN),
     "reply-rejected": Reply("cardio", 8, "watch-01", NONCE, False, "stale base_version 6",
                             run_id=RUN),
@@ -439,3 +446,11 @@ def test_update_transfer_ids_round_trip(round_id: int, nonce: bytes, attempt: in
 ])
 def test_the_id_rule(value: Any, ok: bool) -> None:
     assert is_id(value) is ok
+
+
+def test_an_update_declines_its_round_only_with_the_metric_and_no_tensors() -> None:
+    declined, trained = SAMPLES["update-declined"], SAMPLES["update-int8"]
+    assert isinstance(declined, Update) and isinstance(trained, Update)
+    assert declined.declined and not trained.declined
+    assert not dataclasses.replace(trained, metrics={"dp_declined": 1.0}).declined
+    assert not dataclasses.replace(declined, metrics={}).declined

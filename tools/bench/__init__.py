@@ -5,7 +5,8 @@
 - sections: :mod:`~tools.bench.train`, :mod:`~tools.bench.codec`,
   :mod:`~tools.bench.aggregate`, :mod:`~tools.bench.client`, :mod:`~tools.bench.round`
   (with :mod:`~tools.bench.monitor`, the round's outside observer, and
-  :mod:`~tools.bench.stages`, the aggregator's stage timer), :mod:`~tools.bench.results`.
+  :mod:`~tools.bench.stages`, the aggregator's stage timer), :mod:`~tools.bench.results`,
+  :mod:`~tools.bench.privacy` (on-device DP-SGD, accuracy against ε).
 - :mod:`~tools.bench.report`: the machine line and the sections of ``docs/results.md``.
 
 The sections are imported by name when they run; ``tools.bench.aggregate`` and

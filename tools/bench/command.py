@@ -30,8 +30,10 @@ SECTIONS: dict[str, str] = {
     "data": "tools.bench.data",
     "results": "tools.bench.results",
     "tables": "tools.bench.tables",
+    "privacy": "tools.bench.privacy",
 }
-NOT_IN_ALL = frozenset({"results"})  # minutes of real federations: run only when named
+#: minutes of federations each: run only when named
+NOT_IN_ALL = frozenset({"results", "privacy"})
 
 
 def add_parser(sub: Any) -> None:
