@@ -43,6 +43,8 @@ def export_trainable(
     seed: int = 0,
     *,
     learning_rate: float | None = None,
+    hidden: Sequence[int] | None = None,
+    dropout: float = 0.0,
     **hyperparameters: float,
 ) -> bytes:
     """Export zoo model ``name`` as a trainable .tflite file with metadata.
@@ -56,6 +58,8 @@ def export_trainable(
         seed: seed of the initial weights (Glorot uniform, zero biases).
         learning_rate: default learning rate written to the metadata
             (0.01 for SGD, 0.001 for Adam); ``train`` takes ``lr`` at every step.
+        hidden: mlp only: hidden widths (default 32, 16).
+        dropout: mlp only: dropout rate after each hidden layer.
         **hyperparameters: ``momentum`` for SGD (0.9); ``beta_1``, ``beta_2``,
             ``epsilon`` for Adam (0.9, 0.999, 1e-7).
 
@@ -67,17 +71,47 @@ def export_trainable(
             (:class:`models.architecture.ArchitectureError` is a ValueError).
         ExportError: the converter failed or produced non-builtin ops.
     """
-    spec = zoo.build(name, input_shape, classes)
+    spec = zoo.build(name, input_shape, classes, hidden=hidden, dropout=dropout)
+    return export_model(spec, batch_size, zoo.initial_weights(spec, seed), None, optimizer,
+                        seed, learning_rate, **hyperparameters)
+
+
+def export_model(
+    spec: zoo.ModelSpec,
+    batch_size: int,
+    weights: Mapping[str, Array],
+    constants: Mapping[str, Array] | None = None,
+    optimizer: str = "sgd",
+    seed: int | None = None,
+    learning_rate: float | None = None,
+    **hyperparameters: float,
+) -> bytes:
+    """Export any configured model (zoo or imported) with given weights as a trainable file.
+
+    Args:
+        spec: the model.
+        batch_size: the fixed batch size of every signature (≥ 1).
+        weights: the travelling weights, as :meth:`models.zoo.ModelSpec.weight_shapes`.
+        constants: the frozen layers' weights, as ``spec.frozen_weight_shapes()``.
+        optimizer, learning_rate, **hyperparameters: as :func:`export_trainable`.
+        seed: the seed of the initial weights, for the metadata (None: not seeded).
+
+    Raises:
+        ValueError: bad batch size, optimizer or weights.
+        ExportError: the converter failed or produced non-builtin ops.
+    """
     _check_batch_size(batch_size)
     if optimizer not in DEFAULT_LEARNING_RATE:
         raise ValueError(f"unknown optimizer {optimizer!r}; choose 'sgd' or 'adam'")
     rate = DEFAULT_LEARNING_RATE[optimizer] if learning_rate is None else float(learning_rate)
     if not rate > 0:
         raise ValueError(f"learning rate must be positive, got {learning_rate}")
+    _check_weights(spec, weights)
+    _check_weights(spec, constants or {}, frozen=True)
+    if not spec.weight_shapes():
+        raise ValueError(f"{spec.name} has no trainable weights: every layer is frozen")
     try:
-        module = TrainableModule(
-            spec, batch_size, zoo.initial_weights(spec, seed), optimizer, hyperparameters
-        )
+        module = TrainableModule(spec, batch_size, weights, optimizer, hyperparameters, constants)
     except TypeError as exc:
         raise ValueError(f"bad hyperparameter for {optimizer}: {exc}") from exc
     flatbuffer = _convert(module, module.signatures(), representative=None)
@@ -144,8 +178,10 @@ def _check_batch_size(batch_size: int) -> None:
         raise ValueError(f"batch size must be a positive integer, got {batch_size!r}")
 
 
-def _check_weights(spec: zoo.ModelSpec, weights: Mapping[str, Array]) -> None:
-    expected = spec.weight_shapes()
+def _check_weights(
+    spec: zoo.ModelSpec, weights: Mapping[str, Array], *, frozen: bool = False
+) -> None:
+    expected = spec.frozen_weight_shapes() if frozen else spec.weight_shapes()
     if set(weights) != set(expected):
         missing, extra = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
         raise ValueError(f"weights do not match {spec.name}: missing {missing}, unexpected {extra}")

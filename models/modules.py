@@ -26,8 +26,8 @@ from typing import Any
 import numpy.typing as npt
 import tensorflow as tf
 
-from models.architecture import Task
-from models.layers import Tensor, forward
+from models.architecture import Task, is_state
+from models.layers import Pass, Tensor, forward, regularisation, run
 from models.losses import masked_mean, proximal_term, task_loss
 from models.optimizers import make_optimizer
 from models.zoo import ModelSpec
@@ -65,7 +65,12 @@ def count_correct(task: Task, logits: Tensor, labels: Tensor, mask: Tensor) -> T
 
 
 class TrainableModule(tf.Module):  # type: ignore[misc]
-    """Weights, FedProx anchors and optimizer state of one zoo model, with signatures."""
+    """Weights, FedProx anchors and optimizer state of one model, with signatures.
+
+    The travelling weights (``get_weights``/``set_weights``) are the trainable ones,
+    which the optimizer moves, and batch-norm moving statistics, which ``train``
+    updates from each batch. Frozen layers' weights are constants of the graph.
+    """
 
     def __init__(
         self,
@@ -74,23 +79,29 @@ class TrainableModule(tf.Module):  # type: ignore[misc]
         initial: Mapping[str, Array],
         optimizer: str,
         hyperparameters: Mapping[str, float],
+        constants: Mapping[str, Array] | None = None,
     ) -> None:
         """Create the variables.
 
         Args:
-            spec: the configured zoo model.
+            spec: the configured model.
             batch_size: fixed batch size of every signature.
-            initial: initial weights by name, in model order.
+            initial: initial travelling weights by name, in model order.
             optimizer: "sgd" or "adam".
             hyperparameters: optimizer hyperparameters (not the learning rate).
+            constants: the frozen layers' weights by name.
         """
-        super().__init__(name=spec.name)
+        super().__init__(name=spec.name.replace(":", "_"))
         self.spec, self.batch_size = spec, batch_size
         self.names = list(initial)
-        self.params = [tf.Variable(w, name=n) for n, w in initial.items()]
+        self.variables_by_name = {n: tf.Variable(w, name=n) for n, w in initial.items()}
+        self.trainable_names = [n for n in self.names if not is_state(n)]
+        self.params = [self.variables_by_name[n] for n in self.trainable_names]
         self.anchors = [
-            tf.Variable(w, trainable=False, name=f"{n}_anchor") for n, w in initial.items()
+            tf.Variable(initial[n], trainable=False, name=f"{n}_anchor")
+            for n in self.trainable_names
         ]
+        self.constants = {n: tf.constant(w, tf.float32) for n, w in (constants or {}).items()}
         self.optimizer = make_optimizer(optimizer, self.params, **hyperparameters)
 
     def _x_spec(self) -> Any:
@@ -99,8 +110,11 @@ class TrainableModule(tf.Module):  # type: ignore[misc]
     def _vector_spec(self, name: str) -> Any:
         return tf.TensorSpec([self.batch_size], tf.float32, name=name)
 
+    def _weights(self) -> dict[str, Tensor]:
+        return {**self.constants, **self.variables_by_name}
+
     def _logits(self, x: Tensor) -> Tensor:
-        return forward(self.spec, dict(zip(self.names, self.params, strict=True)), x)
+        return forward(self.spec, self._weights(), x)
 
     def signatures(self) -> dict[str, Any]:
         """Return the concrete functions to export, by signature name."""
@@ -110,11 +124,16 @@ class TrainableModule(tf.Module):  # type: ignore[misc]
 
         @graph(*batch_specs, scalar, scalar)
         def train(x: Tensor, y: Tensor, mask: Tensor, lr: Tensor, mu: Tensor) -> dict[str, Tensor]:
+            step = Pass(training=True, mask=mask)
             with tf.GradientTape() as tape:
-                loss = masked_mean(task_loss(task, self._logits(x), y), mask)
+                weights = self._weights()
+                loss = masked_mean(task_loss(task, run(self.spec, weights, x, step), y), mask)
                 objective = loss + proximal_term(self.params, self.anchors, mu)
+                objective += regularisation(self.spec, weights)
             grads = tape.gradient(objective, self.params)
             self.optimizer.apply(self.params, grads, lr)
+            for name, value in step.updates.items():
+                self.variables_by_name[name].assign(value)
             return {"loss": loss}
 
         @graph(self._x_spec())
@@ -129,17 +148,18 @@ class TrainableModule(tf.Module):  # type: ignore[misc]
 
         @graph()
         def get_weights() -> dict[str, Tensor]:
-            return {n: tf.identity(v) for n, v in zip(self.names, self.params, strict=True)}
+            return {n: tf.identity(v) for n, v in self.variables_by_name.items()}
 
         weight_specs = {
             n: tf.TensorSpec(v.shape, tf.float32, name=n)
-            for n, v in zip(self.names, self.params, strict=True)
+            for n, v in self.variables_by_name.items()
         }
 
         @graph(weight_specs)
         def set_weights(weights: dict[str, Tensor]) -> dict[str, Tensor]:
-            for name, var, anchor in zip(self.names, self.params, self.anchors, strict=True):
+            for name, var in self.variables_by_name.items():
                 var.assign(weights[name])
+            for name, anchor in zip(self.trainable_names, self.anchors, strict=True):
                 anchor.assign(weights[name])
             self.optimizer.reset()
             return {"ok": tf.constant(1.0)}
@@ -152,8 +172,8 @@ class InferenceModule(tf.Module):  # type: ignore[misc]
     """A zoo model with frozen weights and only the ``infer`` signature."""
 
     def __init__(self, spec: ModelSpec, batch_size: int, weights: Mapping[str, Array]) -> None:
-        """Hold ``weights`` as constants for a fixed ``batch_size``."""
-        super().__init__(name=f"{spec.name}_inference")
+        """Hold ``weights`` (travelling and frozen) as constants for a fixed ``batch_size``."""
+        super().__init__(name=f"{spec.name.replace(':', '_')}_inference")
         self.spec, self.batch_size = spec, batch_size
         self.weights = {n: tf.constant(w, tf.float32) for n, w in weights.items()}
 

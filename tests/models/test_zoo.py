@@ -12,8 +12,8 @@ from models.architecture import ArchitectureError
 from models.zoo import NAMES, build, initial_weights, weight_shapes
 
 
-def test_names_list_the_four_models() -> None:
-    assert NAMES == ("logreg", "mlp", "cnn1d", "cnn2d")
+def test_names_list_the_zoo_models() -> None:
+    assert NAMES == ("logreg", "mlp", "cnn1d", "cnn2d", "imaging")
 
 
 @pytest.mark.parametrize(
@@ -57,13 +57,14 @@ def test_weight_shapes_do_not_import_tensorflow() -> None:
 @pytest.mark.parametrize(
     ("name", "shape", "classes", "message"),
     [
-        ("resnet", (4,), 2, "unknown model 'resnet'; choose one of logreg, mlp, cnn1d, cnn2d"),
+        ("resnet", (4,), 2, "unknown model 'resnet'; choose one of logreg, mlp, cnn1d, cnn2d, im"),
         ("mlp", (4,), 1, "classes must be 0 .regression., 2 .binary. or at least 3"),
         ("mlp", (4,), -2, "classes must be 0"),
         ("mlp", (0,), 2, "input shape must be non-empty and positive"),
         ("cnn1d", (100,), 4, "cnn1d cannot take input shape .100,.: ChannelsLast needs a 2-D"),
         ("cnn1d", (6, 11), 4, "cnn1d cannot take input shape .6, 11.: AvgPool1D with pool 2"),
-        ("cnn2d", (28, 28, 3), 4, "cnn2d cannot take input shape .28, 28, 3.: AddChannel needs"),
+        ("cnn2d", (28, 28, 3, 1), 4, "cnn2d cannot take input shape .28, 28, 3, 1.: Conv2D needs"),
+        ("imaging", (64, 64), 4, "imaging cannot take input shape .64, 64.: Conv2D needs a 3-D"),
         ("cnn2d", (6, 28), 4, "too small"),
     ],
 )
