@@ -272,7 +272,8 @@ def _optimizer(model: Any) -> tuple[str | None, dict[str, float], float | None]:
         return None, {}, None
     config = optimizer.get_config()
     rate = config.get("learning_rate")
-    rate = float(rate) if isinstance(rate, (int, float)) else None  # a schedule: fedge's default
+    # Keras keeps the rate as float32: its shortest decimal is the rate the user wrote.
+    rate = float(str(np.float32(rate))) if isinstance(rate, (int, float)) else None
     if kind == "SGD":
         return "sgd", {"momentum": float(config.get("momentum", 0.0))}, rate
     keys = ("beta_1", "beta_2", "epsilon")

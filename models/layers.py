@@ -363,11 +363,13 @@ def run(spec: ModelSpec, weights: Mapping[str, Tensor], x: Tensor, step: Pass) -
     return outputs[-1]
 
 
+@tf.autograph.experimental.do_not_convert  # type: ignore[untyped-decorator]
 def forward(spec: ModelSpec, weights: Mapping[str, Tensor], x: Tensor) -> Tensor:
     """Inference: the logits of ``spec`` on ``x`` (dropout off, moving batch statistics)."""
     return run(spec, weights, x, Pass())
 
 
+@tf.autograph.experimental.do_not_convert  # type: ignore[untyped-decorator]
 def regularisation(spec: ModelSpec, weights: Mapping[str, Tensor]) -> Tensor:
     """Σ l2·Σkernel² over the kernels of trainable layers with an L2 regulariser (Keras's L2)."""
     terms = []

@@ -3,6 +3,14 @@
 From the zoo (needs fedge[author], TensorFlow): a trainable ``.tflite`` with the signatures
 train, infer, evaluate, get_weights and set_weights, and its initial weights.
 
+From a Keras model (``--keras MODEL.keras``, needs fedge[author]): a saved Keras 3
+Sequential, or a Functional model with one input and one output, made of the layers
+docs/models.md lists, mapped onto fedge's builtin-only layers with the model's own weights;
+layers with trainable=False stay fixed on the device. The loss comes from the model's
+compile config or --loss, the optimizer from it or --optimizer, the learning rate from it or
+--lr. An unsupported layer or option stops the export naming the layer, its class, the
+option and what is supported.
+
 From a state dir (``--from-state DIR [--version N]``): the run's model with the weights of
 that version (default: the final ones, else the latest checkpoint's) embedded, the same
 file the aggregator writes as ``DIR/final/model.tflite``; no TensorFlow needed. ``--out
@@ -17,7 +25,15 @@ documented fallback calibrates on 256 standard-normal examples (seed 0): right f
 standardised as fedge-client does by default, wrong for a model trained on raw values
 (--no-normalise); a note says so.
 
+zoo models (--model) and their --input-shape:
+{zoo_shapes}
+
 examples:
+  fedge export --keras seed.keras --batch-size 32 --out seed.tflite
+  fedge export --model mlp --input-shape 30 --classes 2 --hidden 64,32 --dropout 0.2 \\
+      --batch-size 32 --out mlp.tflite
+  fedge export --model imaging --input-shape 64,64,3 --classes 7 --batch-size 16 \\
+      --out derm.tflite --optimizer adam
   fedge export --model cnn1d --input-shape 6,100 --classes 4 --batch-size 32 \\
       --out cnn1d.tflite --optimizer adam
   fedge export --from-state /var/lib/fedge-aggregator --version 20 --out v20.tflite
@@ -38,8 +54,13 @@ from tools.export.from_state import export_from_state
 from tools.export.int8 import SAME_FILE, Calibration, int8_model
 from tools.extras import MissingExtra, require
 
-HELP = "write a trainable .tflite (zoo model, or a state dir's weights) or an int8 one"
+__doc__ = (__doc__ or "").replace(
+    "{zoo_shapes}", "\n".join(f"  {name:8} {zoo.SHAPES[name]}" for name in zoo.NAMES))
+
+HELP = "write a trainable .tflite (zoo or Keras model, or a state dir's weights) or an int8 one"
 ZOO_FLAGS = ("model", "input_shape", "classes", "batch_size")
+KERAS_ONLY = ("loss",)
+LOSSES = ("binary_crossentropy", "sparse_categorical_crossentropy", "mean_squared_error")
 
 
 class UsageError(Exception):
@@ -62,7 +83,8 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     z.add_argument(
         "--input-shape", type=_shape, metavar="SHAPE",
         help="per-example input shape, comma-separated: 30 (logreg, mlp), "
-        "CHANNELS,TIME (cnn1d, e.g. 6,100), HEIGHT,WIDTH (cnn2d, e.g. 28,28)",
+        "CHANNELS,TIME (cnn1d, e.g. 6,100), HEIGHT,WIDTH[,CHANNELS] (cnn2d, e.g. 28,28), "
+        "HEIGHT,WIDTH,CHANNELS (imaging, e.g. 64,64,3)",
     )  # fmt: skip
     z.add_argument("--classes", type=int, metavar="K",
                    help="0 = regression, 2 = binary, K >= 3 = multiclass")
@@ -73,6 +95,17 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="seed of the initial weights (default: 0)")
     z.add_argument("--weights", type=Path, metavar="FILE.npz",
                    help="weights for the int8 model, by name (default: the initial ones)")
+    z.add_argument("--hidden", type=_shape, metavar="W1,W2,...",
+                   help="mlp: hidden layer widths (default: 32,16)")
+    z.add_argument("--dropout", type=float, metavar="RATE",
+                   help="mlp: dropout after each hidden layer, in [0, 1) (default: 0)")
+    z.add_argument("--lr", type=float, metavar="RATE", help="the default learning rate the "
+                   "file carries (default: the Keras model's, else 0.01 sgd / 0.001 adam)")
+    k = parser.add_argument_group("from a saved Keras 3 model (needs fedge[author])")
+    k.add_argument("--keras", type=Path, metavar="MODEL.keras", help="the model to export "
+                   "with its weights; give --batch-size; --classes, if given, is checked")
+    k.add_argument("--loss", choices=(*LOSSES, "mse"), help="the task loss (default: the "
+                   "model's compile config; needed if the model is not compiled)")
     s = parser.add_argument_group("from an aggregator's state dir (no TensorFlow needed)")
     s.add_argument("--from-state", type=Path, metavar="DIR", help="the run's model and the "
                    "weights of --version (default: final, else the latest checkpoint)")
@@ -109,6 +142,8 @@ def run(args: argparse.Namespace) -> int:
         if args.from_state is not None:
             written = export_from_state(args.from_state, args.version, args.out,
                                         args.inference_int8, _calibration(args))
+        elif args.keras is not None:
+            written = _export_keras(args)
         else:
             written = _export_zoo(args)
     except MissingExtra as exc:
@@ -126,7 +161,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check_flags(args: argparse.Namespace) -> None:
-    given = [f"--{f.replace('_', '-')}" for f in (*ZOO_FLAGS, "optimizer", "seed", "weights")
+    if args.keras is not None:
+        _check_keras_flags(args)
+        return
+    if args.loss is not None:
+        raise UsageError("--loss is for --keras MODEL.keras (a zoo model's loss follows "
+                         "--classes)")
+    given = [f"--{f.replace('_', '-')}" for f in (*ZOO_FLAGS, "optimizer", "seed", "weights",
+                                                  "hidden", "dropout", "lr")
              if getattr(args, f) is not None]
     if args.from_state is not None:
         if given:
@@ -139,10 +181,47 @@ def _check_flags(args: argparse.Namespace) -> None:
         raise UsageError("--version N picks a checkpoint of --from-state DIR; give both")
     missing = [f"--{f.replace('_', '-')}" for f in ZOO_FLAGS if getattr(args, f) is None]
     if missing:
-        raise UsageError(f"give {', '.join(missing)} (a zoo model), or --from-state DIR (a "
-                         "run's model and weights)")
+        raise UsageError(f"give {', '.join(missing)} (a zoo model), --keras MODEL.keras, or "
+                         "--from-state DIR (a run's model and weights)")
     if args.out.suffix.lower() == ".npz":
         raise UsageError("--out FILE.npz (the weights) needs --from-state DIR")
+
+
+def _check_keras_flags(args: argparse.Namespace) -> None:
+    others = [f"--{f.replace('_', '-')}" for f in ("model", "input_shape", "seed", "weights",
+                                                   "hidden", "dropout", "from_state", "version")
+              if getattr(args, f) is not None]
+    if others:
+        raise UsageError(f"--keras takes the layers, shape and weights from the model; leave "
+                         f"out {', '.join(others)}")
+    if args.batch_size is None:
+        raise UsageError("--keras needs --batch-size B (the file's fixed batch size)")
+    if args.inference_int8 is not None:
+        raise UsageError("--inference-int8 is not available with --keras yet: export the "
+                         "trainable file, train it, then use --from-state")
+    if args.out.suffix.lower() == ".npz":
+        raise UsageError("--out FILE.npz (the weights) needs --from-state DIR")
+
+
+def _export_keras(args: argparse.Namespace) -> list[str]:
+    if not args.keras.is_file():
+        raise UsageError(f"--keras {args.keras}: no such file")
+    require("fedge export --keras", "tensorflow")
+    from models import export, keras_import  # TensorFlow: only now
+
+    imported = keras_import.load(args.keras, loss=args.loss, classes=args.classes)
+    optimizer = args.optimizer or imported.optimizer or "sgd"
+    hyperparameters = imported.hyperparameters if optimizer == imported.optimizer else {}
+    rate = args.lr if args.lr is not None else (
+        imported.learning_rate if optimizer == imported.optimizer else None)
+    data = export.export_model(imported.spec, args.batch_size, imported.weights,
+                               imported.constants, optimizer, None, rate, **hyperparameters)
+    args.out.write_bytes(data)
+    frozen = imported.spec.frozen_weight_shapes()
+    note = f", {len(frozen)} frozen tensors kept on the device" if frozen else ""
+    return [f"wrote {args.out} ({len(data):,} bytes; {imported.spec.name}: "
+            f"{len(imported.spec.layers)} layers, {imported.spec.task}, "
+            f"{len(imported.weights)} travelling tensors{note})"]
 
 
 def _calibration(args: argparse.Namespace) -> Calibration:
@@ -156,7 +235,9 @@ def _calibration(args: argparse.Namespace) -> Calibration:
 
 
 def _export_zoo(args: argparse.Namespace) -> list[str]:
-    spec = zoo.build(args.model, args.input_shape, args.classes)  # fail before TF loads
+    dropout = args.dropout or 0.0
+    spec = zoo.build(args.model, args.input_shape, args.classes, hidden=args.hidden,
+                     dropout=dropout)  # fail before TF loads
     int8_weights = None
     if args.inference_int8 is not None and args.weights is not None:
         int8_weights = _load_weights(args.weights)
@@ -167,6 +248,9 @@ def _export_zoo(args: argparse.Namespace) -> list[str]:
     seed = 0 if args.seed is None else args.seed
     written = []
     if args.inference_int8 is not None:
+        if spec.layers != zoo.build(spec.name, spec.input_shape, spec.classes).layers:
+            raise UsageError("--inference-int8 takes the zoo model's default layers: leave out "
+                             "--hidden and --dropout")
         weights = int8_weights or zoo.initial_weights(spec, seed)
         blob = int8_model(spec.name, spec.input_shape, spec.classes, weights, calibration)
         target = args.out if args.inference_int8 == SAME_FILE else args.inference_int8
@@ -175,7 +259,8 @@ def _export_zoo(args: argparse.Namespace) -> list[str]:
         if args.inference_int8 == SAME_FILE:
             return written
     data = export.export_trainable(args.model, args.input_shape, args.classes,
-                                   args.batch_size, args.optimizer or "sgd", seed)
+                                   args.batch_size, args.optimizer or "sgd", seed,
+                                   learning_rate=args.lr, hidden=args.hidden, dropout=dropout)
     args.out.write_bytes(data)
     return [*written, f"wrote {args.out} ({len(data):,} bytes)"]
 
