@@ -161,7 +161,7 @@ def _body(name: str, shape: Shape, hidden: Sequence[int], dropout: float) -> tup
         )  # fmt: skip
     if name == "imaging":
         # A stride-2 stem, two depthwise-separable blocks, global pooling: ~1.7 MFLOP an
-        # example at 64×64×3 and 3.6k weights, small enough for a Pi or a phone.
+        # example at 64×64×3 and about 4k weights, small enough for a Pi or a phone.
         return (
             Conv2D(16, 3, 2, "same"), BatchNorm(), ReLU(),
             SeparableConv2D(32, 3, padding="same"), BatchNorm(), ReLU(), Pool("max", 2, 2),

@@ -91,3 +91,28 @@ def test_initial_weights_are_reproducible_glorot_with_zero_biases() -> None:
     assert not first["conv0_bias"].any()
     limit = np.sqrt(6.0 / (5 * 6 + 5 * 16))  # fan_in and fan_out include the kernel width
     assert 0.9 * limit < np.abs(first["conv0_kernel"]).max() <= limit
+
+
+def test_mlp_takes_hidden_widths_and_dropout() -> None:
+    spec = build("mlp", (30,), 2, hidden=(64, 32), dropout=0.2)
+    assert list(spec.weight_shapes().items()) == [
+        ("dense0_kernel", (30, 64)), ("dense0_bias", (64,)), ("dense1_kernel", (64, 32)),
+        ("dense1_bias", (32,)), ("dense2_kernel", (32, 1)), ("dense2_bias", (1,))]  # fmt: skip
+    assert sum(type(layer).__name__ == "Dropout" for layer in spec.layers) == 2
+    with pytest.raises(ArchitectureError, match="hidden widths and dropout are mlp options"):
+        build("cnn1d", (6, 100), 4, dropout=0.5)
+    with pytest.raises(ArchitectureError, match="Dropout rate must be in"):
+        build("mlp", (30,), 2, dropout=1.0)
+
+
+def test_cnn2d_takes_channels_and_imaging_takes_rgb() -> None:
+    rgb = build("cnn2d", (32, 32, 3), 10).weight_shapes()
+    assert rgb["conv0_kernel"] == (3, 3, 3, 8) and rgb["dense0_kernel"] == (6 * 6 * 16, 10)
+    assert build("cnn2d", (28, 28), 10).weight_shapes()["conv0_kernel"] == (3, 3, 1, 8)
+    imaging = build("imaging", (64, 64, 3), 7).weight_shapes()
+    assert imaging["conv0_kernel"] == (3, 3, 3, 16)
+    assert imaging["sepconv1_pointwise_kernel"] == (1, 1, 32, 64)
+    assert imaging["bn2_moving_variance"] == (64,) and imaging["dense0_kernel"] == (64, 7)
+    initial = initial_weights(build("imaging", (64, 64, 3), 7), 0)
+    assert (initial["bn0_gamma"] == 1).all() and (initial["bn0_moving_variance"] == 1).all()
+    assert not initial["bn0_moving_mean"].any()
