@@ -149,8 +149,24 @@ def export_inference_int8(
         ExportError: the converter failed or produced non-builtin ops.
     """
     spec = zoo.build(name, input_shape, classes)
+    return export_spec_int8(spec, weights, representative_x, batch_size=batch_size)
+
+
+def export_spec_int8(
+    spec: zoo.ModelSpec,
+    weights: Mapping[str, Array],
+    representative_x: Array,
+    *,
+    constants: Mapping[str, Array] | None = None,
+    batch_size: int = 1,
+) -> bytes:
+    """:func:`export_inference_int8` for any configured model (zoo or imported).
+
+    ``weights`` are the travelling weights, ``constants`` the frozen layers' ones.
+    """
     _check_batch_size(batch_size)
     _check_weights(spec, weights)
+    _check_weights(spec, constants or {}, frozen=True)
     samples = np.asarray(representative_x, dtype=np.float32)
     if samples.ndim != len(spec.input_shape) + 1 or samples.shape[1:] != spec.input_shape:
         raise ValueError(
@@ -159,7 +175,7 @@ def export_inference_int8(
         )
     if len(samples) < batch_size:
         raise ValueError(f"need at least {batch_size} representative examples, got {len(samples)}")
-    module = InferenceModule(spec, batch_size, weights)
+    module = InferenceModule(spec, batch_size, {**(constants or {}), **weights})
     flatbuffer = _convert(module, module.signatures(), representative=samples[:MAX_REPRESENTATIVE])
     meta = metadata.describe(
         spec, batch_size, kind="inference", optimizer=None, quantization="int8"
