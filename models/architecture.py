@@ -42,6 +42,10 @@ def pair(value: int | tuple[int, ...]) -> tuple[int, int]:
     return (int(value[0]), int(value[1]))
 
 
+def _last(value: int | tuple[int, ...]) -> int:
+    return int(value if isinstance(value, int) else value[-1])
+
+
 def _check_activation(activation: str) -> None:
     if activation not in ACTIVATIONS:
         raise ArchitectureError(
@@ -171,8 +175,8 @@ class Pool:
 
     def __post_init__(self) -> None:
         if self.rank == 1:  # stored as 2-D windows of height 1
-            pool = (1, pair(self.pool)[-1])
-            strides = pool if self.strides is None else (1, pair(self.strides)[-1])
+            pool = (1, _last(self.pool))
+            strides = pool if self.strides is None else (1, _last(self.strides))
         else:
             pool = pair(self.pool)
             strides = pool if self.strides is None else pair(self.strides)
