@@ -60,17 +60,25 @@ def keras_step(model: Any, loss: str, optimizer: str, x: Array, y: Array) -> flo
     return float(task)
 
 
-def assert_one_step_parity(model: Any, loss: str, optimizer: str, x: Array, y: Array) -> bytes:
-    """Export ``model``, train one step on the file and on Keras; weights must agree."""
+def assert_one_step_parity(model: Any, loss: str, optimizer: str, x: Array, y: Array,
+                           real: int | None = None) -> bytes:
+    """Export ``model``, train one step on the file and on Keras; weights must agree.
+
+    ``real`` < ``len(x)``: only the first ``real`` rows are real (mask 1); the others are
+    replaced by large garbage, and Keras steps on the real rows alone.
+    """
     imported = convert(model, loss=loss)
     data = export_imported(imported, len(x), optimizer)
     assert builtin_only(data) == []
     interpreter = Interpreter(data)
+    real = len(x) if real is None else real
+    mask = (np.arange(len(x)) < real).astype(np.float32)
+    garbage = 9.0 * np.random.default_rng(99).normal(size=x.shape)
+    padded = np.where(mask.reshape(-1, *[1] * (x.ndim - 1)) > 0, x, garbage)
     got_loss = float(interpreter.run("train", {
-        "x": x.astype(np.float32), "y": y.astype(np.float32),
-        "mask": np.ones(len(x), np.float32), "lr": np.float32(LEARNING_RATE[optimizer]),
-        "mu": np.float32(0.0)})["loss"])  # fmt: skip
-    want_loss = keras_step(model, loss, optimizer, x, y)
+        "x": padded.astype(np.float32), "y": y.astype(np.float32), "mask": mask,
+        "lr": np.float32(LEARNING_RATE[optimizer]), "mu": np.float32(0.0)})["loss"])  # fmt: skip
+    want_loss = keras_step(model, loss, optimizer, x[:real], y[:real])
     assert abs(got_loss - want_loss) <= 1e-5 * max(1.0, abs(want_loss)), (got_loss, want_loss)
     got = interpreter.run("get_weights", {})
     assert set(got) == set(imported.weights)

@@ -121,6 +121,14 @@ def test_one_step_matches_keras_with_gradient_tape(case: str, optimizer: str) ->
     assert_one_step_parity(model, loss, optimizer, x, y)
 
 
+@pytest.mark.parametrize("case", ["conv2d", "conv1d"])
+def test_padded_rows_never_reach_the_batch_statistics(case: str) -> None:
+    keras.utils.set_random_seed(9)
+    model, loss = CASES[case]()  # both hold BatchNormalization
+    x, y = _data(model, loss, seed=10)
+    assert_one_step_parity(model, loss, "sgd", x, y, real=BATCH - 2)
+
+
 def test_frozen_layers_keep_their_weights_and_never_travel() -> None:
     keras.utils.set_random_seed(5)
     model = keras.Sequential([
