@@ -252,6 +252,19 @@ class Embedding:
 
 
 @dataclass(frozen=True)
+class Recurrent:
+    """One LSTM or GRU layer on ``(time, features)``, unrolled over the fixed time steps.
+
+    Keras's defaults only: tanh and sigmoid activations, a bias, GRU with ``reset_after``;
+    starts from zero state; returns the last output, or every step's (``sequences``).
+    """
+
+    cell: Literal["lstm", "gru"]
+    units: int
+    sequences: bool = False
+
+
+@dataclass(frozen=True)
 class Add:
     """Elementwise sum of inputs of one shape (residual connections)."""
 
@@ -274,7 +287,7 @@ class AddChannel:
 Layer = (
     Dense | Activation | ReLU | LeakyReLU | Conv1D | Conv2D | DepthwiseConv2D | SeparableConv2D
     | Pool | GlobalPool | Flatten | Reshape | Dropout | BatchNorm | LayerNorm | Embedding | Add
-    | Concatenate | ChannelsLast | AddChannel
+    | Concatenate | ChannelsLast | AddChannel | Recurrent
 )  # fmt: skip
 MERGES = (Add, Concatenate)
 
@@ -379,6 +392,9 @@ def output_shape(layer: Layer, shape: Shape, *others: Shape) -> Shape:
         case Embedding(_, dim):
             _require_rank(layer, shape, 1)
             return (*shape, dim)
+        case Recurrent(_, units, sequences):
+            _require_rank(layer, shape, 2)
+            return (shape[0], units) if sequences else (units,)
         case Add():
             if any(o != shape for o in others):
                 raise ArchitectureError(f"Add needs inputs of one shape, got {[shape, *others]}")
@@ -429,12 +445,18 @@ def weight_shapes(layer: Layer, shape: Shape) -> tuple[tuple[str, Shape], ...]:
             return (*affine, ("moving_mean", channels), ("moving_variance", channels))
         case Embedding(vocab, dim):
             return (("embeddings", (vocab, dim)),)
+        case Recurrent(cell, units):
+            gates = (4 if cell == "lstm" else 3) * units
+            biases: Shape = (gates,) if cell == "lstm" else (2, gates)  # GRU: input, recurrent
+            return (("kernel", (shape[-1], gates)), ("recurrent_kernel", (units, gates)),
+                    ("bias", biases))  # fmt: skip
     return ()
 
 
 _KINDS: dict[type, str] = {
     Dense: "dense", Conv1D: "conv", Conv2D: "conv", DepthwiseConv2D: "dwconv",
     SeparableConv2D: "sepconv", BatchNorm: "bn", LayerNorm: "ln", Embedding: "embedding",
+    Recurrent: "rnn",
 }  # fmt: skip
 
 

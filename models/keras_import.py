@@ -15,6 +15,7 @@ class, the option and what is supported.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,7 @@ from models.architecture import (
     LayerNorm,
     LeakyReLU,
     Pool,
+    Recurrent,
     ReLU,
     Reshape,
     SeparableConv2D,
@@ -95,7 +97,9 @@ def load(path: str | Path, *, loss: str | None = None, classes: int | None = Non
         KerasImportError: unreadable file, custom layers, or anything :func:`convert` refuses.
     """
     try:
-        model = keras.saving.load_model(path, compile=True)
+        with warnings.catch_warnings():  # "Skipping variable loading for optimizer": unused
+            warnings.simplefilter("ignore", UserWarning)
+            model = keras.saving.load_model(path, compile=True)
     except Exception as first:  # a custom loss or optimizer: read the layers alone
         try:
             model = keras.saving.load_model(path, compile=False)
@@ -444,6 +448,25 @@ def _concatenate(layer: Any, c: Mapping[str, Any]) -> Layer:
     return Concatenate()
 
 
+def _recurrent(cell: str) -> Callable[[Any, Mapping[str, Any]], Layer]:
+    def build(layer: Any, c: Mapping[str, Any]) -> Layer:
+        _require(layer, c, "activation", ("tanh",))
+        _require(layer, c, "recurrent_activation", ("sigmoid",))
+        _require(layer, c, "use_bias", (True,))
+        for option in ("return_state", "go_backwards", "stateful"):
+            _require(layer, c, option, (False,))
+        for option in ("dropout", "recurrent_dropout"):
+            _require(layer, c, option, (0.0, 0))
+        for option in ("kernel_regularizer", "recurrent_regularizer", "recurrent_constraint"):
+            _require(layer, c, option, (None,))
+        if cell == "gru":
+            _require(layer, c, "reset_after", (True,))
+        _l2(layer, c)
+        return Recurrent(cell, c["units"], bool(c.get("return_sequences", False)))  # type: ignore[arg-type]
+
+    return build
+
+
 def _softmax(layer: Any, c: Mapping[str, Any]) -> Layer:
     _require(layer, c, "axis", (-1,))
     return Activation("softmax")
@@ -474,6 +497,8 @@ SUPPORTED: dict[str, Callable[[Any, Mapping[str, Any]], Layer]] = {
     "BatchNormalization": _batch_norm,
     "LayerNormalization": _layer_norm,
     "Embedding": _embedding,
+    "LSTM": _recurrent("lstm"),
+    "GRU": _recurrent("gru"),
     "Add": lambda layer, c: Add(),
     "Concatenate": _concatenate,
 }

@@ -22,6 +22,8 @@ Without the Flex delegate a training graph must avoid ops such as ``ReluGrad``,
 - dropout draws its mask with ``RANDOM_UNIFORM`` (seeded, new numbers at every step);
 - batch normalisation takes masked batch statistics, so padded rows never count;
 - an embedding is ``one_hot`` × table (a ``gather`` gradient would need a sparse op);
+- LSTM and GRU are unrolled over the fixed time steps: per-step ``tf.slice`` and
+  ``split`` (Keras's own layers convert to a ``WHILE`` loop whose gradient needs Flex);
 - every shape is static (fixed batch size), so no ``BroadcastGradientArgs``.
 """
 
@@ -54,6 +56,7 @@ from models.architecture import (
     LeakyReLU,
     NamedLayer,
     Pool,
+    Recurrent,
     ReLU,
     Reshape,
     SeparableConv2D,
@@ -296,6 +299,44 @@ def embedding(x: Tensor, table: Tensor) -> Tensor:
     return tf.reshape(tf.matmul(tf.reshape(codes, [-1, vocab]), table), [*x.shape, dim])
 
 
+def _step(inputs: Tensor, t: int) -> Tensor:
+    """Time step ``t`` of ``(batch, time, n)`` as ``(batch, n)``: a slice, not a strided one."""
+    batch, _, width = inputs.shape
+    return tf.reshape(tf.slice(inputs, [0, t, 0], [batch, 1, width]), [batch, width])
+
+
+def lstm(x: Tensor, kernel: Tensor, recurrent: Tensor, bias: Tensor, sequences: bool) -> Tensor:
+    """Keras's LSTM (gates i, f, c, o; sigmoid and tanh) unrolled over the time steps."""
+    batch, steps, _ = x.shape
+    units = recurrent.shape[0]
+    inputs = dense(x, kernel, bias)  # every step's input projection in one matmul
+    h = c = tf.zeros([batch, units])
+    outputs = []
+    for t in range(steps):
+        i, f, g, o = tf.split(_step(inputs, t) + tf.matmul(h, recurrent), 4, axis=1)
+        c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
+        h = tf.sigmoid(o) * tf.tanh(c)
+        outputs.append(h)
+    return tf.stack(outputs, axis=1) if sequences else h
+
+
+def gru(x: Tensor, kernel: Tensor, recurrent: Tensor, bias: Tensor, sequences: bool) -> Tensor:
+    """Keras's GRU with ``reset_after`` (gates z, r, h; bias rows: input, recurrent)."""
+    batch, steps, _ = x.shape
+    units = recurrent.shape[0]
+    input_bias, recurrent_bias = tf.unstack(bias)
+    inputs = dense(x, kernel, input_bias)
+    h = tf.zeros([batch, units])
+    outputs = []
+    for t in range(steps):
+        x_z, x_r, x_h = tf.split(_step(inputs, t), 3, axis=1)
+        h_z, h_r, h_h = tf.split(tf.matmul(h, recurrent) + recurrent_bias, 3, axis=1)
+        z, r = tf.sigmoid(x_z + h_z), tf.sigmoid(x_r + h_r)
+        h = z * h + (1.0 - z) * tf.tanh(x_h + r * h_h)
+        outputs.append(h)
+    return tf.stack(outputs, axis=1) if sequences else h
+
+
 def _normalise(x: Tensor, mean: Tensor, variance: Tensor, epsilon: float,
                params: Mapping[str, Tensor]) -> Tensor:  # fmt: skip
     inverse = tf.math.rsqrt(variance + epsilon)
@@ -423,6 +464,9 @@ def _elementwise_or_weighted(layer: object, p: Mapping[str, Tensor], x: Tensor) 
             return layer_norm(x, layer, p)
         case Embedding():
             return embedding(x, p["embeddings"])
+        case Recurrent(cell, _, sequences):
+            unrolled = lstm if cell == "lstm" else gru
+            return unrolled(x, p["kernel"], p["recurrent_kernel"], p["bias"], sequences)
         case ReLU():
             return relu(x)
         case Activation(name):

@@ -92,9 +92,17 @@ def _residual_text() -> tuple[Any, str]:
     return keras.Model(codes, out), "mean_squared_error"
 
 
+def _recurrent_stack() -> tuple[Any, str]:
+    model = keras.Sequential([
+        keras.Input((5, 3)), layers.LSTM(4, return_sequences=True), layers.GRU(3),
+        layers.Dense(1),
+    ])  # fmt: skip
+    return model, "mean_squared_error"
+
+
 CASES: dict[str, Callable[[], tuple[Any, str]]] = {
     "dense": _dense_stack, "conv2d": _conv2d_stack, "separable": _separable_stack,
-    "conv1d": _conv1d_stack, "residual-embedding": _residual_text,
+    "conv1d": _conv1d_stack, "residual-embedding": _residual_text, "recurrent": _recurrent_stack,
 }  # fmt: skip
 
 

@@ -26,7 +26,10 @@ PADDINGS = ["valid", "same"]
 def _spatial_layer(draw: Any, rank: int, size: int) -> tuple[Any, int]:
     """One layer for a (time, ch) or (h, w, ch) input of side ``size``; its output side."""
     kind = draw(st.sampled_from(["conv", "conv", "pool", "norm", "act"] +
-                                (["depthwise", "separable"] if rank == 2 else [])))
+                                (["depthwise", "separable"] if rank == 2 else ["recurrent"])))
+    if kind == "recurrent":
+        return (draw(st.sampled_from([layers.LSTM, layers.GRU])),
+                {"units": draw(st.integers(1, 3)), "return_sequences": True}), size
     if kind == "norm":
         return (draw(st.sampled_from([layers.BatchNormalization, layers.LayerNormalization])),
                 {}), size

@@ -59,8 +59,11 @@ def test_flags_override_the_compiled_optimizer_and_loss(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("build", "message"),
     [
-        (lambda: [layers.Reshape((3, 1)), layers.GRU(4, name="rnn"), layers.Dense(1)],
-         "layer 'rnn' (GRU) is not supported; supported layers: Dense, Activation, ReLU"),
+        (lambda: [layers.Reshape((3, 1)), layers.SimpleRNN(4, name="rnn"), layers.Dense(1)],
+         "layer 'rnn' (SimpleRNN) is not supported; supported layers: Dense, Activation, ReLU"),
+        (lambda: [layers.Reshape((3, 1)), layers.GRU(4, go_backwards=True, name="g"),
+                  layers.Dense(1)],
+         "layer 'g' (GRU): go_backwards=True is not supported; supported: False"),
         (lambda: [layers.Reshape((3, 1)), layers.Conv1D(2, 2, dilation_rate=2, name="c"),
                   layers.Flatten(), layers.Dense(1)],
          "layer 'c' (Conv1D): dilation_rate=(2,) is not supported; supported: (1,) or 1"),
