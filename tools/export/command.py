@@ -196,9 +196,6 @@ def _check_keras_flags(args: argparse.Namespace) -> None:
                          f"out {', '.join(others)}")
     if args.batch_size is None:
         raise UsageError("--keras needs --batch-size B (the file's fixed batch size)")
-    if args.inference_int8 is not None:
-        raise UsageError("--inference-int8 is not available with --keras yet: export the "
-                         "trainable file, train it, then use --from-state")
     if args.out.suffix.lower() == ".npz":
         raise UsageError("--out FILE.npz (the weights) needs --from-state DIR")
 
@@ -210,6 +207,16 @@ def _export_keras(args: argparse.Namespace) -> list[str]:
     from models import export, keras_import  # TensorFlow: only now
 
     imported = keras_import.load(args.keras, loss=args.loss, classes=args.classes)
+    written = []
+    if args.inference_int8 is not None:
+        examples = _calibration(args).examples(imported.spec.input_shape)
+        blob = export.export_spec_int8(imported.spec, imported.weights, examples,
+                                       constants=imported.constants)
+        target = args.out if args.inference_int8 == SAME_FILE else args.inference_int8
+        target.write_bytes(blob)
+        written.append(f"wrote {target} ({len(blob):,} bytes, int8, the Keras model's weights)")
+        if args.inference_int8 == SAME_FILE:
+            return written
     optimizer = args.optimizer or imported.optimizer or "sgd"
     hyperparameters = imported.hyperparameters if optimizer == imported.optimizer else {}
     rate = args.lr if args.lr is not None else (
@@ -219,7 +226,7 @@ def _export_keras(args: argparse.Namespace) -> list[str]:
     args.out.write_bytes(data)
     frozen = imported.spec.frozen_weight_shapes()
     note = f", {len(frozen)} frozen tensors kept on the device" if frozen else ""
-    return [f"wrote {args.out} ({len(data):,} bytes; {imported.spec.name}: "
+    return [*written, f"wrote {args.out} ({len(data):,} bytes; {imported.spec.name}: "
             f"{len(imported.spec.layers)} layers, {imported.spec.task}, "
             f"{len(imported.weights)} travelling tensors{note})"]
 

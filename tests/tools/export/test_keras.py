@@ -99,3 +99,14 @@ def test_keras_flags_are_checked_before_loading(
     assert cli.main(["--keras", str(tmp_path / "none.keras"), "--batch-size", "4",
                      "--out", out]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_an_int8_model_of_the_keras_model_with_its_weights(tmp_path: Path) -> None:
+    out, int8 = tmp_path / "seed.tflite", tmp_path / "seed-int8.tflite"
+    np.savez(tmp_path / "rep.npz", x=np.random.default_rng(0).normal(size=(64, 2)))
+    assert cli.main(["--keras", str(SEED_MODEL), "--batch-size", "8", "--out", str(out),
+                     "--inference-int8", str(int8), "--representative",
+                     str(tmp_path / "rep.npz")]) == 0
+    meta = metadata.read(int8.read_bytes())
+    assert (meta["quantization"], meta["model"]) == ("int8", "seed")
+    assert metadata.read(out.read_bytes())["kind"] == "trainable"
