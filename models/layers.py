@@ -16,7 +16,8 @@ Without the Flex delegate a training graph must avoid ops such as ``ReluGrad``,
 - strides never use a strided slice: a window of ``stride·n`` values is reshaped to
   ``(n, stride)`` and its first column sliced off;
 - "same" padding is ``tf.pad`` (gradient: ``Slice``); max pooling pads with −∞;
-- depthwise convolutions multiply each window by its kernel tap and sum (``add_n``);
+- depthwise convolutions multiply each channels-last window by its kernel tap and sum
+  (``add_n``);
 - pooling combines the same windows with ``maximum`` (gradient: ``Select``) or a
   sum; non-overlapping average pooling is reshape + ``reduce_mean``;
 - dropout draws its mask with ``RANDOM_UNIFORM`` (seeded, new numbers at every step);
@@ -185,56 +186,72 @@ def conv1d(x: Tensor, kernel: Tensor, bias: Tensor | None = None, stride: int = 
     return tf.reshape(out, [out.shape[0], out.shape[2], out.shape[3]])
 
 
-def _depthwise_flat(x: Tensor, kernel: Tensor, strides: Pair, padding: str
-                    ) -> tuple[Tensor, tuple[int, int, int]]:  # fmt: skip
-    """Depthwise convolution as channel-major ``(in·multiplier, batch·rows·cols)``."""
-    kh, kw, channels, multiplier = kernel.shape
-    x = _pad_same(x, (kh, kw), strides, padding)
-    batch, (rows, cols) = x.shape[0], _out_size(x, (kh, kw), strides)
-    windows = _windows(_planes(x), (kh, kw), strides, (rows, cols))
-    terms = []
-    for tap, window in enumerate(windows):
-        i, j = divmod(tap, kw)
-        weight = tf.reshape(tf.slice(kernel, [i, j, 0, 0], [1, 1, channels, multiplier]),
-                            [channels, multiplier, 1])  # fmt: skip
-        terms.append(tf.reshape(window, [channels, 1, -1]) * weight)
-    total = terms[0] if len(terms) == 1 else tf.add_n(terms)
-    return tf.reshape(total, [channels * multiplier, -1]), (batch, rows, cols)
+def _channels_last_windows(x: Tensor, kernel: Pair, strides: Pair, out: Pair) -> list[Tensor]:
+    """Every kernel tap's strided window ``(batch, rows, cols, c)`` of ``x``, row-major taps."""
+    batch, height, width, channels = x.shape
+    (kh, kw), (sh, sw), (rows, cols) = kernel, strides, out
+    grow_h, grow_w = max(kh - 1 + sh * rows - height, 0), max(kw - 1 + sw * cols - width, 0)
+    if grow_h or grow_w:  # room for the last window's unused stride tail
+        x = tf.pad(x, [[0, 0], [0, grow_h], [0, grow_w], [0, 0]])
+    result = []
+    for i in range(kh):
+        for j in range(kw):
+            window = tf.slice(x, [0, i, j, 0], [batch, sh * rows, sw * cols, channels])
+            if sh > 1:
+                window = tf.reshape(window, [batch * rows, sh, sw * cols * channels])
+                window = tf.slice(window, [0, 0, 0], [batch * rows, 1, sw * cols * channels])
+            if sw > 1:
+                window = tf.reshape(window, [batch * rows * cols, sw, channels])
+                window = tf.slice(window, [0, 0, 0], [batch * rows * cols, 1, channels])
+            result.append(tf.reshape(window, [batch, rows, cols, channels]))
+    return result
 
 
 def depthwise_conv2d(x: Tensor, kernel: Tensor, bias: Tensor | None = None,
                      strides: Pair = (1, 1), padding: str = "valid") -> Tensor:  # fmt: skip
-    """Per-channel convolution of ``(batch, h, w, in)`` with ``(kh, kw, in, multiplier)``."""
-    flat, (batch, rows, cols) = _depthwise_flat(x, kernel, strides, padding)
-    out = tf.transpose(tf.reshape(flat, [flat.shape[0], batch, rows, cols]), [1, 2, 3, 0])
+    """Per-channel convolution of ``(batch, h, w, in)`` with ``(kh, kw, in, multiplier)``.
+
+    Channels-last: each tap's window times that tap's weights, a per-channel vector (the
+    broadcast TFLite's ``MUL`` does fastest), summed with ``add_n``. A multiplier > 1
+    first repeats every channel (a matmul with a 0/1 matrix), so output channel
+    ``c·multiplier + q`` reads input channel ``c``, as in Keras.
+    """
+    kh, kw, channels, multiplier = kernel.shape
+    if multiplier > 1:
+        repeat = np.kron(np.eye(channels, dtype=np.float32), np.ones((1, multiplier), np.float32))
+        x = dense(x, tf.constant(repeat))
+    depth = channels * multiplier
+    x = _pad_same(x, (kh, kw), strides, padding)
+    windows = _channels_last_windows(x, (kh, kw), strides, _out_size(x, (kh, kw), strides))
+    taps = tf.reshape(kernel, [kh * kw, depth])
+    terms = [window * tf.reshape(tf.slice(taps, [tap, 0], [1, depth]), [depth])
+             for tap, window in enumerate(windows)]
+    out = terms[0] if len(terms) == 1 else tf.add_n(terms)
     return out if bias is None else out + bias
 
 
 def separable_conv2d(x: Tensor, depthwise: Tensor, pointwise: Tensor, bias: Tensor | None = None,
                      strides: Pair = (1, 1), padding: str = "valid") -> Tensor:  # fmt: skip
     """Depthwise then pointwise (1×1) convolution, as Keras's SeparableConv2D."""
-    flat, (batch, rows, cols) = _depthwise_flat(x, depthwise, strides, padding)
-    kernel = tf.reshape(pointwise, [flat.shape[0], pointwise.shape[-1]])
-    out = tf.reshape(tf.matmul(flat, kernel, transpose_a=True),
-                     [batch, rows, cols, pointwise.shape[-1]])  # fmt: skip
-    return out if bias is None else out + bias
+    out = depthwise_conv2d(x, depthwise, None, strides, padding)
+    return dense(out, tf.reshape(pointwise, [out.shape[-1], pointwise.shape[-1]]), bias)
 
 
 def pool2d(x: Tensor, op: str, pool: Pair, strides: Pair, padding: str = "valid") -> Tensor:
     """Max or average pooling of ``(batch, h, w, c)``, as Keras's pooling layers."""
     if op == "avg" and padding == "valid" and pool == strides:
-        return _avg_pool_tiles(x, pool)
-    batch, height, width, channels = x.shape
+        return _pool_tiles(x, pool, tf.reduce_mean)
+    height, width = x.shape[1], x.shape[2]
     x = _pad_same(x, pool, strides, padding, -math.inf if op == "max" else 0.0)
     rows, cols = _out_size(x, pool, strides)
-    windows = _windows(_planes(x), pool, strides, (rows, cols))
+    windows = _channels_last_windows(x, pool, strides, (rows, cols))
     if op == "max":
         out = windows[0]
         for window in windows[1:]:
             out = tf.maximum(out, window)
-    else:
-        out = tf.add_n(windows) / _window_counts((height, width), pool, strides, padding)
-    return tf.transpose(tf.reshape(out, [channels, batch, rows, cols]), [1, 2, 3, 0])
+        return out
+    counts = _window_counts((height, width), pool, strides, padding)
+    return tf.add_n(windows) / tf.reshape(counts, [rows, cols, 1])
 
 
 def _window_counts(size: Pair, pool: Pair, strides: Pair, padding: str) -> Any:
@@ -251,16 +268,17 @@ def _window_counts(size: Pair, pool: Pair, strides: Pair, padding: str) -> Any:
     return tf.constant(counts)
 
 
-def _avg_pool_tiles(x: Tensor, pool: Pair) -> Tensor:
-    """Average non-overlapping windows; ragged edges are dropped."""
+def _pool_tiles(x: Tensor, pool: Pair, reduce: Callable[..., Tensor]) -> Tensor:
+    """Reduce non-overlapping windows (the mean: a max would share the gradient between
+    equal maxima, where Keras's MaxPooling gives it to one); ragged edges are dropped."""
     batch, height, width, channels = x.shape
     (ph, pw), rows, cols = pool, height // pool[0], width // pool[1]
     x = tf.slice(x, [0, 0, 0, 0], [batch, rows * ph, cols * pw, channels])
-    # Two 3-D means keep every tensor within the ranks all TFLite kernels accept.
+    # Two 3-D reductions keep every tensor within the ranks all TFLite kernels accept.
     if ph > 1:
-        x = tf.reduce_mean(tf.reshape(x, [batch * rows, ph, cols * pw * channels]), axis=1)
+        x = reduce(tf.reshape(x, [batch * rows, ph, cols * pw * channels]), axis=1)
     if pw > 1:
-        x = tf.reduce_mean(tf.reshape(x, [batch * rows * cols, pw, channels]), axis=1)
+        x = reduce(tf.reshape(x, [batch * rows * cols, pw, channels]), axis=1)
     return tf.reshape(x, [batch, rows, cols, channels])
 
 
