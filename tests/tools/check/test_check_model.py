@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from import_block import blocked_env
 
 from models.export import export_trainable
 from models.zoo import build
@@ -18,9 +19,18 @@ ZOO = {"logreg": ((8,), 2), "mlp": ((6,), 0), "cnn1d": ((3, 16), 3), "cnn2d": ((
        "imaging": ((16, 16, 3), 5)}  # fmt: skip
 
 
-def _check(path: Path, *flags: str) -> subprocess.CompletedProcess[str]:
+def _check(path: Path, *flags: str, env: dict[str, str] | None = None
+           ) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "tools", "check-model", str(path), *flags],
-                          capture_output=True, text=True, timeout=300, check=False)
+                          capture_output=True, text=True, timeout=300, check=False, env=env)
+
+
+def test_check_model_itself_runs_on_a_device_without_tensorflow(tmp_path: Path) -> None:
+    path = tmp_path / "logreg.tflite"
+    path.write_bytes(export_trainable("logreg", (8,), 2, 4))
+    done = _check(path, env=blocked_env(tmp_path))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "OK: trains on the plain TFLite runtime" in done.stdout
 
 
 @pytest.mark.slow
