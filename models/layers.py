@@ -24,7 +24,7 @@ Without the Flex delegate a training graph must avoid ops such as ``ReluGrad``,
 - batch normalisation takes masked batch statistics, so padded rows never count;
 - an embedding is ``one_hot`` × table (a ``gather`` gradient would need a sparse op);
 - LSTM and GRU are unrolled over the fixed time steps: per-step ``tf.slice`` and
-  ``split`` (Keras's own layers convert to a ``WHILE`` loop whose gradient needs Flex);
+  ``split`` (the gradient of Keras's own layers needs Flex: ``StridedSliceGrad``);
 - every shape is static (fixed batch size), so no ``BroadcastGradientArgs``.
 """
 
