@@ -10,7 +10,8 @@ reports its peak resident memory.
 
 exit codes:
   0  the model trains on the plain runtime
-  1  it does not: custom/Flex ops (named), a missing train/get_weights/set_weights
+  1  it does not: custom/Flex ops (named), a fedge file that fedge-client would refuse
+     (a bound of its model checks, named), a missing train/get_weights/set_weights
      signature, a failed step or round trip, or the runtime crashed (signal named)
   2  usage error: no such file, or not a TFLite model
 
@@ -31,6 +32,7 @@ from typing import Any
 
 from edge_client.errors import FedgeError
 from edge_client.flatbuffer import CUSTOM, operator_codes
+from edge_client.model_check import check_model_file
 from edge_client.model_file import archive_start
 from edge_client.runtime import ENV_VAR
 from tools.check.opnames import op_name
@@ -71,6 +73,21 @@ def operators(data: bytes) -> tuple[list[str], list[str]]:
     return builtin, custom
 
 
+def _fedge_refusal(data: bytes) -> str | None:
+    """Why fedge-client and fedge-aggregator would refuse a fedge model file (its bounds and
+    metadata, :mod:`edge_client.model_check`); None when they would load it or it is not
+    a fedge file (no metadata archive)."""
+    try:
+        archive_start(data)
+    except FedgeError:
+        return None
+    try:
+        check_model_file(data)
+    except FedgeError as exc:
+        return f"fedge devices and the aggregator refuse this file: {exc}"
+    return None
+
+
 def _device_run(path: Path, runtime: str) -> dict[str, Any]:
     env = {**os.environ, ENV_VAR: runtime, "TF_CPP_MIN_LOG_LEVEL": "2"}
     done = subprocess.run([sys.executable, "-m", "tools.check.device", str(path)], env=env,
@@ -93,6 +110,10 @@ def check_model(path: Path, runtime: str) -> tuple[int, dict[str, Any]]:
     if custom:
         results["error"] = (f"needs non-builtin ops {', '.join(custom)}: the plain TFLite "
                             "runtime has no Flex delegate or custom kernels")
+        return 1, results
+    refusal = _fedge_refusal(data)
+    if refusal is not None:
+        results["error"] = refusal
         return 1, results
     results.update(_device_run(path, runtime))
     return (1 if "error" in results else 0), results

@@ -32,7 +32,7 @@ examples:
   fedge export --keras seed.keras --batch-size 32 --out seed.tflite
   fedge export --model mlp --input-shape 30 --classes 2 --hidden 64,32 --dropout 0.2 \\
       --batch-size 32 --out mlp.tflite
-  fedge export --model imaging --input-shape 64,64,3 --classes 7 --batch-size 16 \\
+  fedge export --model imaging --input-shape 64,64,3 --classes 7 --batch-size 8 \\
       --out derm.tflite --optimizer adam
   fedge export --model cnn1d --input-shape 6,100 --classes 4 --batch-size 32 \\
       --out cnn1d.tflite --optimizer adam
@@ -221,14 +221,33 @@ def _export_keras(args: argparse.Namespace) -> list[str]:
     hyperparameters = imported.hyperparameters if optimizer == imported.optimizer else {}
     rate = args.lr if args.lr is not None else (
         imported.learning_rate if optimizer == imported.optimizer else None)
-    data = export.export_model(imported.spec, args.batch_size, imported.weights,
-                               imported.constants, optimizer, None, rate, **hyperparameters)
+    data = _devices_accept(export.export_model(
+        imported.spec, args.batch_size, imported.weights, imported.constants, optimizer, None,
+        rate, **hyperparameters), f"--keras {args.keras} --batch-size {args.batch_size}")
     args.out.write_bytes(data)
     frozen = imported.spec.frozen_weight_shapes()
     note = f", {len(frozen)} frozen tensors kept on the device" if frozen else ""
     return [*written, f"wrote {args.out} ({len(data):,} bytes; {imported.spec.name}: "
             f"{len(imported.spec.layers)} layers, {imported.spec.task}, "
             f"{len(imported.weights)} travelling tensors{note})"]
+
+
+def _devices_accept(data: bytes, what: str) -> bytes:
+    """``data`` if a device's model checks would load it, else a clear refusal.
+
+    Raises:
+        UsageError: a bound of :mod:`edge_client.model_check` is broken (the message says
+            which); a smaller --batch-size shrinks a file's tensors in proportion.
+    """
+    from edge_client.errors import ModelError
+    from edge_client.model_check import check_model_file
+
+    try:
+        check_model_file(data)
+    except ModelError as exc:
+        raise UsageError(f"{what}: devices would refuse this file: {exc} (the tensors grow "
+                         "with --batch-size: a smaller one shrinks them)") from exc
+    return data
 
 
 def _calibration(args: argparse.Namespace) -> Calibration:
@@ -265,9 +284,10 @@ def _export_zoo(args: argparse.Namespace) -> list[str]:
         written.append(f"wrote {target} ({len(blob):,} bytes, int8)")
         if args.inference_int8 == SAME_FILE:
             return written
-    data = export.export_trainable(args.model, args.input_shape, args.classes,
-                                   args.batch_size, args.optimizer or "sgd", seed,
-                                   learning_rate=args.lr, hidden=args.hidden, dropout=dropout)
+    data = _devices_accept(export.export_trainable(
+        args.model, args.input_shape, args.classes, args.batch_size, args.optimizer or "sgd",
+        seed, learning_rate=args.lr, hidden=args.hidden, dropout=dropout),
+        f"--model {args.model} --batch-size {args.batch_size}")
     args.out.write_bytes(data)
     return [*written, f"wrote {args.out} ({len(data):,} bytes)"]
 

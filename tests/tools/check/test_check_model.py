@@ -85,3 +85,20 @@ def test_a_file_that_is_not_a_model_is_a_usage_error(tmp_path: Path) -> None:
     done = _check(path)
     assert done.returncode == 2 and "not a TFLite model" in done.stderr, done.stderr
     assert _check(tmp_path / "missing.tflite").returncode == 2
+
+
+@pytest.mark.slow
+def test_a_file_devices_would_refuse_fails_the_check_and_the_export(tmp_path: Path) -> None:
+    """imaging at 64×64×3 and batch 32 declares 1.2 GB of tensors, over the 512 MiB bound."""
+    from tools import export as export_cli
+
+    path = tmp_path / "big.tflite"
+    path.write_bytes(export_trainable("imaging", (64, 64, 3), 7, 32))
+    done = _check(path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "FAIL: fedge devices and the aggregator refuse this file: the model's tensors" in (
+        done.stdout)
+    out = tmp_path / "refused.tflite"
+    code = export_cli.main(["--model", "imaging", "--input-shape", "64,64,3", "--classes", "7",
+                            "--batch-size", "32", "--out", str(out)])
+    assert code == 2 and not out.exists()
