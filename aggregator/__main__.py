@@ -7,6 +7,7 @@ logging, serves metrics, connects the durable MQTT session and runs the service.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import signal
@@ -17,12 +18,20 @@ from pathlib import Path
 
 from aggregator.config import AggregatorConfig, build_config, check_exposure
 from aggregator.fedavg import STRATEGIES
-from aggregator.modelfile import load_model_file
+from aggregator.modelfile import ModelFile, load_model_file, model_file_of
+from aggregator.privacy import ACCOUNTANTS
 from aggregator.run import begin
 from aggregator.stages import NO_STAGES, StageHook
+from aggregator.statistics import (
+    STATISTICS_DIR,
+    STATISTICS_MODEL,
+    collect_reports,
+    needs_statistics,
+    shared_model,
+)
 from aggregator.store import AggregatorStore
 from edge_client.errors import ConfigError
-from edge_client.files import hold_lock
+from edge_client.files import atomic_write, hold_lock, make_dirs
 from edge_client.protocol import CODECS
 from edge_client.transport import MqttTransport, TransportError
 
@@ -65,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     _training_options(p.add_argument_group("training (sent to clients with each round)"), d)
     _aggregation_options(p.add_argument_group("aggregation and update checks"), d)
     _intake_caps(p.add_argument_group("resource caps of the update intake (per process)"), d)
+    _privacy_options(p.add_argument_group(
+        "client-level differential privacy (off unless --dp-clip; docs/privacy.md)"), d)
     g = p.add_argument_group("service")
     g.add_argument("--state-dir", type=Path, metavar="DIR", help="round state, accepted "
                    f"updates, checkpoints and history.jsonl; default ./{d.state_dir}")
@@ -124,6 +135,14 @@ def _round_options(g: argparse._ArgumentGroup, d: AggregatorConfig) -> None:
                    help="share of online clients selected per round, in (0, 1]")
     g.add_argument("--round-timeout", type=float, metavar="SECONDS", help="from announcement "
                    f"to deadline, and the one extension; default {d.round_timeout:g}")
+    g.add_argument("--max-new-clients", type=int, metavar="N", help="ids that never "
+                   "delivered an accepted update selected per round (after every online id "
+                   "that did), so a flood of made-up presence ids cannot capture a round; "
+                   f"default {d.max_new_clients}")
+    g.add_argument("--max-online", type=int, metavar="N", help="ids held online at once; a "
+                   "presence beyond it is refused (counted as fedge_invalid_messages"
+                   "{kind=\"presence_cap\"}) unless its id delivered before; default "
+                   f"{d.max_online}")
 
 
 def _training_options(g: argparse._ArgumentGroup, d: AggregatorConfig) -> None:
@@ -151,7 +170,8 @@ def _aggregation_options(g: argparse._ArgumentGroup, d: AggregatorConfig) -> Non
                    "longer than K x the median L2 norm of the round's accepted deltas; 0 = off; "
                    f"default {d.clip_factor:g}")
     g.add_argument("--max-num-samples", type=int, metavar="N", help="credibility bound: an "
-                   f"update claiming more samples is rejected; default {d.max_num_samples}")
+                   "update claiming more samples is accepted but weighs as N at most (logged, "
+                   f"history bounds.capped); default {d.max_num_samples}")
     g.add_argument("--max-update-norm", type=float, metavar="X", help="reject an update whose "
                    f"delta has a larger L2 norm; default {d.max_update_norm:g}")
     g.add_argument("--max-payload", type=int, metavar="BYTES", help="largest MQTT payload "
@@ -170,8 +190,39 @@ def _intake_caps(g: argparse._ArgumentGroup, d: AggregatorConfig) -> None:
     g.add_argument("--max-buffered-bytes", type=int, metavar="BYTES", help="sum of the "
                    f"sizes incomplete transfers declare; default {d.max_buffered_bytes}")
     g.add_argument("--transfer-timeout", type=float, metavar="SECONDS", help="drop an "
-                   "incomplete transfer this long after its first chunk; default "
+                   "incomplete transfer this long after its first chunk (its sender is "
+                   "answered 'transfer: ... expired'); default "
                    "max(30, 2 x --round-timeout)")
+
+
+def _privacy_options(g: argparse._ArgumentGroup, d: AggregatorConfig) -> None:
+    g.add_argument("--dp-clip", type=float, metavar="C", help="turn on client-level DP-FedAvg: "
+                   "clip every update's delta to L2 norm C, weigh every update 1, add Gaussian "
+                   "noise of standard deviation Z*C to the sum (the aggregator adds it: it is "
+                   "trusted); default off")
+    g.add_argument("--dp-noise-multiplier", type=float, metavar="Z", help="noise multiplier Z "
+                   "(noise std / C); or give --dp-epsilon and Z is computed for --rounds")
+    g.add_argument("--dp-epsilon", type=float, metavar="E", help="privacy budget: the run "
+                   "finishes (exit 0, reason 'privacy budget') before a round that would take "
+                   "epsilon above E; without --dp-noise-multiplier, Z is the smallest that "
+                   "lets --rounds rounds fit in E")
+    g.add_argument("--dp-delta", type=float, metavar="D", help="delta of the (epsilon, delta) "
+                   "guarantee; required with --dp-clip (keep it below 1/number of devices)")
+    g.add_argument("--dp-accountant", choices=ACCOUNTANTS, help="rdp (Renyi DP, conservative, "
+                   f"fast) or pld (privacy loss distributions, tighter); default {d.dp_accountant}")
+    g.add_argument("--dp-sampling-rate", type=float, metavar="Q", help="with DP, each online "
+                   "client is selected with probability Q, independently (Poisson sampling); "
+                   "default --fraction, else 1 (every online client)")
+    g.add_argument("--dp-adaptive-clip", action="store_true", default=None, help="adaptive "
+                   "clipping (Andrew et al. 2021): --dp-clip is the first round's C, then C "
+                   "follows the --dp-clip-quantile of the update norms; the noised count it "
+                   "needs is paid for within Z (the sum gets a little more noise)")
+    g.add_argument("--dp-clip-quantile", type=float, metavar="G", help="share of updates "
+                   f"adaptive clipping aims to leave unclipped; default {d.dp_clip_quantile:g}")
+    g.add_argument("--dp-clip-lr", type=float, metavar="ETA", help="geometric step of C per "
+                   f"round with adaptive clipping; default {d.dp_clip_lr:g}")
+    g.add_argument("--dp-clip-count-noise", type=float, metavar="SIGMA", help="noise std on "
+                   "the count of unclipped updates (must exceed Z/2); default Z")
 
 
 class JsonFormatter(logging.Formatter):
@@ -220,6 +271,9 @@ def _serve(config: AggregatorConfig, stop: threading.Event, stages: StageHook) -
 
     model_file = load_model_file(config.model)
     store = AggregatorStore(config.state_dir)
+    model_file = _with_statistics(config, model_file, stop)
+    if stop.is_set():
+        return 0
     run = begin(store, model_file.sha256, model_file.data, config.initial_weights)
     transport = MqttTransport(config.broker_config(fresh_session=run.new))
     service = AggregatorService(config, transport, model_file, store=store, stages=stages,
@@ -235,6 +289,37 @@ def _serve(config: AggregatorConfig, stop: threading.Event, stages: StageHook) -
     finally:
         transport.stop()
         service.metrics.close()
+
+
+def _with_statistics(config: AggregatorConfig, model_file: ModelFile,
+                     stop: threading.Event) -> ModelFile:
+    """The statistics phase (:mod:`aggregator.statistics`) when the model's schema asks for
+    shared scaling: the model with the federation's statistics, kept in the state dir."""
+    schema = model_file.metadata.schema
+    if schema is None or not needs_statistics(schema):
+        return model_file
+    kept = config.state_dir / STATISTICS_DIR / STATISTICS_MODEL
+    if kept.exists():
+        log.info("statistics phase done before: training %s", kept)
+        return model_file_of(kept.read_bytes(), str(kept))
+    log.info("statistics phase: waiting for the statistics of %d sites (--min-clients)",
+             config.min_clients)
+    transport = MqttTransport(dataclasses.replace(
+        config.broker_config(), client_id=f"{config.mqtt_client_id}-stats", durable=False,
+        manual_ack=False))
+    transport.start(wait=CONNECT_TIMEOUT)
+    try:
+        reports = collect_reports(transport, config.topics(), schema, config.min_clients, stop)
+    finally:
+        transport.stop()
+    if stop.is_set():
+        return model_file
+    data = shared_model(model_file.data, schema, reports)
+    make_dirs(kept.parent)
+    atomic_write(kept, data)
+    log.info("statistics phase: %d sites combined; the model carries the shared statistics "
+             "(%s)", len(reports), kept)
+    return model_file_of(data, str(kept))
 
 
 def main(argv: Sequence[str] | None = None, stages: StageHook = NO_STAGES) -> int:

@@ -5,8 +5,10 @@ FedAvg weighs each update by the sample count its sender claims and adds its del
 it is, so one device claiming 10⁶ samples with a big delta controls the model. Each
 round therefore bounds, from what the round itself saw:
 
+* **the credible count**: a claim above ``--max-num-samples`` counts as that bound (an
+  honest big site is clipped, not rejected: its training is not wasted);
 * **the weight**: an update weighs at most ``weight_factor`` × the (lower) median of the
-  sample counts the round's accepted updates claim;
+  (credible) sample counts the round's accepted updates claim;
 * **the delta**: an update's delta is clipped (scaled down, not rejected) to
   ``norm_factor`` × the (lower) median L2 norm of the round's accepted deltas.
 
@@ -51,28 +53,41 @@ class Plan:
     clip_norm: float | None = None
     capped: Mapping[str, tuple[int, int]] = field(default_factory=dict)  # claimed, weight
     clipped: Mapping[str, tuple[float, float]] = field(default_factory=dict)  # norm, scale
+    max_claim: int | None = None  # --max-num-samples: a larger claim counts as this
+
+    def over_max(self) -> dict[str, int]:
+        """The clients whose claim exceeded :attr:`max_claim`, with what they claimed."""
+        limit = self.max_claim
+        return {c: a for c, (a, _) in sorted(self.capped.items())
+                if limit is not None and a > limit}
 
     def report(self) -> dict[str, Any]:
-        """What a history line records of the bounds."""
+        """What a history line records of the bounds (a ``capped`` entry over
+        ``--max-num-samples`` also names that bound)."""
+        over = self.over_max()
         return {
             "weight_cap": self.weight_cap, "clip_norm": _round(self.clip_norm),
-            "capped": {c: {"claimed": a, "weight": w} for c, (a, w) in sorted(self.capped.items())},
+            "capped": {c: {"claimed": a, "weight": w,
+                           **({"max_num_samples": self.max_claim} if c in over else {})}
+                       for c, (a, w) in sorted(self.capped.items())},
             "clipped": {c: {"norm": _round(n), "scale": _round(s)}
                         for c, (n, s) in sorted(self.clipped.items())},
         }
 
 
 def plan(bounds: InfluenceBounds, claimed: Mapping[str, int],
-         norms: Mapping[str, float]) -> Plan:
+         norms: Mapping[str, float], max_claim: int | None = None) -> Plan:
     """Weights and scales for the counted updates (``claimed``: each one's ``num_samples``;
-    ``norms``: each one's delta L2 norm)."""
-    cap = bounds.weight_factor * statistics.median_low(claimed.values()) if (
-        bounds.weight_factor and claimed) else None
+    ``norms``: each one's delta L2 norm; ``max_claim``: the largest credible count, a
+    larger claim weighs as that before the median cap)."""
+    credible = {c: n if max_claim is None else min(n, max_claim) for c, n in claimed.items()}
+    cap = bounds.weight_factor * statistics.median_low(credible.values()) if (
+        bounds.weight_factor and credible) else None
     weights, capped = {}, {}
-    for client, count in claimed.items():
+    for client, count in credible.items():
         weights[client] = max(1, int(count if cap is None else min(cap, count)))
-        if weights[client] < count:
-            capped[client] = (count, weights[client])
+        if weights[client] < claimed[client]:
+            capped[client] = (claimed[client], weights[client])
     clip = bounds.norm_factor * statistics.median_low(norms.values()) if (
         bounds.norm_factor and norms) else None
     scales, clipped = {}, {}
@@ -80,7 +95,7 @@ def plan(bounds: InfluenceBounds, claimed: Mapping[str, int],
         scales[client] = 1.0 if clip is None or norm <= clip or norm == 0 else clip / norm
         if scales[client] < 1.0:
             clipped[client] = (norm, scales[client])
-    return Plan(weights, scales, cap, clip, capped, clipped)
+    return Plan(weights, scales, cap, clip, capped, clipped, max_claim)
 
 
 def _round(value: float | None) -> float | None:

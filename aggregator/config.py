@@ -19,7 +19,8 @@ from typing import Literal
 from aggregator.bounds import InfluenceBounds
 from aggregator.fedavg import STRATEGIES, Strategy
 from aggregator.intake import IntakeLimits
-from aggregator.schedule import RoundsConfig
+from aggregator.privacy import ACCOUNTANTS, DpSettings
+from aggregator.schedule import DEFAULT_MAX_NEW_CLIENTS, DEFAULT_MAX_ONLINE, RoundsConfig
 from edge_client.errors import ConfigError
 from edge_client.protocol import (
     CODECS,
@@ -66,6 +67,8 @@ class AggregatorConfig:
     clients_per_round: int | None = None
     fraction: float | None = None
     round_timeout: float = 60.0
+    max_new_clients: int = DEFAULT_MAX_NEW_CLIENTS  # never-delivered ids selected per round
+    max_online: int = DEFAULT_MAX_ONLINE  # presence table; ids that delivered always fit
     epochs: int = 1
     batch_size: int | None = None  # None: the model file's batch size
     lr: float | None = None  # None: the model file's learning rate
@@ -86,6 +89,17 @@ class AggregatorConfig:
     max_transfers_per_client: int = DEFAULT_MAX_TRANSFERS_PER_SENDER
     max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES
     transfer_timeout: float | None = None  # None: max(30 s, 2 x round_timeout)
+    # client-level differential privacy: off unless --dp-clip is given (docs/privacy.md)
+    dp_clip: float | None = None
+    dp_noise_multiplier: float | None = None
+    dp_epsilon: float | None = None  # the budget; with no Z, Z is computed for --rounds
+    dp_delta: float | None = None  # no default: it must suit the federation (< 1/devices)
+    dp_accountant: str = "rdp"  # conservative and fast; pld is tighter
+    dp_sampling_rate: float | None = None  # None: --fraction, else 1 (every online client)
+    dp_adaptive_clip: bool = False  # C follows a quantile of the norms (Andrew et al. 2021)
+    dp_clip_quantile: float = 0.5  # Andrew et al.'s recommended target: the median norm
+    dp_clip_lr: float = 0.2  # Andrew et al.'s geometric step
+    dp_clip_count_noise: float | None = None  # None: Z (the sum then gets 1.155 x Z)
     state_dir: Path = Path("fedge-aggregator-state")
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
@@ -111,15 +125,59 @@ class AggregatorConfig:
             fresh_session=fresh_session,
         )
 
-    def rounds_config(self, model_sha256: str, run_id: str = "") -> RoundsConfig:
-        """The round policy of run ``run_id`` training the model with ``model_sha256``."""
+    def rounds_config(self, model_sha256: str, run_id: str = "",
+                      sampling_seed: int | None = None) -> RoundsConfig:
+        """The round policy of run ``run_id`` training the model with ``model_sha256``;
+        with DP, selection is Poisson sampling seeded by the ledger's secret
+        ``sampling_seed`` (not the public ``--seed``)."""
+        dp = self.dp_settings()
         return RoundsConfig(
             federation=self.federation, model_sha256=model_sha256, run_id=run_id,
             total_rounds=self.rounds,
             min_clients=self.min_clients, clients_per_round=self.clients_per_round,
-            fraction=self.fraction, round_timeout=self.round_timeout, seed=self.seed,
-            min_available=self.min_available,
+            fraction=None if dp else self.fraction, round_timeout=self.round_timeout,
+            seed=self.seed if sampling_seed is None else sampling_seed,
+            min_available=self.min_available, max_new_clients=self.max_new_clients,
+            max_online=self.max_online, sampling_rate=dp.sampling_rate if dp else None,
         )
+
+    def dp_settings(self) -> DpSettings | None:
+        """Client-level DP (``--dp-*``), or None when it is off (no ``--dp-clip``).
+
+        Raises:
+            ConfigError: a ``--dp-*`` flag without ``--dp-clip``, or a combination that
+                cannot work (the message names the flags).
+        """
+        if self.dp_clip is None:
+            given = [f"--{n.replace('_', '-')}" for n in ("dp_noise_multiplier", "dp_epsilon",
+                                                          "dp_delta", "dp_sampling_rate",
+                                                          "dp_clip_count_noise")
+                     if getattr(self, n) is not None]
+            given += ["--dp-adaptive-clip"] if self.dp_adaptive_clip else []
+            if given:
+                raise ConfigError(f"{', '.join(given)} need --dp-clip C (differential privacy "
+                                  "is on only with a clip norm)")
+            return None
+        if self.dp_delta is None:
+            raise ConfigError("--dp-clip needs --dp-delta D, the δ of the guarantee (below "
+                              "1 / the number of devices, e.g. 1e-5)")
+        if self.clients_per_round is not None:
+            raise ConfigError("--clients-per-round does not apply with --dp-clip: selection is "
+                              "then Poisson sampling at --dp-sampling-rate q (or --fraction)")
+        if (self.dp_sampling_rate is not None and self.fraction is not None
+                and self.dp_sampling_rate != self.fraction):
+            raise ConfigError(f"--dp-sampling-rate {self.dp_sampling_rate} and --fraction "
+                              f"{self.fraction} differ: give one")
+        if self.strategy in ("median", "trimmed-mean"):
+            raise ConfigError(f"--strategy {self.strategy} does not work with --dp-clip: "
+                              "the DP noise is calibrated to a sum (fedavg, fedavgm, fedadam)")
+        rate = self.dp_sampling_rate or self.fraction or 1.0
+        return DpSettings(clip=self.dp_clip, sampling_rate=rate, delta=self.dp_delta,
+                          accountant=self.dp_accountant,
+                          noise_multiplier=self.dp_noise_multiplier,
+                          target_epsilon=self.dp_epsilon, adaptive=self.dp_adaptive_clip,
+                          clip_quantile=self.dp_clip_quantile, clip_lr=self.dp_clip_lr,
+                          count_noise=self.dp_clip_count_noise)
 
     def strategy_config(self) -> Strategy:
         """The aggregation strategy."""
@@ -166,17 +224,22 @@ BOUNDS = Bounds(
         "max_message_bytes": (1024, MAX_CHUNK_BYTES),
         "max_transfer_bytes": (1, MAX_TRANSFER_BYTES), "max_transfers": (1, 1_000_000),
         "max_transfers_per_client": (1, 1_000_000), "max_buffered_bytes": (1, 2**40),
+        "max_new_clients": (1, MAX_SELECTED), "max_online": (1, 10**7),
     },
     floats={  # (low, high, whether low itself is allowed)
         "round_timeout": (0.0, 1e7, False), "lr": (0.0, 1000.0, False),
         "mu": (0.0, 1e6, True), "server_lr": (0.0, 1e6, False),
         "max_update_norm": (0.0, 1e30, False), "fraction": (0.0, 1.0, False),
         "transfer_timeout": (0.0, 1e7, False), "weight_cap_factor": (0.0, 1e6, True),
-        "clip_factor": (0.0, 1e6, True),
+        "clip_factor": (0.0, 1e6, True), "dp_clip": (0.0, 1e30, False),
+        "dp_noise_multiplier": (0.0, 1e6, False), "dp_epsilon": (0.0, 1e6, False),
+        "dp_delta": (0.0, 1.0, False), "dp_sampling_rate": (0.0, 1.0, False),
+        "dp_clip_quantile": (0.0, 1.0, False), "dp_clip_lr": (0.0, 10.0, False),
+        "dp_clip_count_noise": (0.0, 1e6, False),
     },
     choices={
         "codec": CODECS, "strategy": STRATEGIES, "weighting": ("samples", "uniform"),
-        "mqtt_version": ("5", "3.1.1"),
+        "mqtt_version": ("5", "3.1.1"), "dp_accountant": ACCOUNTANTS,
     },
 )
 
@@ -234,7 +297,12 @@ def check(c: AggregatorConfig) -> None:
     c.limits()
     if 0 < c.weight_cap_factor < 1 or 0 < c.clip_factor < 1:
         raise ConfigError("--weight-cap-factor and --clip-factor must be 0 (off) or >= 1")
+    if not c.min_clients <= c.max_new_clients <= c.max_online:
+        raise ConfigError(f"need --min-clients {c.min_clients} <= --max-new-clients "
+                          f"{c.max_new_clients} <= --max-online {c.max_online}: a new "
+                          "federation could not reach its quorum otherwise")
     c.rounds_config("0" * 64)
+    c.dp_settings()
 
 
 def check_exposure(c: AggregatorConfig,

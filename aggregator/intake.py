@@ -4,12 +4,23 @@
 decodes a completed update strictly, checks what only the transport can tell (the
 topic's client id, the round's codec) and dequantizes it. :meth:`Intake.take` returns
 :class:`Pending` (a chunk held in memory, or a repeat), :class:`Refused` (with whom to
-answer, when known) or :class:`Arrived` (a :class:`~aggregator.validation.ReceivedUpdate`
-for :meth:`aggregator.round.Round.admit`). It touches nothing but its reassembly buffers.
+answer, when known; reason ``busy`` when only full caps refused it: temporary) or
+:class:`Arrived` (a :class:`~aggregator.validation.ReceivedUpdate` for
+:meth:`aggregator.round.Round.admit`). It touches nothing but its reassembly buffers.
+
+Every failed transfer whose id names an update (``u-{round}-{nonce}-…``) is answered
+once: at the chunk that makes the whole transfer fail (:class:`TransferFailed`: a
+declaration over the caps, a chunk contradicting the first, a bad size or SHA-256, in
+whatever order its chunks come) or that full shared caps refused (``busy``), and, from
+:meth:`Intake.expire`, when it expires incomplete or was evicted to make room (``busy``),
+unless a later transfer of the same update (a re-send) is in progress or done. The rest
+of a failed or evicted transfer's chunks are dropped unanswered.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import cbor2
@@ -34,7 +45,11 @@ from edge_client.transfer import (
     ChunkRejected,
     Reassembler,
     ReassemblyLimits,
+    TransferFailed,
+    TransfersBusy,
 )
+
+REMEMBER_FAILED = 4096  # failed transfers remembered, so the rest of their chunks stay quiet
 
 
 @dataclass(frozen=True)
@@ -131,11 +146,19 @@ class Intake:
     """Turns update chunks into :data:`Outcome` s; see the module docstring."""
 
     def __init__(self, codec: str, reassembly: ReassemblyLimits,
-                 limits: IntakeLimits | None = None) -> None:
-        """Take updates in ``codec``; ``limits`` (when given) replace ``reassembly``'s caps."""
+                 limits: IntakeLimits | None = None, *,
+                 selected: Callable[[str], bool] | None = None) -> None:
+        """Take updates in ``codec``; ``limits`` (when given) replace ``reassembly``'s caps.
+        Full caps evict a transfer of a flood rather than refuse a genuine one
+        (:class:`~edge_client.transfer.Reassembler` with ``evict``); ``selected`` says which
+        senders the open round selected: their transfers go last."""
         self.codec = codec
         self.max_message_bytes = limits.max_message_bytes if limits else MAX_CHUNK_BYTES
-        self.reassembler = Reassembler(limits.reassembly(reassembly) if limits else reassembly)
+        self.reassembler = Reassembler(limits.reassembly(reassembly) if limits else reassembly,
+                                       evict=True, protected=selected)
+        self._failed: OrderedDict[tuple[str, str], None] = OrderedDict()  # answered
+        self._expired: list[tuple[str, str]] = []  # found while taking a chunk
+        self._busy: list[Refused] = []  # answers to evicted transfers, for expire()
 
     def take(self, sender: str, payload: bytes, now: float) -> Outcome:
         """Decide about one chunk published on ``update/{sender}`` (``payload`` untrusted;
@@ -147,15 +170,65 @@ class Intake:
             chunk = Chunk.decode(payload)
         except ProtocolError as e:
             return Refused(None, Rejection(Reason.MALFORMED, f"not a chunk from {sender}: {e}"))
+        key = (sender, chunk.transfer_id)
+        if key in self._failed:  # answered already: the rest of its chunks say nothing new
+            return Pending()
+        self._expired += self.reassembler.expire(now)
         try:
             whole = self.reassembler.accept(sender, chunk, now)
         except ChunkRejected as e:
-            last = chunk.index == chunk.count - 1  # answer once per transfer, not per chunk
-            to = addressee(sender, None, chunk.transfer_id) if last else None
+            to = None  # answer once per transfer, not per chunk
+            if isinstance(e, (TransferFailed, TransfersBusy)) or chunk.index == chunk.count - 1:
+                to = addressee(sender, None, chunk.transfer_id)
+                self._remember_failed(key)
+            if isinstance(e, TransfersBusy):
+                return Refused(to, Rejection(Reason.BUSY, f"{e}; temporary, re-send"))
             return Refused(to, Rejection(Reason.TRANSFER, str(e)))
+        finally:
+            self._note_evicted()
         if whole is None:
             return Pending()
         return decode_update(whole, sender, self.codec, chunk.transfer_id)
+
+    def expire(self, now: float) -> list[Refused]:
+        """Drop the transfers older than the timeout; the answers to their senders (those
+        whose id names an update no later transfer of the sender re-sends), and to the
+        senders of transfers evicted since the last call (``busy``)."""
+        expired, self._expired = self._expired + self.reassembler.expire(now), []
+        answers, self._busy = self._busy, []
+        for key in expired:
+            sender, transfer_id = key
+            to = addressee(sender, None, transfer_id)
+            if to is None or key in self._failed or self._resent(sender, transfer_id):
+                continue
+            self._remember_failed(key)
+            answers.append(Refused(to, Rejection(
+                Reason.TRANSFER, f"transfer {transfer_id} from {sender} expired incomplete "
+                f"after {self.reassembler.limits.timeout:g} s")))
+        return answers
+
+    def _note_evicted(self) -> None:
+        """Transfers evicted to make room: the rest of their chunks are dropped quietly (they
+        could not complete), and a sender whose transfer id names an update is told ``busy``
+        at the next :meth:`expire`, so it re-sends soon instead of after its re-send time."""
+        for key in self.reassembler.take_evicted():
+            sender, transfer_id = key
+            to = addressee(sender, None, transfer_id)
+            if to is not None and not self._resent(sender, transfer_id):
+                self._busy.append(Refused(to, Rejection(Reason.BUSY, f"transfer "
+                                  f"{transfer_id} from {sender} was dropped to make room for "
+                                  "another; temporary, re-send")))
+            self._remember_failed(key)
+
+    def _resent(self, sender: str, transfer_id: str) -> bool:
+        named = parse_update_transfer_id(transfer_id)
+        return any(t != transfer_id and parse_update_transfer_id(t) == named
+                   for t in self.reassembler.transfer_ids(sender))
+
+    def _remember_failed(self, key: tuple[str, str]) -> None:
+        self._failed[key] = None
+        while len(self._failed) > REMEMBER_FAILED:
+            self._failed.popitem(last=False)
 
 
 def decode_update(payload: bytes, sender: str, codec: str, transfer_id: str = "") -> Outcome:

@@ -36,9 +36,15 @@ class ServiceMetrics:
                              registry=r)
         self.online = Gauge("fedge_clients_online", "Clients whose presence says online",
                             registry=r)
+        self.dp_epsilon = Gauge("fedge_dp_epsilon", "Privacy budget spent: epsilon of the "
+                                "run's noised rounds at its --dp-delta (0 without DP)",
+                                registry=r)
         self.accepted = Counter("fedge_updates_accepted", "Updates accepted", registry=r)
         self.rejected = Counter("fedge_updates_rejected", "Updates (or chunks) rejected, by reason",
                                 ["reason"], registry=r)
+        self.evicted = Counter("fedge_transfers_evicted",
+                               "Incomplete update transfers dropped to make room for another "
+                               "(a flood of partial transfers?)", registry=r)
         self.invalid = Counter("fedge_invalid_messages",
                                "Unusable non-update messages (e.g. presence), by topic kind",
                                ["kind"], registry=r)

@@ -60,8 +60,13 @@ def load_model_file(path: Path) -> ModelFile:
         data = Path(path).read_bytes()
     except OSError as e:
         raise ConfigError(f"--model {path}: {e.strerror}") from None
+    return model_file_of(data, f"--model {path}")
+
+
+def model_file_of(data: bytes, where: str) -> ModelFile:
+    """Check model file bytes as :func:`load_model_file` does (errors name ``where``)."""
     if not 0 < len(data) <= MAX_TRANSFER_BYTES:
-        raise ConfigError(f"--model {path}: {len(data)} bytes; expected 1 B to 64 MiB")
+        raise ConfigError(f"{where}: {len(data)} bytes; expected 1 B to 64 MiB")
     try:
         metadata = read_metadata(data)
         if metadata.kind != "trainable":
@@ -70,8 +75,8 @@ def load_model_file(path: Path) -> ModelFile:
         probe_model(data)
         weights = TrainableModel(data, num_threads=1).get_weights()
     except FedgeError as e:
-        raise ConfigError(f"--model {path}: {e}") from None
+        raise ConfigError(f"{where}: {e}") from None
     sha = hashlib.sha256(data).hexdigest()
-    log.info("model=%s file=%s sha256=%s bytes=%d weights=%d", metadata.model, path, sha[:12],
+    log.info("model=%s file=%s sha256=%s bytes=%d weights=%d", metadata.model, where, sha[:12],
              len(data), len(weights))
     return ModelFile(data, sha, metadata, as_float32(weights))

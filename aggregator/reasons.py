@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass
 from enum import Enum
 
+from edge_client.protocol import REASON_BUSY
+
 MAX_REASON = 256  # Reply.reason is at most 256 characters (docs/protocol.md)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
 
@@ -21,6 +23,7 @@ class Reason(str, Enum):
     # the transfer: before there is an update
     MALFORMED = "malformed"  # a chunk or update payload that does not decode
     TRANSFER = "transfer"  # a chunk over a reassembly cap, inconsistent, or failing its SHA-256
+    BUSY = REASON_BUSY  # temporary: no room for the transfer now; the client re-sends it
     CLIENT_ID = "client_id"  # the update's client_id is not the topic's client id
     CODEC = "codec"  # the update does not use the codec the round asks for
     STORE = "store"  # the update could not be persisted (disk full?): not acknowledged
@@ -36,7 +39,7 @@ class Reason(str, Enum):
     NOT_SELECTED = "not_selected"  # the client was not selected for this round
     DUPLICATE = "duplicate"  # the client already has an accepted update in this round
     # content
-    NUM_SAMPLES = "num_samples"  # <= 0, or above the configured maximum
+    NUM_SAMPLES = "num_samples"  # <= 0 (above --max-num-samples it is clipped, not refused)
     NAME = "name"  # missing or unexpected tensor
     DTYPE = "dtype"
     SHAPE = "shape"

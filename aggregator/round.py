@@ -15,6 +15,10 @@ The service hands it what arrives and carries out what it returns:
 * :meth:`Round.seen` (presence) and :meth:`Round.tick` (time passes) return the
   schedule's actions: announce, extend, aggregate, skip, finish.
 
+With differential privacy (``dp_clip``), :meth:`Round.plan` is the DP plan of
+:mod:`aggregator.privacy` (weight 1, clip to C) instead of the influence bounds, and
+between rounds the run finishes when ``budget()`` says the next round cannot be paid for.
+
 It does no I/O but through the journal (``AggregatorStore`` in the service, a dict in
 unit tests) and takes the clock as an argument. The aggregate is folded from the same
 stored bytes in the same order before and after a restart: bit-identical.
@@ -22,7 +26,7 @@ stored bytes in the same order before and after a restart: bit-identical.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -34,6 +38,7 @@ from aggregator.bounds import InfluenceBounds, Plan, plan
 from aggregator.fedavg import Accumulator, Strategy
 from aggregator.history import OpenRound
 from aggregator.intake import received
+from aggregator.privacy import dp_plan
 from aggregator.reasons import Reason, Rejection
 from aggregator.schedule import Action, Admitted, Announce, Event, Phase, RoundsConfig, RoundState
 from aggregator.validation import (
@@ -98,14 +103,21 @@ class Round:
 
     def __init__(self, config: RoundsConfig, strategy: Strategy, spec: tuple[TensorSpec, ...],
                  limits: UpdateLimits, journal: Journal, state: RoundState | None = None, *,
-                 now: float = 0.0, bounds: InfluenceBounds | None = None) -> None:
+                 now: float = 0.0, bounds: InfluenceBounds | None = None,
+                 dp_clip: float | None = None,
+                 budget: Callable[[], bool] | None = None) -> None:
         """A round in ``state`` (a fresh run when None), nothing counted; ``now`` is when
         its traffic counts start when it is restored mid-way; ``bounds`` limit one
-        party's influence (:mod:`aggregator.bounds`; default factors 3)."""
+        party's influence (:mod:`aggregator.bounds`; default factors 3); ``dp_clip``:
+        client-level DP's clip C (the bounds are then unused); ``budget``: whether the
+        privacy budget pays for another round."""
         self.config, self.strategy, self.spec, self.limits = config, strategy, spec, limits
         self.journal = journal
         self.bounds = bounds or InfluenceBounds()
+        self.dp_clip, self.budget = dp_clip, budget
         self.state = state or schedule.initial_state()
+        #: clients online when the open round was sampled (restored: as round.json says)
+        self.population = len(self.state.online)
         self._counted: dict[str, _Counted] = {}
         self._evaluation: Counts | None = None
         self._sites_evaluated = 0
@@ -189,9 +201,12 @@ class Round:
         return {name: sums[name] / weights[name] for name in sorted(sums)}
 
     def plan(self) -> Plan:
-        """The weights and delta scales :meth:`delta` uses (:func:`aggregator.bounds.plan`)."""
+        """The weights and delta scales :meth:`delta` uses (:func:`aggregator.bounds.plan`,
+        or :func:`aggregator.privacy.dp_plan` with DP)."""
+        if self.dp_clip is not None:
+            return dp_plan(self.dp_clip, {c: u.norm for c, u in self._counted.items()})
         return plan(self.bounds, {c: u.num_samples for c, u in self._counted.items()},
-                    {c: u.norm for c, u in self._counted.items()})
+                    {c: u.norm for c, u in self._counted.items()}, self.limits.max_num_samples)
 
     def delta(self) -> Mapping[str, npt.NDArray[np.float64]]:
         """The aggregate of the counted updates, each weighed and clipped as :meth:`plan`
@@ -263,12 +278,16 @@ class Round:
                                                    dict(update.metrics), norm)
 
     def _step(self, event: Event, now: float) -> tuple[Action, ...]:
+        if self.state.phase is Phase.WAITING and self.budget is not None and not self.budget():
+            self.state, actions = schedule.finish(self.state)
+            return actions
         self.state, actions = schedule.step(self.config, self.state, event, now)
         for action in actions:
             if isinstance(action, Announce):  # a new round: nothing counted, fresh counts
                 self._counted = {}
                 self._evaluation, self._sites_evaluated = None, 0
                 self._base_version = action.base_version
+                self.population = len(self.state.online)
                 self.traffic = OpenRound(action.round_id, action.selected, now)
         return actions
 

@@ -10,8 +10,11 @@ continues exactly as it would have.
 A round:
 
 1. **Announce.** As soon as ``min_available`` clients are online, round r+1 is announced
-   to clients picked by :func:`select_clients` (seeded by ``(seed, round id, sorted
-   online set)``), with the deadline ``now + round_timeout``.
+   to clients picked by :func:`choose_participants` (seeded by ``(seed, round id, sorted
+   online set)``), with the deadline ``now + round_timeout``. Ids that delivered an
+   accepted update before are picked first; ids that never did are capped at
+   ``max_new_clients`` a round, the untried before those selected earlier in vain, so a
+   flood of made-up presence ids cannot capture a round (docs/security.md).
 2. **Collect** until every selected client was accepted, or the deadline passed. Each
    update gets a :class:`Reply`; updates for a closed round (``late``: the round that
    closed most recently; ``stale``: an older round or an older base version), from
@@ -24,7 +27,9 @@ A round:
 4. After round ``total_rounds`` closes (aggregated or skipped: a skipped round still uses
    its id, so a run always ends), :class:`Finish`.
 
-Stragglers never stall a round beyond its (possibly extended) deadline.
+Stragglers never stall a round beyond its (possibly extended) deadline. At most
+``max_online`` ids are online at once (an id that delivered before is always let in); a
+presence beyond that is refused with :class:`PresenceRefused`.
 """
 
 from __future__ import annotations
@@ -39,6 +44,9 @@ import numpy as np
 from aggregator.reasons import Reason, Rejection
 from edge_client.errors import ConfigError, ValidationError
 from edge_client.protocol import MAX_SELECTED
+
+DEFAULT_MAX_NEW_CLIENTS = 256  # never-delivered ids a round selects: a flood's cost, bounded
+DEFAULT_MAX_ONLINE = 16384  # presence table size; a fleet's real ids beyond this are let in
 
 
 class Phase(str, Enum):
@@ -66,6 +74,10 @@ class RoundsConfig:
         seed: seed of client selection.
         min_available: clients that must be online before a round is announced (None:
             ``min_clients``), like Flower's ``min_available_clients``.
+        max_new_clients: ids that never delivered an accepted update selected per round.
+        max_online: ids held online at once, besides those that delivered before.
+        sampling_rate: with differential privacy, each online client is selected with
+            this probability (:func:`poisson_sample`) instead of by :func:`round_size`.
     """
 
     federation: str
@@ -78,6 +90,9 @@ class RoundsConfig:
     round_timeout: float = 60.0
     seed: int = 0
     min_available: int | None = None
+    max_new_clients: int = DEFAULT_MAX_NEW_CLIENTS
+    max_online: int = DEFAULT_MAX_ONLINE
+    sampling_rate: float | None = None
 
     def __post_init__(self) -> None:
         if self.total_rounds < 1 or self.min_clients < 1 or self.seed < 0:
@@ -91,6 +106,12 @@ class RoundsConfig:
                               f"min_clients {self.min_clients}")
         if self.fraction is not None and not 0.0 < self.fraction <= 1.0:
             raise ConfigError(f"fraction must be in (0, 1], got {self.fraction}")
+        if self.max_new_clients < self.min_clients or self.max_online < self.max_new_clients:
+            raise ConfigError(f"need min_clients {self.min_clients} <= max_new_clients "
+                              f"{self.max_new_clients} <= max_online {self.max_online} (a new "
+                              "federation could not reach its quorum): raise --max-new-clients")
+        if self.sampling_rate is not None and not 0.0 < self.sampling_rate <= 1.0:
+            raise ConfigError(f"sampling_rate must be in (0, 1], got {self.sampling_rate}")
         if not (math.isfinite(self.round_timeout) and self.round_timeout > 0):
             raise ConfigError(f"round_timeout must be positive, got {self.round_timeout}")
 
@@ -110,6 +131,8 @@ class RoundState:
         extended: whether the deadline was already extended.
         aggregated: rounds aggregated so far.
         skipped: rounds skipped so far.
+        delivered: ids that ever delivered an update a round accepted.
+        tried: ids selected and never delivered (picked after untried new ids).
     """
 
     round_id: int = 0
@@ -122,6 +145,8 @@ class RoundState:
     extended: bool = False
     aggregated: int = 0
     skipped: int = 0
+    delivered: frozenset[str] = frozenset()
+    tried: frozenset[str] = frozenset()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (sets as sorted lists)."""
@@ -131,6 +156,7 @@ class RoundState:
             "selected": sorted(self.selected), "accepted": sorted(self.accepted),
             "deadline": self.deadline, "extended": self.extended,
             "aggregated": self.aggregated, "skipped": self.skipped,
+            "delivered": sorted(self.delivered), "tried": sorted(self.tried),
         }
 
     @classmethod
@@ -146,6 +172,7 @@ class RoundState:
                 deadline=None if deadline is None else float(deadline),
                 extended=bool(data["extended"]),
                 aggregated=_int(data, "aggregated"), skipped=_int(data, "skipped"),
+                delivered=_names(data, "delivered", []), tried=_names(data, "tried", []),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValidationError(f"round state checkpoint is invalid: {exc!r}") from exc
@@ -221,7 +248,15 @@ class Finish:
     skipped: int
 
 
-Action = Announce | ExtendDeadline | Aggregate | SkipRound | Finish
+@dataclass(frozen=True)
+class PresenceRefused:
+    """``client_id`` came online while ``max_online`` ids were: not taken (a flood?)."""
+
+    client_id: str
+    max_online: int
+
+
+Action = Announce | ExtendDeadline | Aggregate | SkipRound | Finish | PresenceRefused
 Step = tuple[RoundState, tuple[Action, ...]]
 
 
@@ -288,6 +323,8 @@ def step(config: RoundsConfig, state: RoundState, event: Event, now: float) -> S
             skipped :func:`admission`).
     """
     if isinstance(event, Presence):
+        if event.online and not has_room(config, state, event.client_id):
+            return state, (PresenceRefused(event.client_id, config.max_online),)
         client = frozenset({event.client_id})
         online = state.online | client if event.online else state.online - client
         state = replace(state, online=online)
@@ -301,6 +338,37 @@ def step(config: RoundsConfig, state: RoundState, event: Event, now: float) -> S
     return _advance(config, state, now)
 
 
+def has_room(config: RoundsConfig, state: RoundState, client_id: str) -> bool:
+    """Whether ``client_id`` may come online: the presence table is below ``max_online``,
+    or the id is known (online already, or it delivered before)."""
+    return (len(state.online) < config.max_online or client_id in state.online
+            or client_id in state.delivered)
+
+
+def choose_participants(config: RoundsConfig, state: RoundState,
+                        round_id: int) -> tuple[str, ...]:
+    """The clients round ``round_id`` selects among ``state.online``, in tiers: ids that
+    delivered before; then at most ``max_new_clients`` that never did, untried ids before
+    those selected earlier in vain. Each tier is drawn by :func:`select_clients`."""
+    count = round_size(config, len(state.online))
+    known = select_clients(config.seed, round_id, state.online & state.delivered, count)
+    room = min(count - len(known), config.max_new_clients)
+    never = state.online - state.delivered
+    fresh = select_clients(config.seed, round_id, never - state.tried, room)
+    retried = select_clients(config.seed, round_id, never & state.tried, room - len(fresh))
+    return tuple(sorted(known + fresh + retried))
+
+
+def remember_delivery(config: RoundsConfig, state: RoundState) -> RoundState:
+    """The closing round's accepted ids join ``delivered``; its other selected ids join
+    ``tried`` (kept to the ids online when it outgrows ``max_online``)."""
+    delivered = state.delivered | state.accepted
+    tried = (state.tried | state.selected) - delivered
+    if len(tried) > config.max_online:
+        tried &= state.online
+    return replace(state, delivered=delivered, tried=tried)
+
+
 def select_clients(
     seed: int, round_id: int, online: frozenset[str], count: int
 ) -> tuple[str, ...]:
@@ -309,6 +377,24 @@ def select_clients(
     rng = np.random.default_rng([seed, round_id])
     picked = rng.choice(len(pool), size=min(count, len(pool)), replace=False)
     return tuple(sorted(pool[int(i)] for i in picked))
+
+
+def poisson_sample(seed: int, round_id: int, online: frozenset[str],
+                   rate: float) -> tuple[str, ...]:
+    """Each online client independently with probability ``rate`` (Poisson sampling, the
+    sampling the DP accountant assumes; the sample may be empty or below the quorum),
+    reproducible from the arguments; at most :data:`MAX_SELECTED` (sorted ids first)."""
+    pool = sorted(online)
+    draws = np.random.default_rng([seed, round_id]).random(len(pool))
+    return tuple(c for c, u in zip(pool, draws, strict=True) if u < rate)[:MAX_SELECTED]
+
+
+def finish(state: RoundState) -> Step:
+    """End the run now, between rounds (its privacy budget cannot pay for another)."""
+    if state.phase is not Phase.WAITING:
+        raise ValidationError(f"the run can only finish between rounds, not {state.phase.value}")
+    return (replace(state, phase=Phase.FINISHED),
+            (Finish(state.round_id, state.aggregated, state.skipped),))
 
 
 def round_size(config: RoundsConfig, online: int) -> int:
@@ -341,6 +427,7 @@ def _advance(config: RoundsConfig, state: RoundState, now: float) -> Step:
 
 def _close(config: RoundsConfig, state: RoundState, now: float) -> Step:
     closed: Action
+    state = remember_delivery(config, state)
     if len(state.accepted) >= config.min_clients:
         version = state.weights_version + 1
         closed = Aggregate(state.round_id, tuple(sorted(state.accepted)), version)
@@ -360,8 +447,10 @@ def _announce(config: RoundsConfig, state: RoundState, now: float) -> Step:
     if len(state.online) < (config.min_available or config.min_clients):
         return state, ()
     round_id = state.round_id + 1
-    selected = select_clients(config.seed, round_id, state.online,
-                              round_size(config, len(state.online)))
+    if config.sampling_rate is not None:  # DP: a real random sample, what the accountant assumes
+        selected = poisson_sample(config.seed, round_id, state.online, config.sampling_rate)
+    else:
+        selected = choose_participants(config, state, round_id)
     deadline = now + config.round_timeout
     state = replace(state, round_id=round_id, phase=Phase.COLLECTING,
                     selected=frozenset(selected), accepted=frozenset(), deadline=deadline,
@@ -376,8 +465,9 @@ def _int(data: dict[str, Any], key: str) -> int:
     return value
 
 
-def _names(data: dict[str, Any], key: str) -> frozenset[str]:
-    value = data[key]
+def _names(data: dict[str, Any], key: str,
+           default: list[str] | None = None) -> frozenset[str]:
+    value = data[key] if default is None else data.get(key, default)  # older checkpoints
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ValueError(f"{key} must be a list of client ids, got {value!r}")
     return frozenset(value)

@@ -14,7 +14,9 @@ only in memory; after a crash the client re-sends the whole update). The chunk t
 completes an update is acknowledged only after the update is either stored (the round
 stores it through its journal before counting it) or rejected. Effects of closing a
 round are idempotent (checkpoint, then publish, then a history line per round id, then
-``round.json``), so a crash anywhere replays to the same result.
+``round.json``), so a crash anywhere replays to the same result. A round is published
+only after ``round.json`` holds it (announced or extended), so devices are never told a
+round the state directory does not know.
 """
 
 from __future__ import annotations
@@ -28,12 +30,14 @@ from typing import Any
 
 import numpy as np
 
-from aggregator import checkpoint, schedule
+from aggregator import accounting, checkpoint, schedule
 from aggregator.config import AggregatorConfig
 from aggregator.global_model import GlobalModel
 from aggregator.intake import Addressee, Arrived, Intake, Refused
+from aggregator.ledger import LEDGER_FILE, PrivacyLedger
 from aggregator.metrics import ServiceMetrics
 from aggregator.modelfile import ModelFile
+from aggregator.privacy import add_noise
 from aggregator.publish import Publisher, RunMessages, manifest_signing_key
 from aggregator.reasons import Reason, Rejection
 from aggregator.recovery import restore
@@ -43,8 +47,9 @@ from aggregator.schedule import Action, Phase
 from aggregator.stages import NO_STAGES, Stage, StageHook
 from aggregator.store import AggregatorStore
 from edge_client import protocol
-from edge_client.errors import ModelError, ProtocolError
+from edge_client.errors import ConfigError, ModelError, ProtocolError
 from edge_client.model import embed_weights
+from edge_client.protocol import PRIVACY_BUDGET
 from edge_client.transfer import ReassemblyLimits
 from edge_client.transport import Message, Transport
 
@@ -81,6 +86,9 @@ class AggregatorService:
         self.metrics = metrics or ServiceMetrics()
         self.topics = config.topics()
         meta = model_file.metadata
+        # what the devices standardise with, stated in every history line (docs/data.md)
+        self._scaling = None if meta.schema is None else (
+            "shared" if meta.schema.shared_scaling else "per-site")
         if config.batch_size is not None and config.batch_size != meta.batch_size:
             log.warning("--batch-size %d differs from the model file's fixed batch size %d",
                         config.batch_size, meta.batch_size)
@@ -92,7 +100,8 @@ class AggregatorService:
                                    run_id=run_id, on_sent=self._sent)
         reassembly = ReassemblyLimits(max_transfer_bytes=model_file.max_update_bytes(),
                                       timeout=max(30.0, 2 * config.round_timeout))
-        self.intake = Intake(config.codec, reassembly, config.limits())
+        self.intake = Intake(config.codec, reassembly, config.limits(),
+                             selected=lambda sender: sender in self.round.state.selected)
         self.strategy = config.strategy_config()
         initial = model_file.initial_weights
         if config.initial_weights is not None:
@@ -101,12 +110,19 @@ class AggregatorService:
         restored = restore(self.store, config.federation, initial, model_file.spec,
                            config.rounds)
         self.model = restored.model
-        self.round = Round(config.rounds_config(model_file.sha256, run_id), self.strategy,
-                           model_file.spec, config.limits(), _TimedJournal(self.store, stages),
-                           restored.state, now=clock(), bounds=config.bounds())
+        self.ledger = _ledger(config, self.store, restored.state.aggregated)
+        ledger = self.ledger
+        self.round = Round(
+            config.rounds_config(model_file.sha256, run_id,
+                                 ledger.sampling_seed if ledger else None),
+            self.strategy, model_file.spec, config.limits(), _TimedJournal(self.store, stages),
+            restored.state, now=clock(), bounds=config.bounds(),
+            dp_clip=ledger.clip if ledger else None,
+            budget=ledger.affordable if ledger else None)
         self._stored = restored.accepted
         self._recorded = set(restored.recorded_rounds)
         self._finishing = False  # the last round closed in this process
+        self._told_presence_cap = False
         #: set on every (re)connect: the broker may have lost the retained state
         #: (a restart without persistence), so the next tick publishes it again
         self.republish = threading.Event()
@@ -146,6 +162,14 @@ class AggregatorService:
         return self.round.finished
 
     @property
+    def finish_reason(self) -> str:
+        """Why the run finished (``rounds``, ``privacy budget``), or ``""`` while it runs."""
+        if not self.finished:
+            return ""
+        early = self.ledger is not None and self.state.round_id < self.config.rounds
+        return PRIVACY_BUDGET if early else "rounds"
+
+    @property
     def state(self) -> schedule.RoundState:
         """The round state machine's state."""
         return self.round.state
@@ -158,14 +182,20 @@ class AggregatorService:
         self._publish_current()
         self._carry_out(self.round.restore(self._stored, self.clock()))
         self._stored = ()
+        if (self.ledger is not None and self.state.phase is Phase.COLLECTING
+                and self.ledger.has(self.state.round_id)):  # spent before a crash: close it
+            self.tick()  # now, with the updates it was noised for, before any other comes
 
     def tick(self) -> None:
-        """Let time pass: deadlines are checked against the clock; after a reconnect the
-        retained state goes out again."""
+        """Let time pass: deadlines are checked against the clock, expired transfers
+        answered; after a reconnect the retained state goes out again."""
         if self.republish.is_set():
             self.republish.clear()
             log.info("reconnected: publishing the retained state again")
             self._publish_current()
+        for expired in self.intake.expire(self.clock()):  # an incomplete transfer: answered
+            self.round.count_rejection(expired.rejection.reason)
+            self._refuse(expired.to, expired.rejection, None)
         self._carry_out(self.round.tick(self.clock()))
         self._publish_status()
 
@@ -215,6 +245,11 @@ class AggregatorService:
             return
         log.info("presence client=%s online=%s samples=%d", client_id, presence.online,
                  presence.samples)
+        if presence.online and presence.samples > self.config.max_num_samples:
+            log.warning("client=%s announces %d samples, above --max-num-samples %d: if "
+                        "selected, its update weighs as %d samples at most", client_id,
+                        presence.samples, self.config.max_num_samples,
+                        self.config.max_num_samples)
         self._carry_out(self.round.seen(client_id, presence.online, self.clock()))
 
     def _invalid(self, kind: str, text: str, message: Message | None = None) -> None:
@@ -225,8 +260,11 @@ class AggregatorService:
 
     # -- receive: updates ---------------------------------------------------------
     def _on_chunk(self, sender: str, message: Message) -> None:
+        evicted = self.intake.reassembler.evicted
         with self.stages.stage(Stage.INTAKE):
             outcome = self.intake.take(sender, message.payload, self.clock())
+        if self.intake.reassembler.evicted > evicted:
+            self.metrics.evicted.inc(self.intake.reassembler.evicted - evicted)
         if isinstance(outcome, Refused):
             self.round.count_rejection(outcome.rejection.reason)
             self._refuse(outcome.to, outcome.rejection, message)
@@ -252,15 +290,22 @@ class AggregatorService:
             self.metrics.accepted.inc()
             log.info("update accepted round=%d client=%s samples=%d", update.round_id,
                      sender, update.num_samples)
+            if update.num_samples > self.config.max_num_samples:
+                log.warning("update round=%d client=%s claims %d samples, above "
+                            "--max-num-samples %d: it weighs as %d samples at most",
+                            update.round_id, sender, update.num_samples,
+                            self.config.max_num_samples, self.config.max_num_samples)
             self.transport.ack(message)
             self._reply(to, True, "")
             self._carry_out(decision.actions)
 
-    def _refuse(self, to: Addressee | None, rejection: Rejection, message: Message) -> None:
+    def _refuse(self, to: Addressee | None, rejection: Rejection,
+                message: Message | None) -> None:
         log.warning("update rejected client=%s reason=%s: %s", to and to.client_id,
                     rejection.reason.value, rejection.message)
         self.metrics.rejected.labels(rejection.reason.value).inc()
-        self.transport.ack(message)
+        if message is not None:
+            self.transport.ack(message)
         if to is not None:
             self._reply(to, False, rejection.reply_text())
 
@@ -284,6 +329,8 @@ class AggregatorService:
                 log.warning("round=%d skipped: %d accepted, quorum %d", action.round_id,
                             action.accepted, action.min_clients)
                 self._close_round("skipped")
+            elif isinstance(action, schedule.PresenceRefused):
+                self._presence_refused(action)
             elif isinstance(action, schedule.Finish):
                 log.info("finished rounds=%d aggregated=%d skipped=%d", action.rounds,
                          action.aggregated, action.skipped)
@@ -291,6 +338,16 @@ class AggregatorService:
         self._save_state()
         if any(isinstance(a, (schedule.Aggregate, schedule.SkipRound)) for a in actions):
             self.tick()  # the next round's deadline counts from after this publish
+
+    def _presence_refused(self, action: schedule.PresenceRefused) -> None:
+        """Counted as ``fedge_invalid_messages{kind="presence_cap"}``; said once a run."""
+        self.metrics.invalid.labels("presence_cap").inc()
+        if not self._told_presence_cap:
+            self._told_presence_cap = True
+            log.warning("presence of %s refused: %d ids are online (--max-online; a flood "
+                        "of made-up ids?); further refusals are only counted in "
+                        "fedge_invalid_messages{kind=\"presence_cap\"}", action.client_id,
+                        action.max_online)
 
     def _announce(self, action: schedule.Announce) -> None:
         self.stages.round_opened(action.round_id)
@@ -300,8 +357,15 @@ class AggregatorService:
 
     def _aggregate(self, action: schedule.Aggregate) -> None:
         with self.stages.stage(Stage.AGGREGATE):
+            delta = self.round.delta()
+            if self.ledger is not None:  # spent (fsync) before the noise exists
+                participants = list(self.round.participants)
+                unclipped = len(participants) - len(self.round.plan().clipped)
+                noise = self.ledger.spend(action.round_id, self.round.population,
+                                          participants, unclipped)
+                delta = add_noise(delta, len(self.round.participants), noise)
             weights, server_state = self.strategy.apply(
-                self.model.weights, self.round.delta(), self.model.server_state)
+                self.model.weights, delta, self.model.server_state)
         previous = self.model
         with self.stages.stage(Stage.ENCODE):
             self.model = GlobalModel.build(self.config.federation, action.new_version,
@@ -315,12 +379,18 @@ class AggregatorService:
         log.info("round=%d aggregated participants=%d version=%d", action.round_id,
                  len(action.clients), self.model.version)
         self._close_round("aggregated")
+        if self.ledger is not None:  # adaptive clipping moves C between rounds
+            self.round.dp_clip = self.ledger.clip
         self.stages.round_closed(action.round_id)
 
     def _finish(self) -> None:
         """The run is over: the final model into ``final/``, then a finished manifest every
         device acts on, and no retained round left behind."""
         self._finishing = True
+        if self.finish_reason == PRIVACY_BUDGET and self.ledger is not None:
+            log.info("privacy budget: epsilon %.4g spent of %s at delta %g; another round "
+                     "would exceed it, so the run finishes", self.ledger.epsilon,
+                     self.ledger.settings.target_epsilon, self.ledger.settings.delta)
         self._save_final()
         self._publish_manifest()
         self.publisher.clear_round()
@@ -344,6 +414,10 @@ class AggregatorService:
     def _close_round(self, outcome: str) -> None:
         record = self.round.record(outcome, self.model.version, self.clock())
         record["run"] = self.run_info.run_id
+        if self.ledger is not None:
+            record["dp"] = self.ledger.report()
+        if self._scaling is not None:
+            record["scaling"] = self._scaling
         self.metrics.rounds.labels(outcome).inc()
         self.metrics.round_duration.observe(record["duration_s"])
         self._last_round = _summary(record)
@@ -378,10 +452,10 @@ class AggregatorService:
         self._update_gauges()
 
     def _publish_manifest(self) -> None:
-        finished = "rounds" if self.finished else ""
         with self.stages.stage(Stage.PUBLISH):
             self.publisher.manifest(self.messages.manifest(
-                self.model.version, self.model.sha256, self.state.round_id, finished))
+                self.model.version, self.model.sha256, self.state.round_id,
+                self.finish_reason))
 
     def _publish_status(self, *, force: bool = False) -> None:
         now = self.clock()
@@ -394,10 +468,14 @@ class AggregatorService:
             deadline=s.deadline or 0.0, selected=len(s.selected), accepted=len(s.accepted),
             rejected=dict(self.round.traffic.rejections) if collecting else {},
             online=len(s.online), last_round=self._last_round, updated_at=now,
-            finished="rounds" if self.finished else ""))
+            finished=self.finish_reason))
         self._status_due, self._status_at = False, now
 
     def _publish_round(self) -> None:
+        """The round as the state says, after ``round.json`` holds that state: a crash right
+        after the publish restarts into the round devices were told, not an older state
+        that refuses their updates and announces another round of the same id."""
+        self._save_state()
         with self.stages.stage(Stage.ANNOUNCE):
             self.publisher.round(self.messages.round(self.state))
 
@@ -419,6 +497,8 @@ class AggregatorService:
         collecting = s.phase is Phase.COLLECTING
         m.participants.set(len(self.round.participants) if collecting else 0)
         m.samples.set(self.round.samples if collecting else 0)
+        if self.ledger is not None:
+            m.dp_epsilon.set(self.ledger.epsilon)
 
 
 class _TimedJournal:
@@ -438,11 +518,44 @@ class _TimedJournal:
         return self.store.accepted(round_id)
 
 
+def _ledger(config: AggregatorConfig, store: AggregatorStore,
+            aggregated: int) -> PrivacyLedger | None:
+    """The privacy ledger with DP on (Z computed from --dp-epsilon when not given).
+
+    Raises:
+        ConfigError: a DP run restarted without ``--dp-clip`` (it would publish models
+            without noise after noised ones), or DP turned on for a run that already
+            published models without it (no ε would cover those).
+    """
+    dp = config.dp_settings()
+    has_ledger = (store.root / LEDGER_FILE).exists()
+    if dp is None and has_ledger:
+        raise ConfigError(f"{store.root} holds a differentially private run "
+                          f"({LEDGER_FILE}); start it with its --dp-clip, --dp-delta and "
+                          "--dp-noise-multiplier or --dp-epsilon")
+    if dp is not None and not has_ledger and aggregated:
+        raise ConfigError(f"--dp-clip: {store.root} already aggregated {aggregated} rounds "
+                          "without differential privacy, which no epsilon covers; give a new "
+                          "--state-dir (with --initial-weights to start from its model)")
+    if dp is None:
+        return None
+    z = dp.noise_multiplier
+    if z is None:
+        assert dp.target_epsilon is not None  # DpSettings requires one of the two
+        z = accounting.noise_multiplier(dp.target_epsilon, dp.delta, dp.sampling_rate,
+                                        config.rounds)
+        log.info("privacy: noise multiplier %.4f lets %d rounds at q=%g fit in epsilon %g "
+                 "(delta %g)", z, config.rounds, dp.sampling_rate, dp.target_epsilon, dp.delta)
+    return PrivacyLedger(store.root, dp, z)
+
+
 def _summary(record: dict[str, Any]) -> dict[str, float]:
     """The numbers of a history line that the retained status carries."""
     numbers = {"round": record.get("round", 0), "version": record.get("version", 0),
                "participants": len(record.get("participants", ())),
                "samples": record.get("samples", 0), **record.get("metrics", {})}
+    if "dp" in record:
+        numbers["dp_epsilon"] = record["dp"]["epsilon"]
     return {k: float(v) for k, v in list(numbers.items())[:64]
             if isinstance(v, (int, float)) and not isinstance(v, bool)}
 

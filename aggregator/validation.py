@@ -52,8 +52,9 @@ class UpdateLimits:
 
     Attributes:
         max_norm: largest accepted L2 norm of the whole delta (all tensors together).
-        max_num_samples: largest credible sample count; a larger claim is rejected outright
-            (unlike the weighting cap in :mod:`aggregator.fedavg`, which only clips it).
+        max_num_samples: largest credible sample count; a larger claim is accepted but
+            weighs as this count (:func:`aggregator.bounds.plan`), so an honest big site's
+            training is not wasted and a liar gains nothing by claiming more.
     """
 
     max_norm: float
@@ -95,12 +96,9 @@ def check_content(update: ReceivedUpdate, spec: tuple[TensorSpec, ...],
 
 
 def _num_samples(num_samples: int, limits: UpdateLimits) -> Rejection | None:
-    if 0 < num_samples <= limits.max_num_samples:
+    if num_samples > 0:  # above limits.max_num_samples it is clipped when weighed
         return None
-    return Rejection(
-        Reason.NUM_SAMPLES,
-        f"num_samples {num_samples} is outside 1..{limits.max_num_samples}",
-    )
+    return Rejection(Reason.NUM_SAMPLES, f"num_samples {num_samples} is not positive")
 
 
 def _tensors(

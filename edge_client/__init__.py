@@ -13,7 +13,9 @@ __all__ = [
     "config",  # ClientConfig, built once by __main__
     "data",  # local data files: CSV, NPZ, time-series CSV
     "device",  # wires a ClientConfig into a running client
+    "encode",  # a CSV read onto the federation schema: imputation, one-hot
     "errors",  # the roots of the one exception tree
+    "feature_stats",  # federated table statistics: site summaries that add up exactly
     "files",  # the one atomic write
     "flatbuffer",  # a bounds-checked reader of the TFLite flatbuffer
     "model",  # a trainable .tflite model on the runtime
@@ -24,11 +26,13 @@ __all__ = [
     "protocol",  # THE wire format: topics, messages, ids, strict CBOR
     "quantize",  # update codecs and error feedback
     "runtime",  # the only adapter over a TFLite interpreter
+    "schema",  # the federation-wide data schema (TOML, model metadata)
     "score_counts",  # evaluation counts that sites add exactly (federated evaluation)
     "scoring",  # accuracy, ROC/PR AUC, log loss, calibration, regression errors
     "settings",  # the one reader of TOML, flags and secrets
     "signing",  # Ed25519 manifest signatures (needs cryptography)
     "state",  # the client's state directory
+    "table",  # a CSV table read in bounded memory, block by block
     "training",  # one round of local training
     "transfer",  # chunked transfers: split and reassemble
     "transport",  # the only module that imports paho

@@ -70,6 +70,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--data", type=Path, metavar="FILE", help="a .csv (with --label-column), "
                    "an .npz with x and y, or a time-series .csv of sensor channels "
                    "(with --window)")
+    g.add_argument("--schema", type=Path, metavar="FILE", help="the federation's data schema: "
+                   "a TOML (`fedge schema infer`) or the model file that carries it "
+                   "(.tflite): --data (a CSV) is read onto it by column name, "
+                   "missing cells imputed and categories one-hot encoded as it says, and "
+                   "standardised with its shared statistics when it has them (docs/data.md); "
+                   "replaces --label-column, --features and --window")
+    g.add_argument("--min-count", type=int, metavar="N", help="with --schema: the statistics "
+                   "report for `fedge stats` leaves out every column with fewer than N values "
+                   f"(small-cell suppression); default {d.min_count}")
+    g.add_argument("--no-stats", dest="stats", action="store_false", default=None,
+                   help="with --schema: do not publish the table's statistics (counts, sums, "
+                   "histograms; never rows) for `fedge stats` (default: publish, retained)")
     g.add_argument("--label-column", metavar="COLUMN", help="CSV column holding the label")
     g.add_argument("--features", metavar="COLUMNS",
                    help="comma-separated feature columns (default: all others)")

@@ -38,13 +38,17 @@ Delivery contract: an update is written to the outbox before it is published and
 removed only when the aggregator replied or its round is over. When no reply
 comes within ``resend_after`` seconds while the round is open (an aggregator
 crash may have dropped a partial transfer), the same update (same nonce) is
-published again under a new transfer id; the aggregator counts a nonce once.
+published again under a new transfer id; the aggregator counts a nonce once. A reply
+refusing it as ``busy`` (temporary: the aggregator had no room for the transfer) keeps
+it pending: it is re-sent after ``BUSY_RETRY_S``, doubling with each busy reply up to
+``resend_after`` (jittered), until the round's deadline; any other refusal is final.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import random
 import threading
 import time
 from collections import OrderedDict
@@ -82,6 +86,7 @@ REFETCH_S = 10.0
 FINAL_WEIGHTS = "final/weights.bin"  # the run's final global weights (a Weights message)
 MAX_HELD_BYTES = 128 * 1024 * 1024  # transfers no manifest named yet, oldest dropped first
 WAITING_LOG_S = 30.0  # how often a client without a model says what it waits for
+BUSY_RETRY_S = 1.0  # first re-send after a busy reply; doubles per busy reply
 
 
 @dataclass(frozen=True)
@@ -110,6 +115,8 @@ class _Pending:
     attempts: int = 0
     last_sent: float = -1e18
     restored: bool = False
+    next_send: float = -1e18  # when it is (re-)sent next
+    busy: int = 0  # busy replies so far
 
 
 class EdgeClient:
@@ -525,10 +532,11 @@ class EdgeClient:
             if r.round_id >= p.update.round_id:
                 self._close(p, False, "round closed before a reply arrived")
             return
-        if now - p.last_sent < self.s.resend_after:
+        if now < p.next_send:
             return
         tid = update_transfer_id(p.update.round_id, p.update.nonce, p.attempts)
         p.attempts, p.last_sent = p.attempts + 1, now
+        p.next_send = now + self.s.resend_after
         try:
             for chunk in split(p.payload, tid, max_payload=self.s.max_payload):
                 self.t.publish(self.s.topics.update(self.s.client_id), chunk, qos=1,
@@ -544,8 +552,23 @@ class EdgeClient:
         p = self._pending
         if p is None or reply.nonce != p.update.nonce or reply.run_id != p.update.run_id:
             return
-        if self._trusted(reply):
+        if not self._trusted(reply):
+            return
+        if reply.temporary:
+            self._busy(p, reply.reason)
+        else:
             self._close(p, reply.accepted, reply.reason)
+
+    def _busy(self, p: _Pending, reason: str) -> None:
+        """A temporary refusal: the update stays pending, re-sent after a back-off that
+        doubles per busy reply, at most ``resend_after`` (jittered: a crowd that was refused
+        together does not come back together)."""
+        backoff = min(self.s.resend_after, BUSY_RETRY_S * 2 ** p.busy)
+        jitter = random.Random(p.update.nonce + bytes([p.busy % 256])).uniform(0.75, 1.0)
+        p.busy += 1
+        p.next_send = self._clock() + backoff * jitter
+        log.warning("round %d: aggregator busy (%s); re-sending in %.1f s", p.update.round_id,
+                    reason, backoff * jitter)
 
     def _close(self, p: _Pending, accepted: bool, reason: str) -> None:
         rid = p.update.round_id

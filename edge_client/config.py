@@ -30,6 +30,11 @@ class ClientConfig:
     prefix: str = "fedge"
     client_id: str | None = None  # None: generated once and kept in the state dir
     data: Path | None = None
+    schema: Path | None = None  # the federation's schema (edge_client.schema); None: plain CSV
+    # small-cell suppression of the statistics report: 10 is the usual threshold of health
+    # statistics offices; a column with fewer values is not reported at all
+    min_count: int = 10
+    stats: bool = True  # with --schema, publish the table's statistics for `fedge stats`
     label_column: str | None = None
     features: tuple[str, ...] | None = None  # None: every column but the label
     window: int | None = None
@@ -63,7 +68,8 @@ class ClientConfig:
 #: what the field types do not say: int ranges (no upper bound) and the MQTT versions
 BOUNDS = Bounds(
     ints={"window": (1, None), "stride": (1, None), "max_rounds": (1, None),
-          "threads": (1, None), "max_payload": (1, None), "seed": (0, None)},
+          "threads": (1, None), "max_payload": (1, None), "seed": (0, None),
+          "min_count": (1, None)},
     floats={"holdout": (0.0, 0.9, True)},
     choices={"mqtt_version": ("5", "3.1.1")},
 )

@@ -8,7 +8,6 @@ on the device and hold only per-feature means and deviations, never rows.
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import zipfile
@@ -21,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edge_client.errors import ConfigError, DataError
+from edge_client.table import Filling, Header, check_file, read_header, row_blocks
 
 log = logging.getLogger(__name__)
 
@@ -60,111 +60,133 @@ class LocalData:
         return int(self.x.shape[0])
 
 
-@dataclass(frozen=True)
-class _Table:
-    path: Path
-    header: tuple[str, ...]
-    rows: list[list[str]]
-    lines: list[int]  # physical line number of each row, for error messages
-
-    def index(self, name: str) -> int:
-        if name not in self.header:
-            raise DataError(f'{self.path}: line 1: no column "{name}" in the header '
-                            f"({', '.join(self.header)})")
-        return self.header.index(name)
-
-    def cells(self, name: str) -> list[str]:
-        i = self.index(name)
-        return [row[i] for row in self.rows]
-
-
-def _check_file(path: Path) -> None:
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    if path.stat().st_size == 0:
-        raise DataError(f"{path}: empty file")
-
-
-def _read_table(path: Path) -> _Table:
-    _check_file(path)
-    rows: list[list[str]] = []
-    lines: list[int] = []
-    with path.open(newline="", encoding="utf-8-sig") as stream:
-        reader = csv.reader(stream)
-        try:
-            header = tuple(name.strip() for name in next(reader, []))
-            for row in reader:
-                if not row:
-                    continue  # blank line
-                if len(row) != len(header):
-                    raise DataError(f"{path}: line {reader.line_num}: {len(row)} cells, "
-                                    f"the header has {len(header)}")
-                rows.append(row)
-                lines.append(reader.line_num)
-        except csv.Error as error:
-            raise DataError(f"{path}: line {reader.line_num}: {error}") from error
-        except UnicodeDecodeError as error:
-            raise DataError(f"{path}: not UTF-8 text ({error.reason})") from error
-    if not header or "" in header or len(set(header)) != len(header):
-        raise DataError(f"{path}: line 1: header needs distinct, non-empty column names")
-    if not rows:
-        raise DataError(f"{path}: no data rows after the header")
-    return _Table(path, header, rows, lines)
-
-
-def _cell_error(table: _Table, name: str, cells: list[str]) -> DataError:
-    for line, cell in zip(table.lines, cells, strict=True):
-        where = f'{table.path}: line {line}, column "{name}"'
-        if not cell.strip():
-            return DataError(f"{where}: empty cell")
-        try:
-            value = float(cell)
-        except ValueError:
-            return DataError(f"{where}: not a number: {cell!r}")
-        if not math.isfinite(value):
-            return DataError(f"{where}: {cell!r} is not a finite number")
-    return DataError(f'{table.path}: column "{name}": unreadable numbers')
-
-
-def _column(table: _Table, name: str) -> npt.NDArray[np.float64]:
-    cells = table.cells(name)
-    try:
-        values = np.asarray(cells, dtype=np.float64)
-    except ValueError:
-        raise _cell_error(table, name, cells) from None
-    if not np.isfinite(values).all():
-        raise _cell_error(table, name, cells)
-    return values
-
-
 def _class_labels(values: npt.NDArray[np.float64]) -> npt.NDArray[np.int64] | int:
     """Return the labels as int64, or the index of the first one that is not a class."""
     bad = (values < 0) | (values > MAX_CLASS) | (values != np.floor(values))
     return int(np.argmax(bad)) if bad.any() else values.astype(np.int64)
 
 
-def _labels(table: _Table, name: str, task: Task) -> Labels:
-    values = _column(table, name)
+@dataclass(frozen=True)
+class _Run:
+    """Rows [start, stop) of one group value, and their first and last physical lines."""
+
+    start: int
+    stop: int
+    first_line: int
+    last_line: int
+
+
+class _Runs:
+    """Splits the rows into runs of one group value while they stream past."""
+
+    def __init__(self, path: Path, column: str | None) -> None:
+        self._path, self._column = path, column
+        self._runs: list[_Run] = []
+        self._key: str | None = None
+        self._start = self._first = self._last = self._rows = 0
+
+    def add(self, lines: list[int], keys: list[str] | None) -> None:
+        if keys is None:  # one run: the whole table
+            self._first = lines[0] if self._rows == 0 else self._first
+            self._rows, self._last = self._rows + len(lines), lines[-1]
+            return
+        for i, line in enumerate(lines):
+            key = keys[i]
+            if not key.strip():
+                raise DataError(f'{self._path}: line {line}, column "{self._column}": '
+                                "empty cell")
+            if self._rows == 0 or key != self._key:
+                self._close()
+                self._key, self._start, self._first = key, self._rows, line
+            self._last = line
+            self._rows += 1
+
+    def _close(self) -> None:
+        if self._rows > self._start:
+            self._runs.append(_Run(self._start, self._rows, self._first, self._last))
+
+    def finish(self) -> list[_Run]:
+        self._close()
+        return self._runs
+
+
+def _cell_error(path: Path, names: Sequence[str], lines: list[int],
+                cells: list[list[str]]) -> DataError:
+    for column, name in enumerate(names):
+        for line, row in zip(lines, cells, strict=True):
+            where = f'{path}: line {line}, column "{name}"'
+            cell = row[column]
+            if not cell.strip():
+                return DataError(f"{where}: empty cell")
+            try:
+                value = float(cell)
+            except ValueError:
+                return DataError(f"{where}: not a number: {cell!r}")
+            if not math.isfinite(value):
+                return DataError(f"{where}: {cell!r} is not a finite number")
+    return DataError(f"{path}: lines {lines[0]}-{lines[-1]}: unreadable numbers")
+
+
+def _numbers(path: Path, names: Sequence[str], lines: list[int],
+             cells: list[list[str]]) -> npt.NDArray[np.float64]:
+    """The cells as float64 (rows x names), or a DataError naming the first bad cell."""
+    try:
+        values = np.asarray(cells, dtype=np.float64).reshape(len(cells), len(names))
+    except ValueError:
+        raise _cell_error(path, names, lines, cells) from None
+    if not np.isfinite(values).all():
+        raise _cell_error(path, names, lines, cells)
+    return values
+
+
+def _block_labels(path: Path, name: str, lines: list[int], raw: list[str],
+                  values: npt.NDArray[np.float64], task: Task) -> Labels:
     if task == "regression":
         return values.astype(np.float32)
     labels = _class_labels(values)
     if isinstance(labels, int):
-        raise DataError(f'{table.path}: line {table.lines[labels]}, column "{name}": class '
-                        f"label must be an integer in [0, {MAX_CLASS}], got "
-                        f"{table.cells(name)[labels]!r}")
+        raise DataError(f'{path}: line {lines[labels]}, column "{name}": class label must be '
+                        f"an integer in [0, {MAX_CLASS}], got {raw[labels]!r}")
     return labels
 
 
-def _feature_names(table: _Table, features: Sequence[str] | None,
+@dataclass(frozen=True)
+class _Parsed:
+    x: Features
+    y: Labels | None
+    runs: list[_Run]
+
+
+def _read_csv(header: Header, names: tuple[str, ...], label: str | None, task: Task,
+              group: str | None = None) -> _Parsed:
+    """Stream the ``names`` columns (float32), the ``label`` column and the group runs."""
+    numeric = (*names, *(() if label is None else (label,)))
+    columns = [header.index(n) for n in numeric] + ([] if group is None else [header.index(group)])
+    x = Filling(header.max_rows, (len(names),), np.float32, header.path)
+    y = None if label is None else Filling(
+        header.max_rows, (), np.float32 if task == "regression" else np.int64, header.path)
+    runs = _Runs(header.path, group)
+    for block in row_blocks(header, columns):
+        cells = block.cells if group is None else [row[:-1] for row in block.cells]
+        values = _numbers(header.path, numeric, block.lines, cells)
+        x.put(values[:, :len(names)])
+        if y is not None and label is not None:
+            raw = [row[len(names)] for row in block.cells]
+            y.put(_block_labels(header.path, label, block.lines, raw, values[:, -1], task))
+        runs.add(block.lines, None if group is None else [row[-1] for row in block.cells])
+    return _Parsed(x.finish(), None if y is None else y.finish(), runs.finish())
+
+
+def _feature_names(header: Header, features: Sequence[str] | None,
                    exclude: Sequence[str | None]) -> tuple[str, ...]:
     if features is not None:
         names = tuple(features)
         for name in names:
-            table.index(name)
+            header.index(name)
     else:
-        names = tuple(name for name in table.header if name not in exclude)
+        names = tuple(name for name in header.names if name not in exclude)
     if not names:
-        raise DataError(f"{table.path}: line 1: no feature columns besides the label")
+        raise DataError(f"{header.path}: line 1: no feature columns besides the label")
     return names
 
 
@@ -186,23 +208,12 @@ def load_table_csv(path: str | Path, *, label_column: str = DEFAULT_LABEL,
         DataError: the file is missing, empty, ragged, or holds a bad cell (named by line and
             column).
     """
-    table = _read_table(Path(path))
-    table.index(label_column)
-    names = _feature_names(table, features, (label_column,))
-    x = np.stack([_column(table, name) for name in names], axis=1).astype(np.float32)
-    return LocalData(x, _labels(table, label_column, task), names, str(path))
-
-
-def _runs(table: _Table, group_column: str | None) -> list[tuple[int, int]]:
-    """Split rows into (start, stop) runs of one group value; windows never cross a run."""
-    if group_column is None:
-        return [(0, len(table.rows))]
-    keys = table.cells(group_column)
-    for line, key in zip(table.lines, keys, strict=True):
-        if not key.strip():
-            raise DataError(f'{table.path}: line {line}, column "{group_column}": empty cell')
-    starts = [0] + [i for i in range(1, len(keys)) if keys[i] != keys[i - 1]]
-    return list(zip(starts, [*starts[1:], len(keys)], strict=True))
+    header = read_header(Path(path))
+    header.index(label_column)
+    names = _feature_names(header, features, (label_column,))
+    parsed = _read_csv(header, names, label_column, task)
+    assert parsed.y is not None
+    return LocalData(parsed.x, parsed.y, names, str(path))
 
 
 def _window_labels(labels: Labels, window: int, stride: int) -> Labels:
@@ -264,38 +275,39 @@ def load_series_csv(path: str | Path, *, window: int, stride: int | None = None,
     Raises:
         DataError: as :func:`load_table_csv`, or the window is longer than every series.
     """
-    table = _read_table(Path(path))
-    table.index(label_column)
-    names = _feature_names(table, features, (label_column, group_column, time_column))
-    x, y = _windows(table, names, _labels(table, label_column, task), window,
-                    window if stride is None else stride, group_column)
+    header = read_header(Path(path))
+    header.index(label_column)
+    names = _feature_names(header, features, (label_column, group_column, time_column))
+    parsed = _read_csv(header, names, label_column, task, group_column)
+    assert parsed.y is not None
+    x, y = _windows(header.path, parsed.x, parsed.y, parsed.runs, window,
+                    window if stride is None else stride, grouped=group_column is not None)
     return LocalData(x, y, names, str(path))
 
 
-def _windows(table: _Table, names: tuple[str, ...], labels: Labels, window: int, stride: int,
-             group_column: str | None) -> tuple[Features, Labels]:
-    """The windows of a time-series table's ``names`` channels, within each group's run."""
-    path = table.path
-    series = np.stack([_column(table, name) for name in names], axis=1)
-    runs = _runs(table, group_column)
+def _windows(path: Path, series: Features, labels: Labels, runs: list[_Run], window: int,
+             stride: int, *, grouped: bool) -> tuple[Features, Labels]:
+    """The windows of a time series (rows x channels), within each group's run."""
     parts = []
-    for start, stop in runs:
-        if stop - start < window:
+    for run in runs:
+        rows = run.stop - run.start
+        if rows < window:
             log.warning("%s: lines %d-%d: %d rows, shorter than the window (%d); skipped",
-                        path, table.lines[start], table.lines[stop - 1], stop - start, window)
-        parts.append(make_windows(series[start:stop], labels[start:stop], window, stride))
+                        path, run.first_line, run.last_line, rows, window)
+        parts.append(make_windows(series[run.start:run.stop], labels[run.start:run.stop],
+                                  window, stride))
     x = np.concatenate([part[0] for part in parts])
     if len(x) == 0:
-        longest = max(stop - start for start, stop in runs)
+        longest = max(run.stop - run.start for run in runs)
         raise DataError(f"{path}: window of {window} rows is longer than the series "
-                        f"({longest} rows{' in the longest group' if group_column else ''})")
+                        f"({longest} rows{' in the longest group' if grouped else ''})")
     y: Labels = np.concatenate([part[1] for part in parts])
     return x, y
 
 
 def _npz_arrays(path: Path, required: tuple[str, ...] = ("x", "y")
                 ) -> dict[str, npt.NDArray[Any]]:
-    _check_file(path)
+    check_file(path)
     try:
         archive = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
@@ -430,15 +442,16 @@ def load_inputs(path: str | Path, *, label_column: str | None = None,
         return arrays["x"].astype(np.float32), names
     if file.suffix.lower() != ".csv":
         raise DataError(f"{file}: unknown data format {file.suffix!r} (expected .csv or .npz)")
-    table = _read_table(file)
     label = DEFAULT_LABEL if label_column is None else label_column
+    if window is None and (stride is not None or group_column is not None):
+        raise ConfigError(f"{file}: stride and group_column need a window")
+    header = read_header(file)
     if window is None:
-        if stride is not None or group_column is not None:
-            raise ConfigError(f"{file}: stride and group_column need a window")
-        names = _feature_names(table, features, (label,))
-        return np.stack([_column(table, n) for n in names], axis=1).astype(np.float32), names
-    names = _feature_names(table, features, (label, group_column, time_column))
-    no_labels = np.zeros(len(table.rows), np.int64)
-    x, _ = _windows(table, names, no_labels, window, window if stride is None else stride,
-                    group_column)
+        names = _feature_names(header, features, (label,))
+        return _read_csv(header, names, None, "classification").x, names
+    names = _feature_names(header, features, (label, group_column, time_column))
+    parsed = _read_csv(header, names, None, "classification", group_column)
+    no_labels = np.zeros(len(parsed.x), np.int64)
+    x, _ = _windows(file, parsed.x, no_labels, parsed.runs, window,
+                    window if stride is None else stride, grouped=group_column is not None)
     return x, names

@@ -27,12 +27,13 @@ from edge_client.model_file import (
     embed_weights,
     embedded_weights,
     read_metadata,
+    with_schema,
 )
 from edge_client.runtime import Interpreter
 
 __all__ = [
     "ModelMetadata", "TrainableModel", "embed_weights", "embedded_weights",
-    "read_metadata",
+    "read_metadata", "with_schema",
 ]
 
 

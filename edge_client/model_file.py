@@ -18,13 +18,15 @@ import struct
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from edge_client.errors import ModelError
+from edge_client.errors import ConfigError, ModelError
 from edge_client.protocol import TensorSpec
+from edge_client.schema import Schema, load_schema, schema_from_dict
 
 FORMAT, FORMAT_VERSION, MEMBER = "fedge-model", 1, "fedge.json"
 WEIGHTS_MEMBER = "weights.npz"  # trained weights inside the file (embed_weights)
@@ -57,6 +59,7 @@ class ModelMetadata:
     hyperparameters: dict[str, float] = field(default_factory=dict)
     quantization: str = "none"
     format_version: int = FORMAT_VERSION
+    schema: Schema | None = None  # the federation's data schema, when exported with one
 
 
 def read_metadata(data: bytes) -> ModelMetadata:
@@ -137,6 +140,38 @@ def _task(doc: Any) -> tuple[str, int]:
     return task, classes
 
 
+def _schema(doc: Any, input_shape: tuple[int, ...]) -> Schema | None:
+    if "schema" not in doc:
+        return None
+    try:
+        schema = schema_from_dict(doc["schema"], "model metadata: schema")
+    except ConfigError as e:
+        raise ModelError(str(e)) from None
+    if input_shape != (len(schema.encoded_names),):
+        raise ModelError(f"model metadata: the schema makes {len(schema.encoded_names)} "
+                         f"inputs, the model's input shape is {list(input_shape)}")
+    return schema
+
+
+def read_schema(path: Path) -> Schema:
+    """A schema from a TOML file, or the one a model file (``.tflite``) carries.
+
+    Raises:
+        ConfigError: unreadable file, invalid schema, or a model without a schema.
+        ModelError: a ``.tflite`` that is not a fedge model file.
+    """
+    if path.suffix.lower() != ".tflite":
+        return load_schema(path)
+    try:
+        schema = read_metadata(path.read_bytes()).schema
+    except OSError as e:
+        raise ConfigError(f"{path}: {e.strerror}") from None
+    if schema is None:
+        raise ConfigError(f"{path}: the model file carries no schema (exported without "
+                          "--schema)")
+    return schema
+
+
 def _parse(doc: Any) -> ModelMetadata:
     if _get(doc, "format", str) != FORMAT or _get(doc, "format_version", int) != FORMAT_VERSION:
         raise ModelError(
@@ -152,13 +187,15 @@ def _parse(doc: Any) -> ModelMetadata:
         name: {"inputs": _tensors(sig, "inputs"), "outputs": _tensors(sig, "outputs")}
         for name, sig in _get(doc, "signatures", dict).items()
     }
+    input_shape = _shape(_get(doc, "input", dict), "input")
     return ModelMetadata(
+        schema=_schema(doc, input_shape),
         kind=_get(doc, "kind", str),
         model=_get(doc, "model", str),
         task=task,
         classes=classes,
         batch_size=batch_size,
-        input_shape=_shape(_get(doc, "input", dict), "input"),
+        input_shape=input_shape,
         output_shape=_shape(_get(doc, "output", dict), "output"),
         label_encoding=_get(_get(doc, "label", dict), "encoding", str),
         optimizer=optimizer,
@@ -286,6 +323,31 @@ def embed_weights(data: bytes, weights: Mapping[str, Array]) -> bytes:
         zf.writestr(zipfile.ZipInfo(MEMBER, date_time=_ZIP_DATE), document)
         zf.writestr(zipfile.ZipInfo(WEIGHTS_MEMBER, date_time=_ZIP_DATE), _npz_bytes(arrays))
     return data[: archive_start(data)] + archive.getvalue()
+
+
+def with_schema(data: bytes, schema: Schema) -> bytes:
+    """The same model file whose metadata carries ``schema`` (e.g. with the federation's
+    shared statistics): the flatbuffer and any embedded weights unchanged.
+
+    Raises:
+        ModelError: ``data`` is not a fedge model file, or ``schema`` makes another input
+            width than the model takes.
+    """
+    read_metadata(data)
+    raw = _raw_member(data, MEMBER, MAX_METADATA_BYTES)
+    assert raw is not None  # read_metadata read it
+    doc = json.loads(raw)
+    doc["schema"] = schema.to_dict()
+    document = json.dumps(doc, sort_keys=True, indent=1).encode()
+    weights = _raw_member(data, WEIGHTS_MEMBER, len(data))
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_STORED) as zf:
+        zf.writestr(zipfile.ZipInfo(MEMBER, date_time=_ZIP_DATE), document)
+        if weights is not None:
+            zf.writestr(zipfile.ZipInfo(WEIGHTS_MEMBER, date_time=_ZIP_DATE), weights)
+    out = data[: archive_start(data)] + archive.getvalue()
+    read_metadata(out)  # the schema must fit the model's input
+    return out
 
 
 def _read_npy(npz: zipfile.ZipFile, spec: TensorSpec) -> Array:

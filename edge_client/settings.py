@@ -69,19 +69,29 @@ def provision_hint(federation: str, host: str) -> str:
             f"--broker-host {host}` and start with the commands it writes to DIR/README.txt")
 
 
+def load_toml(path: Path, what: str) -> dict[str, Any]:
+    """The one TOML file reader: the document as a dict.
+
+    Raises:
+        ConfigError: unreadable file or invalid TOML; the message starts with ``what`` and
+            the path.
+    """
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"{what} {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{what} {path}: not valid TOML: {e}") from None
+
+
 def read_toml(path: Path, section: str) -> dict[str, Any]:
     """The keys of a TOML config, ``-`` turned into ``_``, from ``[section]`` if it has one.
 
     Raises:
         ConfigError: unreadable or invalid TOML, or ``[section]`` is not a table.
     """
-    try:
-        with open(path, "rb") as f:
-            raw = tomllib.load(f)
-    except OSError as e:
-        raise ConfigError(f"--config {path}: {e.strerror}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"--config {path}: not valid TOML: {e}") from None
+    raw = load_toml(path, "--config")
     table = raw.get(section, raw)
     if not isinstance(table, dict):
         raise ConfigError(f"--config {path}: [{section}] must be a table")

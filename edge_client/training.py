@@ -72,6 +72,15 @@ class LocalSplit:
         return cls(x[tr], y[tr], x[ev], y[ev])
 
 
+def single_class(y: Array) -> int | None:
+    """The one class of class labels ``y`` that hold a single class; None for two or more
+    classes, no labels or regression targets (float)."""
+    if len(y) == 0 or not np.issubdtype(np.asarray(y).dtype, np.integer):
+        return None
+    classes = np.unique(y)
+    return int(classes[0]) if len(classes) == 1 else None
+
+
 @dataclass(frozen=True)
 class TrainedUpdate:
     """The result of :func:`train_round`: the wire update and the new residual."""

@@ -10,6 +10,15 @@ duplicates and losses, and hands back each completed payload exactly once. Its
 memory is bounded: every transfer reserves its declared ``total_size`` against the
 caps when its first chunk arrives, before anything is stored. It is not
 thread-safe: feed it from one worker.
+
+With ``evict=True`` (the aggregator's intake) a flood of partial transfers cannot block a
+genuine sender: a sender at its own cap loses its least recently active transfer (so ids
+forged onto one topic only hurt that topic's older transfers), and when the global caps
+are full the least recently active transfer of the sender holding the most goes (a sender
+that is not ``protected``, e.g. not selected for the open round, first), never a sender's
+only transfer, except an unprotected sender's when a protected sender needs the room.
+When nothing may go the chunk is refused with :class:`TransfersBusy`: temporary, the
+sender should re-send.
 """
 
 from __future__ import annotations
@@ -17,7 +26,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from collections import OrderedDict
+from collections import Counter, OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from edge_client.errors import ConfigError, ProtocolError, ValidationError
@@ -35,6 +45,17 @@ _DATA_HEADER_SLACK = 4  # a CBOR byte string header grows from 1 to at most 5 by
 
 class ChunkRejected(ProtocolError):
     """A chunk cannot be accepted; the text says why (size, caps, inconsistency, hash)."""
+
+
+class TransferFailed(ChunkRejected):
+    """The whole transfer failed and is forgotten (not just this chunk): it declares more
+    than the cap or more chunks than bytes, a chunk contradicts its first one, or the
+    payload fails its size or SHA-256. Its sender should be told once; a refusal over
+    the shared caps (too many transfers, buffer full) is a plain :class:`ChunkRejected`."""
+
+
+class TransfersBusy(ChunkRejected):
+    """A chunk refused only because the caps are full of other transfers: temporary."""
 
 
 def chunk_overhead(transfer_id: str) -> int:
@@ -106,21 +127,29 @@ class _Transfer:
     started: float
     parts: dict[int, bytes] = field(default_factory=dict)
     received: int = 0
+    active: float = 0.0  # when its latest chunk came: the least recently active goes first
 
 
 class Reassembler:
     """Rebuilds chunked payloads; bounded, idempotent, order- and duplicate-tolerant."""
 
-    def __init__(self, limits: ReassemblyLimits | None = None) -> None:
-        """Create an empty reassembler with ``limits`` (defaults if ``None``)."""
+    def __init__(self, limits: ReassemblyLimits | None = None, *, evict: bool = False,
+                 protected: Callable[[str], bool] | None = None) -> None:
+        """Create an empty reassembler with ``limits`` (defaults if ``None``); ``evict`` and
+        ``protected``: see the module docstring (without ``evict`` a full cap refuses)."""
         self.limits = limits or ReassemblyLimits()
+        self.evict, self._protected = evict, protected or (lambda sender: False)
+        self.evicted = 0  # transfers dropped to make room, for the caller's counts
+        self._evicted: list[tuple[str, str]] = []  # since the last take_evicted()
         self._open: dict[tuple[str, str], _Transfer] = {}
         self._done: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._per_sender: Counter[str] = Counter()
+        self._bytes = 0
 
     @property
     def buffered_bytes(self) -> int:
         """Bytes reserved by incomplete transfers."""
-        return sum(t.total_size for t in self._open.values())
+        return self._bytes
 
     @property
     def pending(self) -> int:
@@ -151,21 +180,32 @@ class Reassembler:
         if key in self._done:
             return None
         transfer = self._open.get(key) or self._admit(key, chunk, now)
+        transfer.active = now
         self._store(key, transfer, chunk)
         if len(transfer.parts) < transfer.count:
             return None
         return self._finish(key, transfer)
 
+    def transfer_ids(self, sender: str) -> list[str]:
+        """The transfer ids of ``sender`` in progress or completed (and remembered)."""
+        return [t for s, t in (*self._open, *self._done) if s == sender]
+
+    def take_evicted(self) -> list[tuple[str, str]]:
+        """The (sender, transfer id) of the transfers evicted since the last call."""
+        evicted, self._evicted = self._evicted, []
+        return evicted
+
     def drop(self, sender: str, transfer_id: str) -> None:
         """Forget the incomplete transfer ``transfer_id`` of ``sender`` (if any), e.g. one
         whose first chunk lied about its size: the next chunk starts it afresh."""
-        self._open.pop((sender, transfer_id), None)
+        self._forget((sender, transfer_id))
 
     def expire(self, now: float) -> list[tuple[str, str]]:
         """Drop incomplete transfers older than the timeout; return their (sender, id)."""
         old = [k for k, t in self._open.items() if now - t.started > self.limits.timeout]
         for key in old:
-            transfer = self._open.pop(key)
+            transfer = self._forget(key)
+            assert transfer is not None
             log.info("transfer %s from %s expired with %d of %d chunks", key[1], key[0],
                      len(transfer.parts), transfer.count)
         return old
@@ -173,43 +213,87 @@ class Reassembler:
     def _admit(self, key: tuple[str, str], chunk: Chunk, now: float) -> _Transfer:
         limits, size = self.limits, chunk.total_size
         if size > limits.max_transfer_bytes:
-            raise ChunkRejected(f"transfer too large: {key[1]} from {key[0]} declares {size} "
-                                f"bytes, cap {limits.max_transfer_bytes}")
+            raise TransferFailed(f"transfer too large: {key[1]} from {key[0]} declares {size} "
+                                 f"bytes, cap {limits.max_transfer_bytes}")
         if chunk.count > max(1, size):
-            raise ChunkRejected(f"transfer {key[1]}: {chunk.count} chunks for {size} bytes")
-        if len(self._open) >= limits.max_transfers:
-            raise ChunkRejected(f"too many transfers in progress ({limits.max_transfers})")
-        if sum(k[0] == key[0] for k in self._open) >= limits.max_transfers_per_sender:
-            raise ChunkRejected(f"sender {key[0]} already has "
-                                f"{limits.max_transfers_per_sender} transfers in progress")
-        if self.buffered_bytes + size > limits.max_buffered_bytes:
-            raise ChunkRejected(f"buffer full: {self.buffered_bytes} + {size} bytes exceeds "
-                                f"{limits.max_buffered_bytes}")
-        transfer = _Transfer(chunk.count, size, chunk.sha256, now)
+            raise TransferFailed(f"transfer {key[1]}: {chunk.count} chunks for {size} bytes")
+        while (full := self._full(key[0], size)) is not None:
+            victim = self._victim(key[0]) if self.evict else None
+            if victim is None:
+                raise (TransfersBusy if self.evict else ChunkRejected)(full)
+            self._forget(victim)
+            self.evicted += 1
+            self._evicted.append(victim)
+            log.info("transfer %s from %s evicted for one from %s: %s", victim[1], victim[0],
+                     key[0], full)
+        transfer = _Transfer(chunk.count, size, chunk.sha256, now, active=now)
         self._open[key] = transfer
+        self._per_sender[key[0]] += 1
+        self._bytes += size
+        return transfer
+
+    def _full(self, sender: str, size: int) -> str | None:
+        """Which cap a new transfer of ``size`` bytes from ``sender`` would break, if any."""
+        limits = self.limits
+        if self._per_sender[sender] >= limits.max_transfers_per_sender:
+            return (f"sender {sender} already has {limits.max_transfers_per_sender} "
+                    "transfers in progress")
+        if len(self._open) >= limits.max_transfers:
+            return f"too many transfers in progress ({limits.max_transfers})"
+        if self._bytes + size > limits.max_buffered_bytes:
+            return (f"buffer full: {self._bytes} + {size} bytes exceeds "
+                    f"{limits.max_buffered_bytes}")
+        return None
+
+    def _victim(self, sender: str) -> tuple[str, str] | None:
+        """The transfer to drop for a new one of ``sender`` (see the module docstring): its
+        own at its cap; else one of a sender holding several (an unprotected one first);
+        else, for a protected ``sender``, an unprotected sender's only one. Within a tier the
+        sender holding the most, then the least recently active transfer."""
+        if self._per_sender[sender] >= self.limits.max_transfers_per_sender:
+            return min((k for k in self._open if k[0] == sender),
+                       key=lambda k: self._open[k].active)
+        mine = self._protected(sender)
+        tiers = ((False, True), (True, True), (False, False)) if mine else ((False, True),)
+        for protected, several in tiers:
+            keys = [k for k in self._open if self._protected(k[0]) == protected
+                    and (self._per_sender[k[0]] > 1) == several]
+            if keys:
+                return min(keys, key=lambda k: (-self._per_sender[k[0]], self._open[k].active))
+        return None
+
+    def _forget(self, key: tuple[str, str]) -> _Transfer | None:
+        transfer = self._open.pop(key, None)
+        if transfer is not None:
+            self._per_sender[key[0]] -= 1
+            if not self._per_sender[key[0]]:
+                del self._per_sender[key[0]]
+            self._bytes -= transfer.total_size
         return transfer
 
     def _store(self, key: tuple[str, str], transfer: _Transfer, chunk: Chunk) -> None:
         header = (chunk.count, chunk.total_size, chunk.sha256)
         if header != (transfer.count, transfer.total_size, transfer.sha256):
-            raise ChunkRejected(f"chunk {chunk.index} of {key[1]} from {key[0]}: count, "
-                                "total_size or sha256 differ from the transfer's first chunk")
+            self._forget(key)  # it cannot complete now: its sender should know at once
+            raise TransferFailed(f"chunk {chunk.index} of {key[1]} from {key[0]}: count, "
+                                 "total_size or sha256 differ from the transfer's first chunk")
         if chunk.index in transfer.parts:
             return
         if transfer.received + len(chunk.data) > transfer.total_size:
-            raise ChunkRejected(f"chunk {chunk.index} of {key[1]} from {key[0]}: data beyond "
-                                f"total_size {transfer.total_size}")
+            self._forget(key)
+            raise TransferFailed(f"chunk {chunk.index} of {key[1]} from {key[0]}: data beyond "
+                                 f"total_size {transfer.total_size}")
         transfer.parts[chunk.index] = chunk.data
         transfer.received += len(chunk.data)
 
     def _finish(self, key: tuple[str, str], transfer: _Transfer) -> bytes:
-        del self._open[key]
+        self._forget(key)
         payload = b"".join(transfer.parts[i] for i in range(transfer.count))
         if len(payload) != transfer.total_size:
-            raise ChunkRejected(f"transfer {key[1]} from {key[0]}: {len(payload)} bytes, "
-                                f"declared {transfer.total_size}")
+            raise TransferFailed(f"transfer {key[1]} from {key[0]}: {len(payload)} bytes, "
+                                 f"declared {transfer.total_size}")
         if hashlib.sha256(payload).hexdigest() != transfer.sha256:
-            raise ChunkRejected(f"transfer {key[1]} from {key[0]}: sha256 mismatch")
+            raise TransferFailed(f"transfer {key[1]} from {key[0]}: sha256 mismatch")
         self._done[key] = None
         while len(self._done) > self.limits.remember_completed:
             self._done.popitem(last=False)

@@ -21,6 +21,7 @@ import tensorflow as tf
 from tensorflow.lite.tools import flatbuffer_utils
 
 from models import metadata, zoo
+from models.architecture import is_state
 from models.modules import InferenceModule, TrainableModule
 from models.optimizers import DEFAULT_LEARNING_RATE
 
@@ -45,6 +46,9 @@ def export_trainable(
     learning_rate: float | None = None,
     hidden: Sequence[int] | None = None,
     dropout: float = 0.0,
+    dp_sgd: bool = False,
+    schema: Mapping[str, Any] | None = None,
+    class_weights: Sequence[float] | None = None,
     **hyperparameters: float,
 ) -> bytes:
     """Export zoo model ``name`` as a trainable .tflite file with metadata.
@@ -60,8 +64,14 @@ def export_trainable(
             (0.01 for SGD, 0.001 for Adam); ``train`` takes ``lr`` at every step.
         hidden: mlp only: hidden widths (default 32, 16).
         dropout: mlp only: dropout rate after each hidden layer.
+        dp_sgd: also export the ``train_dp`` signature (record-level DP-SGD with
+            per-example clipping, :mod:`models.modules`); conversion takes longer, since
+            the batch is unrolled.
         **hyperparameters: ``momentum`` for SGD (0.9); ``beta_1``, ``beta_2``,
             ``epsilon`` for Adam (0.9, 0.999, 1e-7).
+        schema: the federation's data schema (a dict), carried in the metadata.
+        class_weights: one loss weight per class (> 0, finite) for ``train``, recorded in
+            the metadata; None: unweighted.
 
     Returns:
         The file contents: flatbuffer followed by the metadata archive.
@@ -73,7 +83,8 @@ def export_trainable(
     """
     spec = zoo.build(name, input_shape, classes, hidden=hidden, dropout=dropout)
     return export_model(spec, batch_size, zoo.initial_weights(spec, seed), None, optimizer,
-                        seed, learning_rate, **hyperparameters)
+                        seed, learning_rate, hyperparameters=hyperparameters, dp_sgd=dp_sgd,
+                        schema=schema, class_weights=class_weights)
 
 
 def export_model(
@@ -84,7 +95,11 @@ def export_model(
     optimizer: str = "sgd",
     seed: int | None = None,
     learning_rate: float | None = None,
-    **hyperparameters: float,
+    *,
+    hyperparameters: Mapping[str, float] | None = None,
+    dp_sgd: bool = False,
+    schema: Mapping[str, Any] | None = None,
+    class_weights: Sequence[float] | None = None,
 ) -> bytes:
     """Export any configured model (zoo or imported) with given weights as a trainable file.
 
@@ -93,7 +108,9 @@ def export_model(
         batch_size: the fixed batch size of every signature (≥ 1).
         weights: the travelling weights, as :meth:`models.zoo.ModelSpec.weight_shapes`.
         constants: the frozen layers' weights, as ``spec.frozen_weight_shapes()``.
-        optimizer, learning_rate, **hyperparameters: as :func:`export_trainable`.
+        optimizer, learning_rate, dp_sgd, schema, class_weights: as
+            :func:`export_trainable` (DP-SGD refuses batch normalisation).
+        hyperparameters: the optimizer's, as ``**hyperparameters`` of :func:`export_trainable`.
         seed: the seed of the initial weights, for the metadata (None: not seeded).
 
     Raises:
@@ -110,13 +127,20 @@ def export_model(
     _check_weights(spec, constants or {}, frozen=True)
     if not spec.weight_shapes():
         raise ValueError(f"{spec.name} has no trainable weights: every layer is frozen")
+    if dp_sgd and any(is_state(name) for name in spec.weight_shapes()):
+        raise ValueError(f"{spec.name}: DP-SGD needs each example's own gradient, and batch "
+                         "normalisation's statistics mix the examples of a batch: leave out "
+                         "--dp-sgd or the BatchNormalization layers")
+    checked = _check_class_weights(spec, class_weights)
     try:
-        module = TrainableModule(spec, batch_size, weights, optimizer, hyperparameters, constants)
+        module = TrainableModule(spec, batch_size, weights, optimizer, hyperparameters or {},
+                                 constants, checked, dp_sgd=dp_sgd)
     except TypeError as exc:
         raise ValueError(f"bad hyperparameter for {optimizer}: {exc}") from exc
     flatbuffer = _convert(module, module.signatures(), representative=None)
     settings = {"name": optimizer, "learning_rate": rate, **module.optimizer.hyperparameters()}
-    meta = metadata.describe(spec, batch_size, kind="trainable", optimizer=settings, seed=seed)
+    meta = metadata.describe(spec, batch_size, kind="trainable", optimizer=settings, seed=seed,
+                             dp_sgd=dp_sgd, schema=schema, class_weights=checked)
     return metadata.attach(flatbuffer, meta)
 
 
@@ -187,6 +211,21 @@ def custom_operators(data: bytes) -> list[str]:
     """Return the custom (non-builtin, e.g. ``Flex*``) operators of a .tflite file."""
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(data))
     return [code.customCode.decode() for code in model.operatorCodes if code.customCode]
+
+
+def _check_class_weights(
+    spec: zoo.ModelSpec, class_weights: Sequence[float] | None
+) -> tuple[float, ...] | None:
+    if class_weights is None:
+        return None
+    weights = tuple(float(w) for w in class_weights)
+    if spec.task == "regression":
+        raise ValueError("class weights need a classification model (--classes >= 2)")
+    if len(weights) != spec.classes:
+        raise ValueError(f"need one class weight per class ({spec.classes}), got {len(weights)}")
+    if not all(np.isfinite(w) and w > 0 for w in weights):
+        raise ValueError(f"class weights must be finite and > 0, got {list(weights)}")
+    return weights
 
 
 def _check_batch_size(batch_size: int) -> None:

@@ -76,6 +76,17 @@ def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     return tf.reduce_sum(values * mask) / tf.maximum(tf.reduce_sum(mask), 1.0)
 
 
+def class_weighted(values: Tensor, labels: Tensor, class_weights: Sequence[float]) -> Tensor:
+    """``values`` (per example) times the weight of each example's class.
+
+    As Keras's ``class_weight``: the weighted loss is then ``Σ mask·w[y]·loss / Σ mask``
+    (:func:`masked_mean`), so weights that average 1 over the data keep the loss's scale.
+    A GATHER of a constant: a builtin op, no gradient flows into the labels.
+    """
+    table = tf.constant([float(w) for w in class_weights], tf.float32)
+    return values * tf.gather(table, tf.cast(labels, tf.int32))
+
+
 def proximal_term(weights: Sequence[Tensor], anchors: Sequence[Tensor], mu: Tensor) -> Tensor:
     """FedProx term ``mu / 2 · Σ ||w − w_anchor||²``."""
     pairs = zip(weights, anchors, strict=True)

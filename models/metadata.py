@@ -25,13 +25,18 @@ from the end of the file. So the file alone tells a client everything.
                                           ...},
                                "outputs": {"loss": {"shape": [], "dtype": "float32"}}},
                      ...},
-      "seed": 0
+      "seed": 0,
+      "schema": {"format": "fedge-schema/1", "label": {...}, "feature": [...]},  (optional)
+      "class_weights": [0.6, 2.9]  (optional: train's loss weight per class)
     }
 
 Shapes in ``input``, ``label``, ``output`` and ``weights`` exclude the batch
 dimension; shapes under ``signatures`` include it. Labels are float32 for every
 task: ``class_index`` (0..classes-1; binary uses 0/1) or ``target`` (regression,
 ``min``/``max`` null). ``learning_rate`` is the default the client feeds to ``lr``.
+``schema`` (present when exported with one) is the federation's data schema
+(``edge_client.schema``): which CSV columns become the input, and how.
+``class_weights`` (present when exported with them) weight ``train``'s loss by class.
 """
 
 from __future__ import annotations
@@ -54,7 +59,7 @@ def _tensor(shape: Sequence[int]) -> Json:
     return {"shape": [int(d) for d in shape], "dtype": "float32"}
 
 
-def _signatures(spec: ModelSpec, batch: int, kind: str) -> Json:
+def _signatures(spec: ModelSpec, batch: int, kind: str, dp_sgd: bool = False) -> Json:
     x = _tensor([batch, *spec.input_shape])
     vector, scalar = _tensor([batch]), _tensor([])
     output = _tensor([batch, spec.classes] if spec.classes else [batch])
@@ -62,7 +67,7 @@ def _signatures(spec: ModelSpec, batch: int, kind: str) -> Json:
     if kind == "inference":
         return {"infer": infer}
     weights = {n: _tensor(s) for n, s in spec.weight_shapes().items()}
-    return {
+    signatures: Json = {
         "train": {
             "inputs": {"x": x, "y": vector, "mask": vector, "lr": scalar, "mu": scalar},
             "outputs": {"loss": scalar},
@@ -75,6 +80,14 @@ def _signatures(spec: ModelSpec, batch: int, kind: str) -> Json:
         "get_weights": {"inputs": {}, "outputs": weights},
         "set_weights": {"inputs": weights, "outputs": {"ok": scalar}},
     }
+    if dp_sgd:
+        noise = {f"noise_{n}": t for n, t in weights.items()}
+        signatures["train_dp"] = {
+            "inputs": {"x": x, "y": vector, "mask": vector, "lr": scalar, "mu": scalar,
+                       "clip": scalar, "denominator": scalar, **noise},
+            "outputs": {"loss": scalar, "clipped": scalar},
+        }
+    return signatures
 
 
 def _label(spec: ModelSpec) -> Json:
@@ -92,6 +105,9 @@ def describe(
     optimizer: Mapping[str, Any] | None,
     quantization: str = "none",
     seed: int | None = None,
+    dp_sgd: bool = False,
+    schema: Mapping[str, Any] | None = None,
+    class_weights: Sequence[float] | None = None,
 ) -> Json:
     """Build the ``fedge.json`` document of a model file.
 
@@ -102,9 +118,16 @@ def describe(
         optimizer: name, default learning rate and hyperparameters, or None.
         quantization: "none" or "int8".
         seed: the seed of the initial weights, if any.
+        dp_sgd: the file also has the ``train_dp`` signature (record-level DP-SGD).
+        schema: the federation's data schema as a dict (``Schema.to_dict()``), or None.
+        class_weights: ``train``'s loss weight per class, or None (unweighted).
     """
     classification = spec.task != "regression"
+    extra: Json = {} if schema is None else {"schema": dict(schema)}
+    if class_weights is not None:
+        extra["class_weights"] = [float(w) for w in class_weights]
     return {
+        **extra,
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "kind": kind,
@@ -122,7 +145,7 @@ def describe(
         "optimizer": dict(optimizer) if optimizer is not None else None,
         "quantization": quantization,
         "weights": [{"name": n, **_tensor(s)} for n, s in spec.weight_shapes().items()],
-        "signatures": _signatures(spec, batch_size, kind),
+        "signatures": _signatures(spec, batch_size, kind, dp_sgd),
         "seed": seed,
     }
 

@@ -4,11 +4,21 @@ Every signature has a fixed batch size. Inputs and outputs (``B`` = batch size):
 
 - ``train(x, y, mask, lr, mu) -> {"loss"}``: one optimizer step on the masked
   batch; ``loss`` is the masked mean task loss *before* the step, without the
-  proximal term. ``mu`` > 0 adds FedProx ``mu/2·||w − anchor||²``.
+  proximal term. ``mu`` > 0 adds FedProx ``mu/2·||w − anchor||²``. With class
+  weights (``--class-weights``) the loss is weighted: ``Σ mask·w[y]·loss / Σ mask``.
 - ``infer(x) -> {"output"}``: ``(B, classes)`` probabilities for classification
   (binary: ``[P(0), P(1)]``), ``(B,)`` predictions for regression.
-- ``evaluate(x, y, mask) -> {"loss", "correct"}``: masked mean loss and the
-  number of correctly classified masked examples (always 0 for regression).
+- ``evaluate(x, y, mask) -> {"loss", "correct"}``: masked mean loss (never
+  class-weighted, so evaluations compare across models) and the number of
+  correctly classified masked examples (always 0 for regression).
+- ``train_dp(x, y, mask, lr, mu, clip, denominator, noise_<name>...) -> {"loss",
+  "clipped"}`` (exported with ``dp_sgd=True``): one DP-SGD step (Abadi et al., 2016).
+  Each masked example's gradient is computed on its own (the batch unrolled: every op
+  stays a builtin), clipped to global L2 norm ``clip``; their sum plus the device's
+  Gaussian ``noise_<name>`` (one input per weight, std σ·clip, drawn by the device) is
+  divided by ``denominator`` (the expected batch size of Poisson sampling) and applied by
+  the optimizer, with the FedProx gradient added (data-independent). ``clipped`` counts
+  the examples whose gradient was scaled down.
 - ``get_weights() -> {name: weight}``.
 - ``set_weights(**weights) -> {"ok"}``: assigns the weights, makes them the
   FedProx anchor and resets the optimizer state (momentum, Adam moments and
@@ -20,7 +30,7 @@ Every signature has a fixed batch size. Inputs and outputs (``B`` = batch size):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy.typing as npt
@@ -28,7 +38,7 @@ import tensorflow as tf
 
 from models.architecture import Task, is_state
 from models.layers import Pass, Tensor, forward, regularisation, run
-from models.losses import masked_mean, proximal_term, task_loss
+from models.losses import class_weighted, masked_mean, proximal_term, task_loss
 from models.optimizers import make_optimizer
 from models.zoo import ModelSpec
 
@@ -80,6 +90,8 @@ class TrainableModule(tf.Module):  # type: ignore[misc]
         optimizer: str,
         hyperparameters: Mapping[str, float],
         constants: Mapping[str, Array] | None = None,
+        class_weights: Sequence[float] | None = None,
+        dp_sgd: bool = False,
     ) -> None:
         """Create the variables.
 
@@ -90,9 +102,11 @@ class TrainableModule(tf.Module):  # type: ignore[misc]
             optimizer: "sgd" or "adam".
             hyperparameters: optimizer hyperparameters (not the learning rate).
             constants: the frozen layers' weights by name.
+            class_weights: one loss weight per class for ``train``, or None (all 1).
+            dp_sgd: also export ``train_dp`` (record-level DP-SGD).
         """
         super().__init__(name=spec.name.replace(":", "_"))
-        self.spec, self.batch_size = spec, batch_size
+        self.spec, self.batch_size, self.dp_sgd = spec, batch_size, dp_sgd
         self.names = list(initial)
         self.variables_by_name = {n: tf.Variable(w, name=n) for n, w in initial.items()}
         self.trainable_names = [n for n in self.names if not is_state(n)]
@@ -103,6 +117,13 @@ class TrainableModule(tf.Module):  # type: ignore[misc]
         ]
         self.constants = {n: tf.constant(w, tf.float32) for n, w in (constants or {}).items()}
         self.optimizer = make_optimizer(optimizer, self.params, **hyperparameters)
+        self.class_weights = None if class_weights is None else tuple(class_weights)
+
+    def _train_loss(self, x: Tensor, y: Tensor, mask: Tensor, step: Pass) -> Tensor:
+        per_example = task_loss(self.spec.task, run(self.spec, self._weights(), x, step), y)
+        if self.class_weights is not None:
+            per_example = class_weighted(per_example, y, self.class_weights)
+        return masked_mean(per_example, mask)
 
     def _x_spec(self) -> Any:
         return tf.TensorSpec([self.batch_size, *self.spec.input_shape], tf.float32, name="x")
@@ -126,10 +147,9 @@ class TrainableModule(tf.Module):  # type: ignore[misc]
         def train(x: Tensor, y: Tensor, mask: Tensor, lr: Tensor, mu: Tensor) -> dict[str, Tensor]:
             step = Pass(training=True, mask=mask)
             with tf.GradientTape() as tape:
-                weights = self._weights()
-                loss = masked_mean(task_loss(task, run(self.spec, weights, x, step), y), mask)
+                loss = self._train_loss(x, y, mask, step)
                 objective = loss + proximal_term(self.params, self.anchors, mu)
-                objective += regularisation(self.spec, weights)
+                objective += regularisation(self.spec, self._weights())
             grads = tape.gradient(objective, self.params)
             self.optimizer.apply(self.params, grads, lr)
             for name, value in step.updates.items():
@@ -165,7 +185,44 @@ class TrainableModule(tf.Module):  # type: ignore[misc]
             return {"ok": tf.constant(1.0)}
 
         functions = [train, infer, evaluate, get_weights, set_weights]
+        if self.dp_sgd:
+            functions.append(self._train_dp(weight_specs))
         return {f.__name__: f.get_concrete_function() for f in functions}
+
+    def _train_dp(self, weight_specs: Mapping[str, Any]) -> Any:
+        """The ``train_dp`` signature (see the module docstring)."""
+        task, scalar = self.spec.task, tf.TensorSpec([], tf.float32)
+        noise_specs = {f"noise_{n}": tf.TensorSpec(s.shape, tf.float32, name=f"noise_{n}")
+                       for n, s in weight_specs.items()}
+
+        @graph(self._x_spec(), self._vector_spec("y"), self._vector_spec("mask"), scalar,
+               scalar, scalar, scalar, noise_specs)
+        def train_dp(x: Tensor, y: Tensor, mask: Tensor, lr: Tensor, mu: Tensor, clip: Tensor,
+                     denominator: Tensor, noise: dict[str, Tensor]) -> dict[str, Tensor]:
+            total = [noise[f"noise_{n}"] for n in self.trainable_names]
+            losses, clipped = [], tf.constant(0.0)
+            for i in range(self.batch_size):  # unrolled: per-example gradients, builtins only
+                with tf.GradientTape() as tape:
+                    logits = run(self.spec, self._weights(), x[i:i + 1], Pass(training=True))
+                    loss = task_loss(task, logits, y[i:i + 1])
+                    if self.class_weights is not None:  # as train: Keras's class_weight
+                        loss = class_weighted(loss, y[i:i + 1], self.class_weights)
+                    loss = loss[0]
+                grads = tape.gradient(loss, self.params)
+                norm = tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(g)) for g in grads]))
+                scale = tf.minimum(1.0, clip / tf.maximum(norm, 1e-12))
+                clipped += mask[i] * tf.cast(norm > clip, tf.float32)
+                total = [t + (mask[i] * scale) * g for t, g in zip(total, grads, strict=True)]
+                losses.append(loss)
+            with tf.GradientTape() as tape:  # data-independent terms: FedProx and kernel L2
+                prox = proximal_term(self.params, self.anchors, mu)
+                prox += regularisation(self.spec, self._weights())
+            prox_grads = tape.gradient(prox, self.params)
+            step = [t / denominator + p for t, p in zip(total, prox_grads, strict=True)]
+            self.optimizer.apply(self.params, step, lr)
+            return {"loss": masked_mean(tf.stack(losses), mask), "clipped": clipped}
+
+        return train_dp
 
 
 class InferenceModule(tf.Module):  # type: ignore[misc]

@@ -67,6 +67,9 @@ class ScriptedAggregator:
     #: an edge_client.signing.SigningKey: signs manifest, round and replies as the real one
     signing_key: Any = None
     updates: list[Update] = field(default_factory=list)
+    #: reasons the first completed updates are refused with, in order (then: accepted)
+    refusals: list[str] = field(default_factory=list)
+    refused_at: list[float] = field(default_factory=list)  # monotonic time of each refusal
     completions: int = 0
     chunks_seen: int = 0
     _chunks: Reassembler = field(default_factory=Reassembler)
@@ -112,7 +115,8 @@ class ScriptedAggregator:
 
     def collect(self, n: int, timeout: float, on_chunk: Callable[[], None] | None = None
                 ) -> list[Update]:
-        """Waits for ``n`` distinct updates (by nonce), replying accepted to each."""
+        """Waits for ``n`` distinct updates (by nonce), replying accepted to each (after
+        the :attr:`refusals`)."""
         end = time.monotonic() + timeout
         while len(self.updates) < n and time.monotonic() < end:
             msg = self.transport.get(timeout=0.2)
@@ -128,11 +132,15 @@ class ScriptedAggregator:
                 continue
             self.completions += 1
             update = Update.decode(payload)
-            if all(u.nonce != update.nonce for u in self.updates):
+            refusal = self.refusals.pop(0) if self.refusals else None
+            if refusal is not None:
+                self.refused_at.append(time.monotonic())
+            elif all(u.nonce != update.nonce for u in self.updates):
                 self.updates.append(update)
             reply = self.sign(Reply(federation=update.federation, round_id=update.round_id,
                                     run_id=update.run_id, client_id=update.client_id,
-                                    nonce=update.nonce, accepted=True))
+                                    nonce=update.nonce, accepted=refusal is None,
+                                    reason=refusal or ""))
             # not connected right now: the reply is queued and sent after the reconnect
             with contextlib.suppress(TransportError):
                 self.transport.publish(self.topics.reply(update.client_id), reply.encode())

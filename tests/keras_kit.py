@@ -32,7 +32,8 @@ def export_imported(imported: Imported, batch: int, optimizer: str) -> bytes:
     """The trainable file of ``imported``, SGD with momentum 0.9 or default Adam."""
     extra = {"momentum": 0.9} if optimizer == "sgd" else {"epsilon": ADAM_EPSILON}
     return export_model(imported.spec, batch, imported.weights, constants=imported.constants,
-                        optimizer=optimizer, learning_rate=LEARNING_RATE[optimizer], **extra)
+                        optimizer=optimizer, learning_rate=LEARNING_RATE[optimizer],
+                        hyperparameters=extra)
 
 
 def builtin_only(data: bytes) -> list[str]:

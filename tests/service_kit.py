@@ -31,8 +31,8 @@ MODEL = ModelFile(b"toy model", hashlib.sha256(b"toy model").hexdigest(), META, 
 class Federation:
     """Three clients and a clock around one state directory."""
 
-    def __init__(self, state_dir: Path, **overrides: Any) -> None:
-        self.broker, self.now = MemoryBroker(), 1000.0
+    def __init__(self, state_dir: Path, model: ModelFile = MODEL, **overrides: Any) -> None:
+        self.broker, self.now, self.model = MemoryBroker(), 1000.0, model
         self.config = AggregatorConfig(**{
             "model": Path("toy.tflite"), "federation": "toy", "rounds": 2, "min_clients": 3,
             "round_timeout": 10.0, "codec": "fp32", "state_dir": state_dir, **overrides})
@@ -45,7 +45,7 @@ class Federation:
             device.publish(self.topics.presence(client), presence.encode(), retain=True)
 
     def service(self, store: AggregatorStore | None = None) -> AggregatorService:
-        service = AggregatorService(self.config, self.broker.connect("aggregator"), MODEL,
+        service = AggregatorService(self.config, self.broker.connect("aggregator"), self.model,
                                     store=store, clock=lambda: self.now)
         service.start()
         self.pump(service)

@@ -25,7 +25,9 @@ AGGREGATOR_MAY_USE = {"edge_client", "edge_client.protocol", "edge_client.quanti
                       "edge_client.transport", "edge_client.transfer", "edge_client.errors",
                       "edge_client.model", "edge_client.probe", "edge_client.signing",
                       "edge_client.settings", "edge_client.files", "edge_client.score_counts",
-                      "edge_client.scoring"}
+                      "edge_client.scoring",
+                      # the statistics phase adds the devices' reports as fedge stats does
+                      "edge_client.feature_stats", "edge_client.schema"}
 
 
 def _imports(path: Path) -> list[str]:

@@ -206,7 +206,13 @@ def test_every_fedge_command_line_in_the_readme_and_docs_uses_real_flags() -> No
                 found = re.search(r"\bfedge ([a-z-]+)(.*)", line)
                 if found is None or found[1] not in commands:
                     continue
-                known = set(_options(commands[found[1]]))
-                flags = set(_FLAG.findall(found[2].split("#")[0]))
+                command, rest = commands[found[1]], found[2].split("#")[0]
+                actions = next((a.choices for a in command._actions  # `fedge schema infer`
+                                if isinstance(a, argparse._SubParsersAction)), {})
+                words = rest.split()
+                if words and words[0] in actions:
+                    command = actions[words[0]]
+                known = set(_options(command))
+                flags = set(_FLAG.findall(rest))
                 wrong += [f"{page.name}: fedge {found[1]} {f}" for f in sorted(flags - known)]
     assert wrong == []

@@ -71,3 +71,60 @@ def test_five_clients_three_rounds_and_a_straggler_never_stalls_a_round(
     initial = dequantize_update(Weights.decode(
         (state / "checkpoints" / f"v{0:08d}.bin").read_bytes()).tensors)
     assert any(not np.allclose(final[k], initial[k]) for k in final)
+
+
+def test_a_dp_federation_of_real_clients_stops_at_its_privacy_budget(
+    broker: MosquittoBroker, namespace: str, tmp_path: Path, logreg_file: bytes
+) -> None:
+    """Client-level DP end to end: Poisson-sampled rounds (q = 0.5 of 6 devices), clipped
+    and noised; ε from each history row recomputed independently; the run ends with
+    ``privacy budget`` once a third noised round would exceed the budget."""
+    import dp_accounting  # the server extra; only this test needs it here
+    from dp_accounting import rdp
+
+    q, z, delta = 0.5, 0.9, 1e-5
+
+    def epsilon(rounds: int) -> float:
+        event = dp_accounting.SelfComposedDpEvent(
+            dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(z)), rounds)
+        return float(rdp.RdpAccountant().compose(event).get_epsilon(delta))
+
+    budget = (epsilon(2) + epsilon(3)) / 2
+    model = tmp_path / "model.tflite"
+    model.write_bytes(logreg_file)
+    common = ["--broker", broker.url, "--federation", namespace]
+    state = tmp_path / "agg"
+    with Fleet(tmp_path / "logs") as fleet:
+        agg = fleet.start("aggregator", "aggregator", [
+            *common, "--model", str(model), "--state-dir", str(state), "--rounds", "10",
+            "--min-clients", "1", "--min-available", "6", "--round-timeout", "20",
+            "--lr", "0.1", "--codec", "int8", "--dp-clip", "0.5",
+            "--dp-noise-multiplier", str(z), "--dp-delta", str(delta),
+            "--dp-sampling-rate", str(q), "--dp-epsilon", str(budget)])
+        for i in range(6):
+            x, y = linear_data(60 + 10 * i, seed=i)
+            np.savez(tmp_path / f"c{i}.npz", x=x, y=y)
+            fleet.start(f"client-{i}", "edge_client", [
+                *common, "--client-id", f"watch-{i}", "--data", str(tmp_path / f"c{i}.npz"),
+                "--state-dir", str(tmp_path / f"s{i}"), "--max-rounds", "10", "--seed", str(i)])
+        code = agg.proc.wait(timeout=150)
+        assert code == 0, agg.tail(40)
+        for c in (c for c in fleet.children if c.name.startswith("client")):
+            assert c.proc.wait(timeout=30) == 0, c.tail(30)
+        agg_log = agg.log_path.read_text(errors="replace")
+    assert "another round would exceed it, so the run finishes" in agg_log, agg_log[-3000:]
+    rows = [json.loads(line) for line in (state / "history.jsonl").read_text().splitlines()]
+    aggregated = [r for r in rows if r["outcome"] == "aggregated"]
+    assert len(aggregated) == 2, rows
+    for r in rows:
+        assert set(r["participants"]) <= set(r["selected"])
+        assert r["dp"]["epsilon"] == pytest.approx(
+            epsilon(r["dp"]["rounds_spent"]) if r["dp"]["rounds_spent"] else 0.0, rel=1e-6)
+    assert rows[-1]["dp"]["epsilon"] <= budget < epsilon(3)
+    ledger = json.loads((state / "privacy.json").read_text())
+    assert [e["round"] for e in ledger["rounds"]] == [r["round"] for r in aggregated]
+    final = dequantize_update(Weights.decode(
+        (state / "checkpoints" / f"v{2:08d}.bin").read_bytes()).tensors)
+    initial = dequantize_update(Weights.decode(
+        (state / "checkpoints" / f"v{0:08d}.bin").read_bytes()).tensors)
+    assert any(not np.allclose(final[k], initial[k]) for k in final)

@@ -44,6 +44,7 @@ from aggregator.service import AggregatorService
 from edge_client.client import ClientSettings, EdgeClient
 from edge_client.model import TrainableModel
 from edge_client.protocol import (
+    MAX_CHUNK_BYTES,
     Hyperparameters,
     Manifest,
     Presence,
@@ -96,7 +97,7 @@ class Federation:
 
 
 @contextmanager
-def provisioned(devices: str = "dev-1,dev-2", *, passwords: bool = False
+def provisioned(devices: str = "dev-1,dev-2", *, passwords: bool = False, **plan: Any
                 ) -> Iterator[Federation]:
     """``fedge provision`` into a folder the broker's user can reach, and its Mosquitto."""
     if not mosquitto_available():
@@ -106,7 +107,7 @@ def provisioned(devices: str = "dev-1,dev-2", *, passwords: bool = False
     port = free_port()
     provision.provision(provision.Plan(
         out=out, devices=tuple(devices.split(",")), federation=FEDERATION, port=port,
-        bind="127.0.0.1", passwords=passwords))
+        bind="127.0.0.1", passwords=passwords, **plan))
     broker = MosquittoBroker(config_file=out / "broker" / "mosquitto.conf", port=port, tls=True)
     try:
         broker.start()
@@ -187,6 +188,7 @@ def wire(fed: Federation, who: str) -> Wire:
 @pytest.mark.parametrize(("topic_of", "reader"), [
     pytest.param(lambda t: t.update("dev-2"), "aggregator", id="update of dev-2"),
     pytest.param(lambda t: t.presence("dev-2"), "aggregator", id="presence of dev-2"),
+    pytest.param(lambda t: t.stats("dev-2"), "aggregator", id="stats of dev-2"),
     pytest.param(lambda t: t.reply("dev-2"), "dev-2", id="reply to dev-2"),
     pytest.param(lambda t: t.manifest(), "dev-2", id="manifest"),
 ])
@@ -241,6 +243,40 @@ def test_password_file_right_password_connects_wrong_one_is_refused() -> None:
                 continue
             assert outcome.startswith("refused") and ("(134)" in outcome or "(135)" in outcome), (
                 user, outcome)
+
+
+# -- the broker's packet bound ----------------------------------------------------
+def test_the_provisioned_broker_passes_the_largest_chunk_the_aggregator_takes() -> None:
+    """Issue 14, finding 10: the provisioned max_packet_size (1 MiB) cut off chunks the
+    aggregator's --max-message-bytes (8 MiB) and the demo broker let through."""
+    with provisioned(devices="dev-1") as fed:
+        topic = fed.topics.update("dev-1")
+        aggregator = wire(fed, "aggregator")
+        aggregator.subscribe(topic)
+        device = wire(fed, "dev-1")
+        payload = bytes(range(256)) * (MAX_CHUNK_BYTES // 256)
+        assert device.publish(topic, payload) == 0
+        assert aggregator.messages.get(timeout=30) == (topic, payload)
+        for w in (aggregator, device):
+            w.close()
+
+
+def test_a_payload_over_provision_max_payload_is_cut_off_at_the_broker() -> None:
+    limit = 256 * 1024
+    with provisioned(devices="dev-1", max_payload=limit) as fed:
+        topic = fed.topics.update("dev-1")
+        aggregator = wire(fed, "aggregator")
+        aggregator.subscribe(topic)
+        device = wire(fed, "dev-1")
+        assert device.publish(topic, bytes(limit)) == 0
+        assert aggregator.messages.get(timeout=30) == (topic, bytes(limit))
+        device.client.publish(topic, bytes(limit + 128 * 1024), qos=1)  # the packet is larger
+        assert device.outcome.get(timeout=30).startswith("dropped"), "the broker took it"
+        again = wire(fed, "dev-1")
+        assert again.publish(topic, b"after") == 0
+        assert aggregator.messages.get(timeout=30) == (topic, b"after")  # nothing before it
+        for w in (aggregator, device, again):
+            w.close()
 
 
 # -- a signed round over TLS -------------------------------------------------------

@@ -38,6 +38,8 @@ COMMANDS: dict[str, str] = {
     "provision": "tools.provision.command",
     "simulate": "tools.simulate.command",
     "status": "tools.status.command",
+    "schema": "tools.schema.command",
+    "stats": "tools.stats.command",
 }
 
 

@@ -27,9 +27,12 @@ AREAS: tuple[tuple[str, str], ...] = (
     ("test_process_faults.py", "infrastructure"),
     ("test_client_faults.py", "clients"),
     ("test_input_faults.py", "input"),
+    ("test_influence_faults.py", "influence"),
     ("test_model_faults.py", "model files"),
     ("test_resource_caps.py", "resource caps"),
     ("test_scale_faults.py", "scale"),
+    ("test_flood_faults.py", "floods"),
+    ("test_privacy_faults.py", "privacy"),
 )
 OUTCOMES = {"pass": "pass", "fail": "**FAIL**", "known bug": "**known bug** (reported)"}
 

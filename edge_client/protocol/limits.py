@@ -28,7 +28,8 @@ MAX_METRICS = 64
 MAX_TEXT = 256
 MAX_ITEMS = 200_000  # CBOR data items per payload: bounds the Python objects a decode builds
 MAX_DEPTH = 6  # message > tensors > tensor > shape is depth 4
-RETAINED_KINDS = frozenset({"manifest", "model", "weights", "round", "presence", "status"})
+RETAINED_KINDS = frozenset({"manifest", "model", "weights", "round", "presence", "status",
+                            "stats"})
 CLEAR = b""  # publishing an empty retained payload deletes the retained message
 
 #: the one id rule (client ids, federations, key ids, transfer ids, prefix segments): no

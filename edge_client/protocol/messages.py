@@ -40,7 +40,8 @@ from edge_client.protocol.tensor import Tensor, _unique_tensors
 
 M = TypeVar("M", bound="Message")
 #: why a run ended, as a finished manifest says (docs/protocol.md, "Runs")
-FINISH_REASONS = ("", "rounds")
+PRIVACY_BUDGET = "privacy budget"  # the next round would take epsilon above the target
+FINISH_REASONS = ("", "rounds", PRIVACY_BUDGET)
 PHASES = ("waiting", "collecting", "finished")
 MAX_RUN_ID = 32
 MAX_EVALUATION_BYTES = 128 * 1024  # a site's evaluation counts (edge_client.score_counts)
@@ -147,7 +148,8 @@ class Manifest(SignedMessage):
         codec: codec of the published global weights.
         signature: over :meth:`signed_bytes`; ``None`` when unsigned.
         run_id: the run of the federation these weights belong to (see :func:`_run_id`).
-        finished: why the run is over (``"rounds"``: its last round closed), or ``""``
+        finished: why the run is over (``"rounds"``: its last round closed; ``"privacy
+            budget"``: another round would exceed the DP budget), or ``""``
             while it runs. A device that sees it takes these weights as the final model.
     """
 
@@ -309,6 +311,11 @@ class Update(Message):
                    f"tensor {_short(tensor.name)} codec {tensor.codec} != update codec")
 
 
+#: the code of a temporary refusal (``"busy: …"``): the aggregator had no room for the
+#: transfer just now; the client keeps its update and re-sends it within the round
+REASON_BUSY = "busy"
+
+
 @dataclass(frozen=True)
 class Reply(SignedMessage):
     """The aggregator's answer to one update; signed like the manifest when the aggregator
@@ -333,6 +340,11 @@ class Reply(SignedMessage):
         _id_field(self.client_id, "client_id")
         _check(8 <= len(self.nonce) <= 64, "nonce", "must be 8-64 bytes")
         _text(self.reason, "reason")
+
+    @property
+    def temporary(self) -> bool:
+        """Whether this is a refusal to try again (reason code :data:`REASON_BUSY`)."""
+        return not self.accepted and self.reason.partition(":")[0] == REASON_BUSY
 
 
 @dataclass(frozen=True)
@@ -429,5 +441,86 @@ class TensorSet(Message):
         _unique_tensors(self.tensors)
 
 
+MAX_STAT_FEATURES = 1_000  # columns one statistics report may carry
+MAX_STAT_BINS = 1_002  # bins of one column: a categorical's categories (<= 1,000) + unseen
+
+
+@dataclass(frozen=True)
+class FeatureSummary:
+    """One column's statistics at one site (``edge_client.feature_stats``); never a row.
+
+    Attributes:
+        name: the schema column.
+        numeric: a numeric column (else categorical, or the label's classes).
+        count, missing: values and missing cells.
+        total, total_sq: sum and sum of squares of the values (numeric; else 0).
+        low, high: smallest and largest value (numeric; else 0).
+        bins: numeric: counts below the schema's range, in its fixed bins, above it;
+            categorical: the count of each category in schema order, then of unseen ones.
+    """
+
+    name: str
+    numeric: bool
+    count: int
+    missing: int
+    total: float
+    total_sq: float
+    low: float
+    high: float
+    bins: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        _text(self.name, "name")
+        _range(self.count, "count", 0, 2**53)
+        _range(self.missing, "missing", 0, 2**53)
+        for name in ("total", "total_sq", "low", "high"):
+            _check(math.isfinite(getattr(self, name)), name, "not a finite number")
+        _check(self.total_sq >= 0 and self.low <= self.high, "total_sq", "inconsistent")
+        _check(len(self.bins) <= MAX_STAT_BINS, "bins", f"more than {MAX_STAT_BINS} bins")
+        _check(all(type(b) is int and 0 <= b <= self.count for b in self.bins), "bins",
+               "counts must be integers in [0, count]")
+
+
+@dataclass(frozen=True)
+class StatsReport(Message):
+    """A device's retained statistics of its local table, for ``fedge stats``.
+
+    Attributes:
+        client_id: the reporting device.
+        schema_sha256: the schema layout the statistics follow (``layout_sha256``): only
+            reports of the same layout are added.
+        rows: data rows of the table.
+        min_count: the device's small-cell threshold: no column with fewer values is
+            reported, and a published bin below it is suppressed.
+        features: the columns reported, in schema order (then the label's classes).
+        suppressed: the columns left out for having fewer than ``min_count`` values.
+        timestamp: when the statistics were computed (unix seconds).
+    """
+
+    KIND: ClassVar[str] = "stats"
+    client_id: str
+    schema_sha256: str
+    rows: int
+    min_count: int
+    features: tuple[FeatureSummary, ...]
+    suppressed: tuple[str, ...]
+    timestamp: float
+
+    def _check(self) -> None:
+        _id_field(self.client_id, "client_id")
+        _sha_field(self.schema_sha256, "schema_sha256")
+        _range(self.rows, "rows", 0, 2**53)
+        _range(self.min_count, "min_count", 1, 2**31)
+        _check(len(self.features) + len(self.suppressed) <= MAX_STAT_FEATURES, "features",
+               f"more than {MAX_STAT_FEATURES} columns")
+        names = [f.name for f in self.features] + list(self.suppressed)
+        _check(len(set(names)) == len(names), "features", "a column is named twice")
+        for name in self.suppressed:
+            _text(name, "suppressed")
+        _check(all(f.count >= self.min_count for f in self.features), "features",
+               "a column below min_count is reported")
+        _range(self.timestamp, "timestamp", 0.0, 1e11)
+
+
 MESSAGES: tuple[type[Message], ...] = (
-    Manifest, Weights, Round, Presence, Update, Reply, Status, Chunk, TensorSet)
+    Manifest, Weights, Round, Presence, Update, Reply, Status, Chunk, TensorSet, StatsReport)

@@ -48,6 +48,7 @@ _LAYOUT: dict[str, tuple[str, ...]] = {
     "manifest": (), "round": (), "status": (), "model": ("sha256", "index"),
     "weights": ("version", "index"),
     "presence": ("client_id",), "update": ("client_id",), "reply": ("client_id",),
+    "stats": ("client_id",),
 }
 
 
@@ -65,7 +66,8 @@ def parse_topic(topic: str, prefix: str = DEFAULT_PREFIX) -> TopicRef:
         prefix: the deployment's topic prefix.
 
     Returns:
-        The topic's kind (one of ``manifest model weights round presence update reply``)
+        The topic's kind (one of ``manifest model weights round presence update reply
+        stats``)
         and the ids it carries.
 
     Raises:
@@ -145,6 +147,14 @@ class Topics:
     def update(self, client_id: str) -> str:
         """Where a client publishes the chunks of its update."""
         return f"{self.base}/update/{check_id(client_id, 'client_id')}"
+
+    def stats(self, client_id: str) -> str:
+        """Retained statistics report of a client's local table (``fedge stats``)."""
+        return f"{self.base}/stats/{check_id(client_id, 'client_id')}"
+
+    def stats_filter(self) -> str:
+        """Subscription filter for every client's statistics report."""
+        return f"{self.base}/stats/+"
 
     def reply(self, client_id: str) -> str:
         """Where the aggregator answers one client."""

@@ -32,3 +32,24 @@ def test_metrics_are_served_over_http(tmp_path: Path) -> None:
     assert f"fedge_received_bytes_total {float(received)}" in text
     assert "fedge_updates_accepted_total 1.0" in text
     assert 'fedge_round_duration_seconds_count 0.0' in text  # no round has closed yet
+
+
+def test_a_presence_beyond_max_online_and_an_evicted_transfer_are_counted(
+        tmp_path: Path) -> None:
+    from edge_client.protocol import Chunk, Presence
+
+    fed = Federation(tmp_path, rounds=1, max_online=3, max_new_clients=3)
+    service = fed.service()
+    intruder = fed.broker.connect("intruder")
+    for fake in ("f1", "f2"):
+        presence = Presence(fake, True, 10, "mem", "1", "test", fed.now)
+        intruder.publish(fed.topics.presence(fake), presence.encode())
+    for i in range(5):  # 5 partial transfers on a's topic: one over its cap of 4
+        intruder.publish(fed.topics.update("a"), Chunk(f"junk-{i}", 0, 2, 8, "0" * 64,
+                                                       b"x").encode())
+    fed.pump(service)
+    assert len(service.state.online) == 3
+    assert service.metrics.value("fedge_invalid_messages_total", {"kind": "presence_cap"}) == 2
+    assert service.metrics.value("fedge_transfers_evicted_total") == 1
+    reply = fed.send(service, "a")  # a's own update still gets in
+    assert reply is not None and reply.accepted, reply

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from round_kit import Driver, update
+from round_kit import LIMITS, Driver, update
 
 from aggregator.bounds import InfluenceBounds
 from aggregator.reasons import Reason
@@ -58,7 +58,6 @@ POISONS: dict[str, tuple[Callable[[ReceivedUpdate], ReceivedUpdate], Reason, str
                             Reason.NORM, "norm"),
     "zero samples": (lambda u: replace(u, num_samples=0), Reason.NUM_SAMPLES, "num_samples 0"),
     "negative samples": (lambda u: replace(u, num_samples=-5), Reason.NUM_SAMPLES, "-5"),
-    "inflated samples": (lambda u: replace(u, num_samples=10**9), Reason.NUM_SAMPLES, "5000"),
     "future round": (lambda u: replace(u, round_id=7), Reason.WRONG_ROUND, "round 7"),
     "older base": (lambda u: replace(u, round_id=1, base_version=-1), Reason.STALE,
                    "base_version -1"),
@@ -192,6 +191,37 @@ def test_one_liar_cannot_control_the_model_with_default_bounds() -> None:
     assert report["capped"]["mallory"] == {"claimed": 1_000_000, "weight": 330}
     assert set(report["clipped"]) == {"mallory"} and report["clip_norm"] == pytest.approx(
         0.3, rel=1e-3)
+
+
+def test_a_count_above_max_num_samples_is_clipped_not_rejected() -> None:
+    """Issue 14, finding 9: an honest big site (10⁹ samples > --max-num-samples 5,000) used
+    to be refused after training; its update counts, weighing as the bound at most."""
+    d = announced()
+    d.round.bounds = InfluenceBounds(weight_factor=0, norm_factor=0)  # only the count bound
+    a, b, c = sorted(d.state.selected)
+    for client, samples, value in ((a, 100, 0.1), (b, 200, 0.2), (c, 10**9, 0.4)):
+        verdict = d.round.admit(update(CONFIG, client, 1, 0, samples=samples, value=value),
+                                1.0)
+        assert verdict.accepted, verdict.rejection
+    limit = LIMITS.max_num_samples
+    expected = (100 * 0.1 + 200 * 0.2 + limit * 0.4) / (300 + limit)
+    np.testing.assert_allclose(d.round.delta()["dense/kernel"], expected, rtol=1e-6)
+    line = d.round.record("aggregated", 1, 2.0)
+    assert line["bounds"]["capped"] == {c: {"claimed": 10**9, "weight": limit,
+                                            "max_num_samples": limit}}
+    assert line["samples"] == 300 + 10**9  # what the sites claimed
+
+
+def test_the_median_cap_counts_a_claim_over_the_bound_as_the_bound() -> None:
+    d = announced()
+    a, b, c = sorted(d.state.selected)
+    for client, samples in ((a, 4000), (b, 10**9), (c, 10**9)):  # median_low: the bound
+        d.round.admit(update(CONFIG, client, 1, 0, samples=samples), 1.0)
+    report = d.round.plan().report()
+    limit = LIMITS.max_num_samples
+    assert report["weight_cap"] == 3 * limit
+    assert report["capped"] == {x: {"claimed": 10**9, "weight": limit, "max_num_samples": limit}
+                                for x in (b, c)}
 
 
 def test_with_everyone_in_bounds_it_is_exact_fedavg() -> None:

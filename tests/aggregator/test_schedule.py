@@ -21,6 +21,7 @@ from aggregator.schedule import (
     Finish,
     Phase,
     Presence,
+    PresenceRefused,
     RoundsConfig,
     RoundState,
     SkipRound,
@@ -249,7 +250,7 @@ def script() -> list[tuple[Tick | Presence | Arrives, float]]:
     """Two rounds with a duplicate, an outsider, churn, an extension, late and stale updates.
 
     With seed 7, round 1 selects dev-05/06/07 and round 2 (dev-09 in, dev-03 out)
-    dev-01/07/09.
+    dev-05/06, which delivered round 1, and dev-01.
     """
     return [
         (Tick(), 0.0), (("dev-05", 1, 0), 1.0), (Presence("dev-09", True), 2.0),
@@ -257,7 +258,7 @@ def script() -> list[tuple[Tick | Presence | Arrives, float]]:
         (Tick(), 10.0), (("dev-06", 1, 0), 12.0), (Presence("dev-03", False), 13.0),
         (Tick(), 20.0), (("dev-07", 1, 0), 21.0),
         (("dev-01", 2, 1), 22.0), (("dev-09", 2, 0), 23.0),
-        (("dev-09", 2, 1), 24.0), (("dev-07", 2, 1), 25.0),
+        (("dev-05", 2, 1), 24.0), (("dev-06", 2, 1), 25.0),
         (Tick(), 40.0),
     ]
 
@@ -293,7 +294,8 @@ def test_a_corrupt_checkpoint_is_refused_naming_the_field() -> None:
 @pytest.mark.parametrize("kwargs", [{"total_rounds": 0}, {"min_clients": 0},
                                     {"clients_per_round": 1}, {"fraction": 1.5},
                                     {"round_timeout": 0.0}, {"seed": -1},
-                                    {"min_available": 1}])
+                                    {"min_available": 1}, {"max_new_clients": 1},
+                                    {"max_new_clients": 8, "max_online": 4}])
 def test_nonsense_round_config_is_a_config_error(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ConfigError):
         RoundsConfig(**{"federation": "f", "model_sha256": "h", "total_rounds": 2,
@@ -303,7 +305,8 @@ def test_nonsense_round_config_is_a_config_error(kwargs: dict[str, Any]) -> None
 def test_a_round_never_lists_more_clients_than_the_protocol_allows() -> None:
     from edge_client.protocol import MAX_SELECTED
 
-    cfg = RoundsConfig(federation="f", model_sha256=H, total_rounds=1, min_clients=2)
+    cfg = RoundsConfig(federation="f", model_sha256=H, total_rounds=1, min_clients=2,
+                       max_new_clients=MAX_SELECTED)
     assert round_size(cfg, MAX_SELECTED + 500) == MAX_SELECTED
     online = frozenset(f"d{i}" for i in range(MAX_SELECTED + 1))
     d = Driver(cfg, online)
@@ -328,3 +331,67 @@ def test_the_machine_refuses_to_count_an_update_admission_would_refuse() -> None
     outsider = sorted(CLIENTS - state.selected)[0]
     with pytest.raises(ValidationError, match="admission"):
         step(CONFIG, state, Admitted(outsider), now=1.0)
+
+
+FAKES = frozenset(f"fake-{i:04d}" for i in range(2000))
+
+
+def flooded(delivered: frozenset[str]) -> RoundState:
+    """Waiting for round 2: ``delivered`` delivered round 1, 2,000 made-up ids came online."""
+    return RoundState(round_id=1, weights_version=1, online=FAKES | delivered,
+                      delivered=delivered)
+
+
+@pytest.mark.parametrize("per_round", [2, None])
+def test_ids_that_delivered_are_selected_before_a_presence_flood(per_round: int | None
+                                                                 ) -> None:
+    """Issue 14 finding 6: 5,000 made-up presence ids were selected instead of the devices
+    that had delivered, and the rounds were skipped."""
+    config = RoundsConfig("f", H, total_rounds=3, min_clients=2, clients_per_round=per_round)
+    _, (announce,) = step(config, flooded(frozenset({"dev-a", "dev-b"})), Tick(), now=0.0)
+    assert isinstance(announce, Announce) and {"dev-a", "dev-b"} <= set(announce.selected)
+    assert len(announce.selected) == (2 if per_round else 2 + config.max_new_clients)
+
+
+def test_never_delivered_ids_are_capped_per_round_and_the_untried_go_first() -> None:
+    config = RoundsConfig("f", H, total_rounds=20, min_clients=2, max_new_clients=300,
+                          round_timeout=1.0)
+    state, now, tried = RoundState(online=FAKES | {"dev-new"}), 0.0, set()
+    for round_id in range(1, 8):  # 2,001 ids, 300 a round: every id within 7 rounds
+        untried = state.online - tried
+        state, _ = step(config, state, Tick(), now)
+        assert state.round_id == round_id and len(state.selected) == 300
+        assert len(state.selected & untried) == min(300, len(untried)), round_id
+        tried |= state.selected
+        now += 3.0
+        state, _ = step(config, state, Tick(), now)  # deadline, extension: skipped
+    assert tried == state.online
+    assert state.tried == tried and not state.delivered
+
+
+def test_delivered_and_tried_survive_a_checkpoint_and_older_checkpoints_load() -> None:
+    config = RoundsConfig("f", H, total_rounds=3, min_clients=1, clients_per_round=3)
+    state, _ = step(config, RoundState(online=CLIENTS), Tick(), now=0.0)
+    winner, *losers = sorted(state.selected)
+    state, _ = step(config, state, Admitted(winner), now=1.0)
+    state, _ = step(config, state, Tick(), now=100.0)
+    assert state.delivered == {winner} and state.tried == set(losers)
+    assert RoundState.from_dict(state.to_dict()) == state
+    older = {k: v for k, v in state.to_dict().items() if k not in ("delivered", "tried")}
+    assert RoundState.from_dict(older).delivered == frozenset()
+
+
+def test_the_presence_table_is_capped_but_ids_that_delivered_always_get_in() -> None:
+    config = RoundsConfig("f", H, total_rounds=3, min_clients=2, max_online=300,
+                          min_available=10**6)
+    state = RoundState(delivered=frozenset({"dev-a"}))
+    refused = []
+    for client in [*sorted(FAKES)[:400], "dev-a"]:
+        state, actions = step(config, state, Presence(client, True), now=0.0)
+        refused += of_type(actions, PresenceRefused)
+    assert len(state.online) == 301 and "dev-a" in state.online
+    assert len(refused) == 100 and refused[0] == PresenceRefused("fake-0300", 300)
+    for gone in ("fake-0000", "fake-0001"):  # 299 online: room for one more
+        state, _ = step(config, state, Presence(gone, False), now=0.0)
+    state, actions = step(config, state, Presence("fake-0399", True), now=0.0)
+    assert "fake-0399" in state.online and not actions

@@ -307,7 +307,6 @@ def poisoned(r: Round, good: Update, model_file: ModelFile) -> dict[str, Update]
         "shape": make_update(r, "dev-a", 10, model_file, salt="shape",
                              shapes={kernel.name: (kernel.shape[0], kernel.shape[1] + 1)}),
         "norm": make_update(r, "dev-a", 10, model_file, scale=100.0, salt="norm"),
-        "num_samples": make_update(r, "dev-a", 10**6, model_file, salt="samples"),
         "wrong_round": replace(good, round_id=7, nonce=b"round-07"),
         "model_hash": replace(good, model_sha256="0" * 64, nonce=b"model-00"),
         "federation": replace(good, federation="other", nonce=b"federat0"),
@@ -344,7 +343,7 @@ def test_poisoned_updates_are_rejected_counted_and_change_nothing(
         np.testing.assert_allclose(got[name], value, rtol=1e-6, atol=1e-7)
     (line,) = run.service.store.history()
     assert line["participants"] == sorted(SAMPLES) and line["samples"] == sum(SAMPLES.values())
-    codes = ["malformed", "inf", "shape", "norm", "num_samples", "wrong_round", "model_hash",
+    codes = ["malformed", "inf", "shape", "norm", "wrong_round", "model_hash",
              "federation", "codec", "client_id"]
     assert line["rejections"] == {code: 2 if code == "malformed" else 1 for code in codes}
     metric = run.service.metrics.value

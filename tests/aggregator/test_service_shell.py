@@ -43,3 +43,28 @@ def test_deadline_passes_with_the_fake_clock(tmp_path: Path) -> None:
     for name, base in WEIGHTS.items():
         mean = sum(d[name].astype(np.float32).astype(np.float64) for d in deltas) / 2
         np.testing.assert_allclose(published[name], base + mean, rtol=1e-6, atol=1e-7)
+
+
+def test_the_history_line_states_the_scaling_of_the_models_schema(tmp_path: Path) -> None:
+    import dataclasses
+
+    from service_kit import MODEL
+
+    from edge_client.schema import Feature, Schema
+
+    def line_of(schema: Schema | None, folder: Path) -> dict[str, object]:
+        model = dataclasses.replace(MODEL, metadata=dataclasses.replace(MODEL.metadata,
+                                                                        schema=schema))
+        fed = Federation(folder, model=model, min_clients=1, rounds=1)
+        service = fed.service()
+        fed.send(service, "a")
+        fed.pump(service)
+        (line,) = AggregatorStore(folder).history()
+        return line
+
+    own = Schema(tuple(Feature(f"v{i}") for i in range(4)), "y", ("a", "b", "c"))
+    shared = own.with_features([dataclasses.replace(f, mean=1.0, std=2.0)
+                                for f in own.features])
+    assert line_of(own, tmp_path / "own")["scaling"] == "per-site"
+    assert line_of(shared, tmp_path / "shared")["scaling"] == "shared"
+    assert "scaling" not in line_of(None, tmp_path / "none")  # no schema: the devices decide

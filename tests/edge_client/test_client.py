@@ -235,6 +235,31 @@ def test_junk_chunks_cannot_keep_a_verifying_client_from_its_weights(
 
 
 @pytest.mark.broker
+def test_a_busy_reply_keeps_the_update_and_the_client_sends_it_again_in_the_round(
+    broker: MosquittoBroker, namespace: str, tmp_path: Path, logreg_file: bytes,
+    make_aggregator: Any,
+) -> None:
+    """Issue 14 finding 7: a refusal because the aggregator's intake was full is temporary
+    ('busy'); the client used to take it as final, drop its update and exit 1."""
+    t, agg = _aggregator_on(broker, namespace, logreg_file, make_aggregator)
+    agg.refusals = ["busy: too many transfers in progress (4096); temporary, re-send"] * 2
+    _local_file(tmp_path / "local.npz")
+    proc = subprocess.Popen(
+        _client_cmd(broker, namespace, tmp_path / "local.npz", tmp_path / "st"),
+        cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        updates = agg.collect(1, timeout=40)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+        t.stop()
+    assert len(updates) == 1 and agg.completions == 3, "the update was not sent again"
+    first, second = agg.refused_at
+    assert second - first < 15, "re-sent only after resend_after, not backed off from 1 s"
+    assert proc.stderr is not None and "aggregator busy" in proc.stderr.read()
+
+
+@pytest.mark.broker
 @pytest.mark.parametrize("version", ["5", "3.1.1"])
 def test_late_joining_client_without_tensorflow_takes_part_over_mqtt(
     broker: MosquittoBroker, namespace: str, tmp_path: Path, logreg_file: bytes,

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from edge_client.config import ClientConfig
-from edge_client.device import keep_norm_stats, prepare_data
+from edge_client.device import keep_norm_stats, prepare_data, warn_single_class
 from edge_client.errors import ConfigError
 from edge_client.normalise import NormStats, normalise
 from edge_client.state import NORMALISATION_FILE, StateDir
+from edge_client.training import LocalSplit, single_class
+from tools.runtime.broker import MosquittoBroker
+from tools.runtime.fleet import Fleet
 
 
 def _csv(path: Path) -> Path:
@@ -52,3 +56,36 @@ def test_a_device_on_raw_values_keeps_no_statistics_and_drops_stale_ones(tmp_pat
 def test_no_data_file_names_the_flag() -> None:
     with pytest.raises(ConfigError, match="--data is required"):
         prepare_data(ClientConfig())
+
+
+def test_single_class_names_the_one_class_of_labels_only() -> None:
+    assert single_class(np.full(7, 2, np.int64)) == 2
+    assert single_class(np.array([0, 1, 0], np.int64)) is None
+    assert single_class(np.zeros(5, np.float32)) is None  # regression targets
+    assert single_class(np.zeros(0, np.int64)) is None
+
+
+@pytest.mark.broker
+def test_a_device_training_on_one_class_warns_naming_it_and_its_count(
+        broker: MosquittoBroker, namespace: str, tmp_path: Path) -> None:
+    """Issue 14, finding 10: a site whose data holds one class trained without a word."""
+    x = np.random.default_rng(0).normal(size=(40, 4)).astype(np.float32)
+    np.savez(tmp_path / "one-class.npz", x=x, y=np.ones(40, np.int64))
+    with Fleet(tmp_path / "logs") as fleet:
+        child = fleet.start("site", "edge_client", [
+            "--broker", broker.url, "--federation", namespace, "--client-id", "site-1",
+            "--data", str(tmp_path / "one-class.npz"), "--state-dir", str(tmp_path / "s")])
+        end = time.monotonic() + 60
+        while "local samples" not in child.tail(200) and child.proc.poll() is None:
+            assert time.monotonic() < end, child.tail(30)
+            time.sleep(0.1)
+        log = child.tail(200)
+        fleet.stop(child)
+    assert ("client site-1: local training data holds one class only: all 32 training "
+            "samples are class 1") in log, log
+
+
+def test_two_classes_give_no_warning(caplog: pytest.LogCaptureFixture) -> None:
+    x = np.zeros((10, 2), np.float32)
+    warn_single_class("site-2", LocalSplit.of(x, np.array([0, 1] * 5, np.int64), seed=0))
+    assert "one class" not in caplog.text

@@ -204,3 +204,43 @@ def test_a_garbage_tail_is_a_model_error(plain: bytes, tail: bytes) -> None:
         embedded_weights(flatbuffer + tail)
     with pytest.raises(ModelError):
         embed_weights(flatbuffer + tail, {})
+
+
+def test_a_schema_in_the_metadata_is_parsed_strictly_and_must_fit_the_input(plain: bytes
+                                                                            ) -> None:
+    from model_kit import document, flatbuffer, with_document
+
+    from edge_client.schema import Feature, Schema
+
+    assert read_metadata(plain).schema is None  # exported without one
+    five = Schema((Feature("age"), Feature("sex", kind="categorical",
+                                           categories=("F", "M", "X")),
+                   Feature("bmi")), "outcome", ("a", "b", "c"))
+    doc = document(plain)
+    fits = with_document(flatbuffer(plain), {**doc, "schema": five.to_dict()})
+    assert read_metadata(fits).schema == five
+    narrow = five.with_features(five.features[:2])
+    with pytest.raises(ModelError, match="the schema makes 4 inputs, the model's input shape "
+                                         r"is \[5\]"):
+        read_metadata(with_document(flatbuffer(plain), {**doc, "schema": narrow.to_dict()}))
+    broken = {**five.to_dict(), "feature": [{"name": "age", "kind": "text"}]}
+    with pytest.raises(ModelError, match='model metadata: schema: feature "age": kind'):
+        read_metadata(with_document(flatbuffer(plain), {**doc, "schema": broken}))
+
+
+def test_with_schema_rewrites_only_the_metadatas_schema(plain: bytes) -> None:
+    from edge_client.model import with_schema
+    from edge_client.schema import Feature, Schema
+
+    weights = _weights(plain, 2)
+    data = embed_weights(plain, weights)
+    schema = Schema(tuple(Feature(f"v{i}", mean=float(i), std=2.0) for i in range(5)), "y",
+                    ("a", "b", "c"), scaling="shared")
+    out = with_schema(data, schema)
+    assert read_metadata(out).schema == schema
+    assert out[: archive_start(out)] == plain[: archive_start(plain)]  # same flatbuffer
+    got = embedded_weights(out)
+    assert got is not None and all(np.array_equal(got[k], v) for k, v in weights.items())
+    narrow = Schema((Feature("v0"),), "y", ("a", "b", "c"))
+    with pytest.raises(ModelError, match="schema makes 1"):
+        with_schema(plain, narrow)  # one input for a model of five

@@ -27,6 +27,7 @@ from edge_client.protocol import (
     MESSAGES,
     NUMPY_DTYPES,
     Chunk,
+    FeatureSummary,
     Hyperparameters,
     InvalidTopic,
     MalformedMessage,
@@ -36,6 +37,7 @@ from edge_client.protocol import (
     Presence,
     Reply,
     Round,
+    StatsReport,
     Status,
     Tensor,
     TensorSet,
@@ -78,6 +80,9 @@ SAMPLES: dict[str, Message] = {
                                   run_id=RUN),
     "manifest-finished": Manifest("cardio", SHA_A, 48_213, 9, SHA_B, 9, "fp32", "agg-2025",
                                   bytes(64), run_id=RUN, finished="rounds"),
+    "manifest-privacy-budget": Manifest("cardio", SHA_A, 48_213, 4, SHA_B, 4, "fp32",
+                                        "agg-2025", bytes(64), run_id=RUN,
+                                        finished="privacy budget"),
     "weights": Weights("cardio", 7, (_tensor("dense0_kernel", "fp32", (3, 2), 1),
                                      _tensor("dense0_bias", "fp32", (2,), 2))),
     "round-fraction": Round("cardio", 8, 7, SHA_A, 1_750_000_000.5, HYPER, "int8", fraction=0.25,
@@ -104,6 +109,11 @@ SAMPLES: dict[str, Message] = {
                      1_750_000_000.25),
     "chunk": Chunk("u-8-0001020304050607", 1, 3, 300, SHA_B, bytes(range(100))),
     "tensors": TensorSet((_tensor("dense0_kernel", "fp32", (2, 2), 8),)),
+    "stats": StatsReport("ward-7", SHA_A, 120, 10, (
+        FeatureSummary("age", True, 118, 2, 6490.0, 372_000.5, 21.0, 90.0, (0, 3, 9, 20, 25, 30,
+                                                                        15, 10, 4, 2, 0, 0)),
+        FeatureSummary("sex", False, 120, 0, 0.0, 0.0, 0.0, 0.0, (61, 58, 1))), ("smoker",),
+        1_750_000_000.5),
 }
 
 
@@ -317,6 +327,8 @@ def test_topic_tree() -> None:
     assert topics.presence("w1") == "fedge/v3/cardio/presence/w1"
     assert topics.update("w1") == "fedge/v3/cardio/update/w1"
     assert topics.reply("w1") == "fedge/v3/cardio/reply/w1"
+    assert topics.stats("w1") == "fedge/v3/cardio/stats/w1"
+    assert topics.stats_filter() == "fedge/v3/cardio/stats/+"
     assert topics.update_filter("aggs") == "$share/aggs/fedge/v3/cardio/update/+"
     assert topics.weights_chunks(7, 2) == ["fedge/v3/cardio/weights/7/0",
                                            "fedge/v3/cardio/weights/7/1"]
@@ -331,6 +343,7 @@ def test_topic_tree() -> None:
     ("fedge/v3/f/presence/c-1", TopicRef("presence", "f", client_id="c-1")),
     ("fedge/v3/f/update/c.1", TopicRef("update", "f", client_id="c.1")),
     ("fedge/v3/f/reply/C_1", TopicRef("reply", "f", client_id="C_1")),
+    ("fedge/v3/f/stats/c-1", TopicRef("stats", "f", client_id="c-1")),
 ])
 def test_parse_topic(topic: str, ref: TopicRef) -> None:
     assert parse_topic(topic) == ref
@@ -361,7 +374,8 @@ def test_topics_reject_unsafe_ids_and_foreign_federations() -> None:
 @given(ids, ids, shas, st.integers(0, 10**15), st.integers(0, 10**15))
 def test_topics_round_trip(fed: str, client: str, sha: str, version: int, index: int) -> None:
     topics = Topics(fed)
-    for topic in (topics.presence(client), topics.update(client), topics.reply(client)):
+    for topic in (topics.presence(client), topics.update(client), topics.reply(client),
+                  topics.stats(client)):
         assert topics.parse(topic).client_id == client
     assert topics.parse(topics.model_chunk(sha, index)) == TopicRef("model", fed, sha256=sha,
                                                                     index=index)

@@ -17,6 +17,8 @@ from edge_client.transfer import (
     ChunkRejected,
     Reassembler,
     ReassemblyLimits,
+    TransferFailed,
+    TransfersBusy,
     chunk_overhead,
     split,
 )
@@ -107,18 +109,24 @@ def _chunk(**change: Any) -> Chunk:
 
 
 def test_inconsistent_and_corrupt_transfers_are_rejected() -> None:
+    """Each failure fails the whole transfer (TransferFailed) and forgets it."""
     reassembler = Reassembler()
     reassembler.accept("c", _chunk(), 0.0)
-    with pytest.raises(ChunkRejected, match="differ"):
+    with pytest.raises(TransferFailed, match="differ"):
         reassembler.accept("c", _chunk(index=1, total_size=2001), 0.0)
-    with pytest.raises(ChunkRejected, match="beyond total_size"):
+    assert reassembler.pending == 0
+    reassembler.accept("c", _chunk(), 0.0)
+    reassembler.accept("c", _chunk(index=1, data=bytes(800)), 0.0)
+    with pytest.raises(TransferFailed, match="beyond total_size"):
         reassembler.accept("c", _chunk(index=2, data=bytes(1200)), 0.0)
-    with pytest.raises(ChunkRejected, match="chunks for"):
+    assert reassembler.pending == 0
+    with pytest.raises(TransferFailed, match="chunks for"):
         reassembler.accept("d", _chunk(count=3000, index=0, total_size=2000), 0.0)
     rest = [Chunk.decode(c) for c in split(bytes(2000), "t", max_payload=1000)[1:]]
     tampered = [Chunk(c.transfer_id, c.index, c.count, c.total_size, c.sha256,
                       b"\x01" * len(c.data)) for c in rest]
-    with pytest.raises(ChunkRejected, match="sha256 mismatch"):
+    reassembler.accept("c", _chunk(), 0.0)
+    with pytest.raises(TransferFailed, match="sha256 mismatch"):
         for chunk in tampered:
             reassembler.accept("c", chunk, 0.0)
     assert reassembler.pending == 0
@@ -137,3 +145,51 @@ def test_undecodable_chunks_and_bad_settings() -> None:
 def test_empty_payload_is_one_chunk() -> None:
     (chunk,) = split(b"", "empty")
     assert Reassembler().accept("c", chunk, 0.0) == b""
+
+
+def _first(tid: str, size: int = 1000) -> bytes:
+    """The first of two chunks of a ``size``-byte transfer ``tid`` (never completed)."""
+    return split(bytes(size), tid, max_payload=size // 2 + 200)[0]
+
+
+def test_evicting_a_sender_at_its_cap_loses_its_own_least_recently_active_transfer() -> None:
+    """Issue 14 finding 7: 4 partial transfers on one device's topic refused its update."""
+    r = Reassembler(ReassemblyLimits(max_transfers_per_sender=2), evict=True)
+    r.accept("dev-a", _first("junk-1"), 0.0)
+    r.accept("dev-a", _first("junk-2"), 1.0)
+    r.accept("dev-a", _first("junk-1"), 2.0)  # a repeat keeps junk-1 active
+    whole = split(b"genuine", "real", max_payload=300)
+    assert r.accept("dev-a", whole[0], 3.0) == b"genuine"
+    r.accept("dev-b", _first("b-1"), 3.0)
+    assert (r.pending, r.evicted) == (2, 1)  # junk-2 went: junk-1 and b-1 are left
+    r.drop("dev-a", "junk-1")
+    assert (r.pending, r.buffered_bytes) == (1, 1000)
+
+
+def test_full_caps_evict_a_flood_but_never_a_protected_senders_only_transfer() -> None:
+    selected = {"dev-a", "dev-b"}
+    r = Reassembler(ReassemblyLimits(max_transfers=3, max_buffered_bytes=10_000), evict=True,
+                    protected=selected.__contains__)
+    r.accept("dev-b", _first("b"), 0.0)
+    r.accept("fake-1", _first("f1"), 1.0)
+    r.accept("fake-2", _first("f2"), 2.0)
+    with pytest.raises(TransfersBusy, match="too many transfers"):  # fake for fake: no
+        r.accept("fake-3", _first("f3"), 3.0)
+    r.accept("dev-a", _first("a"), 4.0)  # a selected sender evicts the oldest fake
+    with pytest.raises(TransfersBusy, match="too many transfers"):
+        r.accept("fake-3", _first("f3"), 5.0)
+    r.accept("dev-a", _first("a2"), 6.0)  # now dev-a holds 2 of 3 ...
+    r.accept("dev-b", _first("b2"), 7.0)  # ... and dev-b's takes dev-a's older one
+    assert r.evicted == 3
+    assert sorted(k for k in r._open) == [("dev-a", "a2"), ("dev-b", "b"), ("dev-b", "b2")]
+    r.drop("dev-b", "b2")
+    with pytest.raises(TransfersBusy, match="buffer full"):  # 2,000 + 9,000 > 10,000
+        r.accept("dev-c", _first("c", 9000), 8.0)
+
+
+def test_without_evict_a_full_cap_refuses_as_before() -> None:
+    r = Reassembler(ReassemblyLimits(max_transfers_per_sender=1))
+    r.accept("a", _first("1"), 0.0)
+    with pytest.raises(ChunkRejected, match="already has 1") as raised:
+        r.accept("a", _first("2"), 0.0)
+    assert not isinstance(raised.value, TransfersBusy) and r.evicted == 0

@@ -168,3 +168,77 @@ def test_masked_padding_gives_the_update_of_the_short_batch(
     reference.step(x[:3], y[:3], 0.0)
     for got in results:
         _assert_weights_close(got, reference.numpy(), 0)
+
+
+WEIGHTS = {2: [0.7, 2.5], 3: [0.5, 1.0, 3.0]}
+
+
+def keras_weighted_loss(classes: int, logits: Any, y: Any, class_weights: list[float]) -> Any:
+    """Keras's class-weighted loss: sample_weight = w[y], mean over the batch's examples."""
+    sample_weight = tf.gather(tf.constant(class_weights), tf.cast(y, tf.int32))
+    if classes == 2:
+        loss = keras.losses.BinaryCrossentropy(from_logits=True)
+        return loss(y[:, None], logits, sample_weight=sample_weight)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    return loss(y, logits, sample_weight=sample_weight)
+
+
+@pytest.fixture(scope="module")
+def weighted_files(configs: dict[str, tuple[tuple[int, ...], int]]) -> dict[str, bytes]:
+    """logreg (binary) and cnn1d (3 classes) exported with class weights, SGD."""
+    from models.export import export_trainable
+
+    return {name: export_trainable(name, configs[name][0], configs[name][1], BATCH, "sgd",
+                                   class_weights=WEIGHTS[configs[name][1]])
+            for name in ("logreg", "cnn1d")}
+
+
+@pytest.mark.parametrize("name", ["logreg", "cnn1d"])
+def test_class_weighted_train_steps_match_keras_weighted_loss(
+    name: str,
+    configs: dict[str, tuple[tuple[int, ...], int]],
+    weighted_files: dict[str, bytes],
+    make_data: Callable[..., tuple[Array, Array]],
+) -> None:
+    from models.export import custom_operators
+
+    shape, classes = configs[name]
+    data = weighted_files[name]
+    assert custom_operators(data) == []  # still builtin-only
+    model = Interpreter(data)
+    start = _random_weights(model, seed=3)
+    model.run("set_weights", start)
+    weights = {k: tf.Variable(v) for k, v in start.items()}
+    optimizer = keras.optimizers.SGD(LEARNING_RATE["sgd"], momentum=0.9)
+    x, y = make_data(shape, classes, 3 * BATCH, 11)
+    for step, n in enumerate([BATCH, BATCH, 5]):
+        xb, yb = x[step * BATCH : (step + 1) * BATCH], y[step * BATCH : (step + 1) * BATCH]
+        loss = _train(model, xb, yb, n, LEARNING_RATE["sgd"], 0.0)
+        variables = list(weights.values())
+        with tf.GradientTape() as tape:
+            want = keras_weighted_loss(classes, reference_logits(name, weights, xb[:n]), yb[:n],
+                                       WEIGHTS[classes])
+        optimizer.apply_gradients(zip(tape.gradient(want, variables), variables, strict=True))
+        assert loss == pytest.approx(float(want), rel=1e-5, abs=1e-6), f"step {step} loss"
+        _assert_weights_close(model.run("get_weights", {}), {k: v.numpy() for k, v in
+                                                             weights.items()}, step)
+    # evaluate stays unweighted: its loss is the plain mean
+    mask = np.ones(BATCH, np.float32)
+    got = float(model.run("evaluate", {"x": x[:BATCH], "y": y[:BATCH], "mask": mask})["loss"])
+    now = {k: tf.constant(v) for k, v in model.run("get_weights", {}).items()}
+    plain = reference_loss(classes, reference_logits(name, now, x[:BATCH]), y[:BATCH])
+    assert got == pytest.approx(float(plain), rel=1e-5, abs=1e-6)
+
+
+def test_class_weights_are_checked_and_recorded(
+    configs: dict[str, tuple[tuple[int, ...], int]], weighted_files: dict[str, bytes]
+) -> None:
+    from models import metadata
+    from models.export import export_trainable
+
+    assert metadata.read(weighted_files["logreg"])["class_weights"] == WEIGHTS[2]
+    for bad, message in [([1.0], "one class weight per class"), ([1.0, 0.0], "> 0")]:
+        with pytest.raises(ValueError, match=message):
+            export_trainable("logreg", (8,), 2, BATCH, class_weights=bad)
+    with pytest.raises(ValueError, match="classification"):
+        export_trainable("mlp", (6,), 0, BATCH, class_weights=[1.0])

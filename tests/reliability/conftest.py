@@ -127,12 +127,14 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
 @pytest.fixture
 def aggregator(fleet: Fleet, durable_broker: MosquittoBroker, namespace: str, tmp_path: Path,
                model_path: Path) -> AggregatorFactory:
-    """Start ``python -m aggregator`` on the test's broker with flags (``min_clients=3``)."""
-    def start(**flags: object) -> AggregatorProcess:
+    """Start ``python -m aggregator`` on the test's broker with flags (``min_clients=3``);
+    ``crash_after=(STAGE, ROUND)``: one that SIGKILLs itself then
+    (:meth:`AggregatorProcess.start`)."""
+    def start(crash_after: tuple[str, int] | None = None, **flags: object) -> AggregatorProcess:
         process = AggregatorProcess(
             fleet, model_path, durable_broker.url, namespace, tmp_path / "aggregator",
             {name.replace("_", "-"): value for name, value in flags.items()})
-        process.start()
+        process.start(crash_after)
         return process
     return start
 

@@ -45,6 +45,7 @@ from tools.runtime.broker import MosquittoBroker, free_port
 from tools.runtime.fleet import Child, Fleet
 
 T = TypeVar("T")
+CRASH_AT = Path(__file__).resolve().parent / "crash_at.py"
 Arrays = dict[str, npt.NDArray[Any]]
 
 
@@ -99,9 +100,15 @@ class AggregatorProcess:
                  **override}
         return [part for name, value in flags.items() for part in (f"--{name}", str(value))]
 
-    def start(self) -> Child:
-        """Start (or restart) the process."""
-        child = self.fleet.start(f"aggregator-{len(self.children)}", "aggregator", self.argv())
+    def start(self, crash_after: tuple[str, int] | None = None) -> Child:
+        """Start (or restart) the process; ``crash_after=(STAGE, ROUND)``: one that SIGKILLs
+        itself when that stage of that round ends (tests/reliability/crash_at.py)."""
+        name = f"aggregator-{len(self.children)}"
+        if crash_after is None:
+            child = self.fleet.start(name, "aggregator", self.argv())
+        else:
+            stage, round_id = crash_after
+            child = self.fleet.run(name, [str(CRASH_AT), stage, str(round_id), *self.argv()])
         self.children.append(child)
         return child
 

@@ -22,10 +22,22 @@ from reliability.kit import (
     ScriptedDevice,
     check_federation,
 )
-from update_kit import make_update, transfer_id
+from update_kit import fedavg, make_update, transfer_id
 
 from aggregator.modelfile import ModelFile
-from edge_client.protocol import Chunk, Presence, Round, Tensor, Topics, Update
+from aggregator.store import AggregatorStore
+from edge_client.protocol import (
+    Chunk,
+    Presence,
+    Round,
+    Tensor,
+    Topics,
+    Update,
+    Weights,
+    parse_update_transfer_id,
+    update_transfer_id,
+)
+from edge_client.quantize import dequantize_update
 from edge_client.transfer import split
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
@@ -254,6 +266,102 @@ def test_update_on_another_devices_topic(aggregator: AggregatorFactory, devices:
     assert b.replies == [], b.replies
     (line,) = agg.history()
     assert line["rejections"] == {"client_id": 1} and "dev-b" in line["participants"]
+    scenario.observe(check_federation(agg.state_dir, model_file, 1, accepted=[
+        (1, u.client_id) for u in updates]))
+    scenario.observe("aggregator exit 0")
+
+
+@pytest.mark.fault(
+    name="an honest big site over --max-num-samples",
+    injected="dev-c announces and trains on 6,800,000 samples (above the default "
+             "--max-num-samples 1,000,000) next to dev-a (120) and dev-b (30)",
+    expected="its update accepted (not thrown away after training), weighing as the round's "
+             "median cap (3 x 120); history bounds.capped names it with its claim and the "
+             "bound; the aggregator logs it at presence and at acceptance")
+def test_an_honest_big_site_is_clipped_not_rejected(aggregator: AggregatorFactory,
+                                                    devices: Devices, model_file: ModelFile,
+                                                    scenario: Scenario) -> None:
+    """Issue 14, finding 9: the site's update was refused 'num_samples ... outside
+    1..1000000' after it had trained."""
+    big = 6_800_000
+    samples = {**SAMPLES, "dev-c": big}
+    agg = aggregator(rounds=1, min_clients=3, round_timeout=8, codec="int8")
+    devs = [devices(name, n) for name, n in samples.items()]
+    updates = []
+    for d in devs:
+        u = make_update(d.wait_round(1), d.client_id, samples[d.client_id], model_file)
+        d.send(u)
+        reply = d.wait_reply(u.nonce)
+        assert reply.accepted and reply.reason == "", reply
+        updates.append(u)
+    assert agg.wait_exit(30) == 0, agg.child.tail(30)
+    (line,) = agg.history()
+    cap = 3 * SAMPLES["dev-a"]  # the median cap of the round: 3 x median_low(120, 30, 10^6)
+    assert line["bounds"]["capped"] == {"dev-c": {"claimed": big, "weight": cap,
+                                                  "max_num_samples": 1_000_000}}, line
+    assert line["samples"] == sum(samples.values()) and line["rejections"] == {}
+    scenario.observe(f"dev-c accepted; history bounds.capped {line['bounds']['capped']}")
+    log = agg.log()
+    assert "client=dev-c announces 6800000 samples, above --max-num-samples" in log
+    assert "client=dev-c claims 6800000 samples, above --max-num-samples" in log
+    store = AggregatorStore(agg.state_dir)
+    saved = store.checkpoint(1)
+    assert saved is not None
+    got = dequantize_update(Weights.decode(saved[0]).tensors)
+    weighed = [replace(u, num_samples=cap) if u.client_id == "dev-c" else u for u in updates]
+    for name, value in fedavg(model_file.initial_weights, weighed).items():
+        np.testing.assert_allclose(got[name], value, rtol=1e-6, atol=1e-7)
+    scenario.observe("weights v1 = FedAvg with dev-c weighing 360; warnings logged; exit 0")
+
+
+def chunks_of(update: Update, attempt: int = 0) -> list[Chunk]:
+    """``update`` split in small chunks (at least 4) under its first transfer id."""
+    tid = update_transfer_id(update.round_id, update.nonce, attempt)
+    parts = [Chunk.decode(c) for c in split(update.encode(), tid, max_payload=SMALL_CHUNKS)]
+    assert len(parts) >= 4
+    return parts
+
+
+@pytest.mark.fault(
+    name="a transfer failing mid-way, out of order, or expiring",
+    injected="from one device, before its good update: a transfer whose 3rd chunk contradicts "
+             "the first (another total_size); one sent last chunk first with a middle chunk's "
+             "bytes zeroed (SHA-256 fails on a middle chunk); one whose last chunk never "
+             "comes (--transfer-timeout 1)",
+    expected="each answered with one 'transfer' rejection naming the failure (contradiction, "
+             "sha256 mismatch, expiry), counted in history 'rejections'; the good updates "
+             "aggregate")
+def test_every_failed_transfer_is_answered(aggregator: AggregatorFactory, devices: Devices,
+                                           model_file: ModelFile, scenario: Scenario) -> None:
+    """Issue 14, finding 10: none of the three got a reply (the client waited for nothing
+    until it re-sent or its round closed)."""
+    agg = aggregator(rounds=1, min_clients=3, round_timeout=8, codec="int8",
+                     transfer_timeout=1)
+    a, *_ = devs = three_devices(devices)
+    r = a.wait_round(1)
+    contradicting = chunks_of(make_update(r, "dev-a", 10, model_file, salt="contradicting"))
+    contradicting[2] = replace(contradicting[2], total_size=contradicting[2].total_size + 1)
+    corrupt = chunks_of(make_update(r, "dev-a", 10, model_file, salt="corrupt"))
+    corrupt[1] = replace(corrupt[1], data=bytes(len(corrupt[1].data)))
+    incomplete = chunks_of(make_update(r, "dev-a", 10, model_file, salt="incomplete"))
+    cases = {"contradicting": (contradicting, "differ from the transfer's first chunk"),
+             "corrupt, last chunk first": ([corrupt[-1], *corrupt[:-1]], "sha256 mismatch"),
+             "incomplete": (incomplete[:-1], "expired incomplete")}
+    seen = []
+    for what, (parts, says) in cases.items():
+        a.publish([c.encode() for c in parts])
+        nonce = parse_update_transfer_id(parts[0].transfer_id)
+        assert nonce is not None
+        reply = a.wait_reply(nonce[1])
+        assert not reply.accepted and reply.reason.startswith("transfer: "), (what, reply)
+        assert says in reply.reason, (what, reply.reason)
+        seen.append(f"{what} → {reply.reason[:60]}…")
+    scenario.observe("replies: " + "; ".join(seen))
+    updates = good_round(devs, 1, model_file)
+    assert agg.wait_exit(30) == 0, agg.child.tail(30)
+    assert a.replies == [], a.replies  # one answer per transfer, not one per chunk
+    (line,) = agg.history()
+    assert line["rejections"] == {"transfer": 3}, line["rejections"]
     scenario.observe(check_federation(agg.state_dir, model_file, 1, accepted=[
         (1, u.client_id) for u in updates]))
     scenario.observe("aggregator exit 0")

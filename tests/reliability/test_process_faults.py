@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from reliability.kit import (
     AggregatorFactory,
+    AggregatorProcess,
     Scenario,
     ScriptedDevice,
     broker_pid,
@@ -33,6 +34,7 @@ from tools.runtime.broker import MosquittoBroker, free_port
 from tools.runtime.fleet import Child, Fleet
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
+HERE = Path(__file__).resolve().parent
 TRAINING = {"epochs": 1, "lr": 0.1, "codec": "int8"}
 
 
@@ -243,3 +245,54 @@ def test_a_second_aggregator_on_a_state_directory_is_refused(
     scenario.observe("killed in round 2, restarted over the stale lock file; " + check_federation(
         agg.state_dir, model_file, 2, accepted=[(r, d.client_id) for r in (1, 2) for d in devs]))
     scenario.observe("aggregator exit 0")
+
+
+@pytest.mark.fault(
+    name="aggregator kill -9 right after announcing a round",
+    injected="SIGKILL to the aggregator the moment the broker acknowledged round 2's "
+             "announcement (a stage hook in the process); the 3 scripted devices answer "
+             "round 2 while it is down; then the same command again",
+    expected="the restart goes on with the round the devices were told (same id, selection "
+             "and deadline): their updates, queued by the broker, are accepted and both "
+             "rounds aggregate")
+def test_aggregator_kill_9_right_after_announcing_a_round(
+        durable_broker: MosquittoBroker, namespace: str, model_path: Path,
+        devices: Callable[..., ScriptedDevice], model_file: ModelFile, fleet: Fleet,
+        tmp_path: Path, scenario: Scenario) -> None:
+    """Issue 14, finding 10: round.json was written after the round's publish, so the
+    restart had round 1 as the latest, refused the devices' round-2 updates as
+    'wrong_round' and announced another round 2 (another deadline)."""
+    samples = {"dev-a": 120, "dev-b": 30, "dev-c": 350}
+    devs = [devices(name, n) for name, n in samples.items()]
+    agg = AggregatorProcess(fleet, model_path, durable_broker.url, namespace,
+                            tmp_path / "aggregator", {"rounds": 2, "min-clients": 3,
+                                                      "round-timeout": 30, "codec": "int8"})
+    crashing = agg.start(crash_after=("ANNOUNCE", 2))
+    for d in devs:
+        u = make_update(d.wait_round(1, timeout=40), d.client_id, samples[d.client_id],
+                        model_file)
+        d.send(u)
+        assert d.wait_reply(u.nonce).accepted
+    assert crashing.proc.wait(60) == -signal.SIGKILL, agg.child.tail(30)
+    told = {d.client_id: d.wait_round(2) for d in devs}
+    scenario.observe(f"killed after round 2's announcement (deadline in "
+                     f"{told['dev-a'].deadline - time.time():.0f} s)")
+    sent = {}
+    for d in devs:
+        sent[d.client_id] = make_update(told[d.client_id], d.client_id, samples[d.client_id],
+                                        model_file)
+        d.send(sent[d.client_id])  # the aggregator is down: the broker queues them
+    agg.start()
+    for d in devs:
+        reply = d.wait_reply(sent[d.client_id].nonce, timeout=40)
+        assert reply.accepted, (d.client_id, reply.reason)
+    assert agg.wait_exit(40) == 0, agg.child.tail(40)
+    for d in devs:
+        again = [r for _, r in d.announcements if r.round_id == 2]
+        assert {(r.deadline, r.selected) for r in again} == {
+            (told[d.client_id].deadline, told[d.client_id].selected)}, again
+    scenario.observe("the restart went on with round 2 as announced (same deadline and "
+                     "selection); the 3 updates sent while it was down were accepted")
+    scenario.observe(check_federation(agg.state_dir, model_file, 2, accepted=[
+        (r, c) for r in (1, 2) for c in samples]))
+    scenario.observe("restarted aggregator exit 0")

@@ -27,7 +27,9 @@ SECTIONS: dict[str, str] = {
     "aggregate": "tools.bench.aggregate",
     "client": "tools.bench.client",
     "round": "tools.bench.round",
+    "data": "tools.bench.data",
     "results": "tools.bench.results",
+    "tables": "tools.bench.tables",
 }
 NOT_IN_ALL = frozenset({"results"})  # minutes of real federations: run only when named
 

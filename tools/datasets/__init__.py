@@ -6,6 +6,8 @@ Every dataset is built from a seed with no network access, as a frozen :class:`D
 - ``breast-cancer``: scikit-learn's bundled Wisconsin diagnostic data (30 features, mlp).
 - ``basic-motions``: sktime's bundled smartwatch motions (6 × 100 windows, cnn1d).
 - ``wearable-synthetic``: generated HR / steps / sleep streams with anomalies (cnn1d).
+- ``ncctg-lung``: lifelines' bundled NCCTG lung cancer table, death within a year, sites of
+  whole institutions, categories and missing cells through the schema (logreg).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from tools.datasets.basic_motions import load_basic_motions_dataset
 from tools.datasets.breast_cancer import load_breast_cancer_dataset
 from tools.datasets.dataset import Dataset, DatasetInfo, ZooModel
 from tools.datasets.gaussian import load_seed_gaussian
+from tools.datasets.lung import load_lung_dataset
 from tools.datasets.partition import Partition, dirichlet_label_skew, iid, natural, quantity_skew
 from tools.datasets.wearable import load_wearable_synthetic
 
@@ -32,6 +35,7 @@ DATASETS: Mapping[str, Callable[..., Dataset]] = {
     "breast-cancer": load_breast_cancer_dataset,
     "basic-motions": load_basic_motions_dataset,
     "wearable-synthetic": load_wearable_synthetic,
+    "ncctg-lung": load_lung_dataset,
 }
 """Dataset name -> builder taking ``seed`` and the dataset's own keyword options."""
 

@@ -29,6 +29,7 @@ _DEFAULTS: dict[str, tuple[int, str, int, float, int, str, bool, str]] = {
     "breast-cancer": (4, "iid", 2, 0.05, 16, "sgd", True, "hospital"),
     "basic-motions": (4, "iid", 5, 0.01, 4, "sgd", True, "wearer"),
     "wearable-synthetic": (10, "natural", 2, 0.005, 32, "adam", True, "device"),
+    "ncctg-lung": (4, "natural", 2, 0.05, 16, "sgd", True, "site"),  # not tuned
 }
 
 

@@ -98,5 +98,5 @@ def _keras_model(path: Path, ds: Dataset, d: DemoDefaults) -> tuple[bytes, Any, 
     optimizer = imported.optimizer or d.optimizer
     settings = imported.hyperparameters if imported.optimizer else {}
     blob = export_model(spec, d.batch_size, imported.weights, imported.constants, optimizer,
-                        None, imported.learning_rate, **settings)
+                        None, imported.learning_rate, hyperparameters=settings)
     return blob, spec, imported.constants

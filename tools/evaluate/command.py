@@ -32,8 +32,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edge_client.data import Task, load_data
-from edge_client.errors import DataError
+from edge_client.data import LocalData, Task, load_data, load_inputs
+from edge_client.encode import load_schema_csv
+from edge_client.errors import ConfigError, DataError
 from edge_client.model import ModelMetadata
 from tools.evaluate.predictor import open_model
 from tools.evaluate.report import document, scores, text
@@ -141,6 +142,32 @@ def _check_labels(meta: ModelMetadata, y: Array, data: Path) -> None:
                         "--label-column the right column?")
 
 
+def read_data(args: argparse.Namespace, meta: ModelMetadata, *, labelled: bool) -> LocalData:
+    """``--data`` as the devices read it: onto the model's schema when it carries one (by
+    column name, imputed, one-hot; no labels needed unless ``labelled``), else by the flags.
+
+    Raises:
+        ConfigError: column flags given for a model whose schema names the columns.
+    """
+    if meta.schema is not None:
+        given = [f for f, v in (("--label-column", args.label_column),
+                                ("--features", args.features), ("--window", args.window))
+                 if v is not None]
+        if given:
+            raise ConfigError(f"the model carries a data schema, which names the columns: "
+                              f"leave out {', '.join(given)}")
+        return load_schema_csv(args.data, meta.schema, labels=labelled).data
+    if not labelled:
+        x, names = load_inputs(args.data, label_column=args.label_column,
+                               features=args.features, window=args.window,
+                               stride=args.stride, group_column=args.group_column)
+        return LocalData(x, np.zeros(len(x), np.int64), names, str(args.data))
+    task: Task = "regression" if meta.task == "regression" else "classification"
+    return load_data(args.data, label_column=args.label_column, features=args.features,
+                     window=args.window, stride=args.stride, group_column=args.group_column,
+                     task=task)
+
+
 def run(args: argparse.Namespace) -> int:
     """Runs ``fedge evaluate``; returns 0."""
     if args.plot is not None:
@@ -149,17 +176,15 @@ def run(args: argparse.Namespace) -> int:
     meta = predictor.metadata
     scaling = Scaling(None) if args.client_state is None else Scaling.of_client_state(
         args.client_state)
-    task: Task = "regression" if meta.task == "regression" else "classification"
-    data = load_data(args.data, label_column=args.label_column, features=args.features,
-                     window=args.window, stride=args.stride, group_column=args.group_column,
-                     task=task)
+    data = read_data(args, meta, labelled=True)
     _check_labels(meta, data.y, args.data)
     x = scaled_inputs("evaluate", meta, scaling, data.x, data.feature_names, args.data)
     for note in predictor.notes:
         warn("evaluate", note)
     outputs = predictor.predict(x)
     found = scores(meta.task, data.y, outputs)
-    label = None if args.data.suffix.lower() == ".npz" else args.label_column or "label"
+    label = (None if args.data.suffix.lower() == ".npz" else meta.schema.label
+             if meta.schema is not None else args.label_column or "label")
     doc = document(predictor, scaling, str(args.data), label, found)
     print(text(doc, predictor.weights_sentence(), scaling.sentence()))
     if args.json is not None:

@@ -25,10 +25,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edge_client.data import load_inputs
 from edge_client.files import atomic_write
 from edge_client.scoring import THRESHOLD
-from tools.evaluate.command import add_data_arguments, add_model_arguments, scaled_inputs, warn
+from tools.evaluate.command import (
+    add_data_arguments,
+    add_model_arguments,
+    read_data,
+    scaled_inputs,
+    warn,
+)
 from tools.evaluate.predictor import open_model
 from tools.evaluate.scaling import Scaling
 
@@ -67,10 +72,8 @@ def run(args: argparse.Namespace) -> int:
     meta = predictor.metadata
     scaling = Scaling(None) if args.client_state is None else Scaling.of_client_state(
         args.client_state)
-    x, names = load_inputs(args.data, label_column=args.label_column, features=args.features,
-                           window=args.window, stride=args.stride,
-                           group_column=args.group_column)
-    inputs = scaled_inputs("predict", meta, scaling, x, names, args.data)
+    data = read_data(args, meta, labelled=False)
+    inputs = scaled_inputs("predict", meta, scaling, data.x, data.feature_names, args.data)
     for note in predictor.notes:
         warn("predict", note)
     header, rows = prediction_table(meta.task, predictor.predict(inputs))

@@ -25,6 +25,14 @@ documented fallback calibrates on 256 standard-normal examples (seed 0): right f
 standardised as fedge-client does by default, wrong for a model trained on raw values
 (--no-normalise); a note says so.
 
+``--schema schema.toml`` (from ``fedge schema infer``) gives the input width instead of
+``--input-shape`` and is carried in the model file's metadata, shown when written.
+
+``--class-weights balanced`` weights the training loss by class, w[c] = N / (K * N[c]) (as
+scikit-learn's "balanced"), so a rare outcome counts as much as a common one. The class
+counts N[c] come from ``--class-counts`` or from the schema's label counts (written by
+``fedge stats --schema S --out shared.toml``: the federation's, never one site's).
+
 zoo models (--model) and their --input-shape:
 {zoo_shapes}
 
@@ -34,6 +42,9 @@ examples:
       --batch-size 32 --out mlp.tflite
   fedge export --model imaging --input-shape 64,64,3 --classes 7 --batch-size 8 \\
       --out derm.tflite --optimizer adam
+  fedge export --model mlp --schema schema.toml --classes 2 --batch-size 32 --out mlp.tflite
+  fedge export --model mlp --schema shared.toml --classes 2 --batch-size 32 --out mlp.tflite \\
+      --class-weights balanced
   fedge export --model cnn1d --input-shape 6,100 --classes 4 --batch-size 32 \\
       --out cnn1d.tflite --optimizer adam
   fedge export --from-state /var/lib/fedge-aggregator --version 20 --out v20.tflite
@@ -49,10 +60,13 @@ from pathlib import Path
 from typing import Any
 
 from edge_client.errors import FedgeError
+from edge_client.schema import load_schema
 from models import zoo
+from tools.export.class_weights import class_weights
 from tools.export.from_state import export_from_state
 from tools.export.int8 import SAME_FILE, Calibration, int8_model
 from tools.extras import MissingExtra, require
+from tools.schema.view import render_schema
 
 __doc__ = (__doc__ or "").replace(
     "{zoo_shapes}", "\n".join(f"  {name:8} {zoo.SHAPES[name]}" for name in zoo.NAMES))
@@ -86,13 +100,25 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         "CHANNELS,TIME (cnn1d, e.g. 6,100), HEIGHT,WIDTH[,CHANNELS] (cnn2d, e.g. 28,28), "
         "HEIGHT,WIDTH,CHANNELS (imaging, e.g. 64,64,3)",
     )  # fmt: skip
+    z.add_argument("--schema", type=Path, metavar="TOML", help="the federation's data schema "
+                   "(`fedge schema infer`): sets the input width (instead of --input-shape) "
+                   "and is carried in the model file for the devices")
     z.add_argument("--classes", type=int, metavar="K",
                    help="0 = regression, 2 = binary, K >= 3 = multiclass")
     z.add_argument("--batch-size", type=int, metavar="B",
                    help="fixed batch size of the training signatures")
     z.add_argument("--optimizer", choices=("sgd", "adam"), help="default: sgd")
+    z.add_argument("--class-weights", choices=("balanced", "none"), help="weight the "
+                   "training loss by class: balanced = N / (K * N[c]) from --class-counts or "
+                   "the schema's label counts; default: none")
+    z.add_argument("--class-counts", type=_counts, metavar="N0,N1,...", help="rows per class "
+                   "for --class-weights balanced (default: the --schema's label counts)")
     z.add_argument("--seed", type=int, metavar="N",
                    help="seed of the initial weights (default: 0)")
+    z.add_argument("--dp-sgd", action="store_true", help="also export the train_dp signature: "
+                   "record-level DP-SGD (per-example gradient clipping, device-drawn noise; "
+                   "builtin ops only, the batch unrolled: slower to convert and to train); "
+                   "docs/privacy.md")
     z.add_argument("--weights", type=Path, metavar="FILE.npz",
                    help="weights for the int8 model, by name (default: the initial ones)")
     z.add_argument("--hidden", type=_shape, metavar="W1,W2,...",
@@ -135,6 +161,18 @@ def _shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+def _counts(text: str) -> tuple[int, ...]:
+    try:
+        counts = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"bad counts {text!r}: give one whole number per class, comma-separated, e.g. "
+            "480,20") from None
+    if any(c < 0 for c in counts):
+        raise argparse.ArgumentTypeError(f"bad counts {text!r}: counts cannot be negative")
+    return counts
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``fedge export`` with parsed arguments; return the exit status."""
     try:
@@ -167,10 +205,11 @@ def _check_flags(args: argparse.Namespace) -> None:
     if args.loss is not None:
         raise UsageError("--loss is for --keras MODEL.keras (a zoo model's loss follows "
                          "--classes)")
-    given = [f"--{f.replace('_', '-')}" for f in (*ZOO_FLAGS, "optimizer", "seed", "weights",
-                                                  "hidden", "dropout", "lr")
-             if getattr(args, f) is not None]
+    own = (*ZOO_FLAGS, "optimizer", "seed", "weights", "schema", "class_weights",
+           "class_counts", "hidden", "dropout", "lr")
+    given = [f"--{f.replace('_', '-')}" for f in own if getattr(args, f) is not None]
     if args.from_state is not None:
+        given += ["--dp-sgd"] if args.dp_sgd else []
         if given:
             raise UsageError(f"--from-state takes the model and weights from the state dir; "
                              f"leave out {', '.join(given)}")
@@ -179,6 +218,10 @@ def _check_flags(args: argparse.Namespace) -> None:
         return
     if args.version is not None:
         raise UsageError("--version N picks a checkpoint of --from-state DIR; give both")
+    if args.schema is not None:
+        if args.input_shape is not None:
+            raise UsageError("--schema sets the input width; leave out --input-shape")
+        args.input_shape = _schema_width(args)
     missing = [f"--{f.replace('_', '-')}" for f in ZOO_FLAGS if getattr(args, f) is None]
     if missing:
         raise UsageError(f"give {', '.join(missing)} (a zoo model), --keras MODEL.keras, or "
@@ -189,11 +232,13 @@ def _check_flags(args: argparse.Namespace) -> None:
 
 def _check_keras_flags(args: argparse.Namespace) -> None:
     others = [f"--{f.replace('_', '-')}" for f in ("model", "input_shape", "seed", "weights",
-                                                   "hidden", "dropout", "from_state", "version")
-              if getattr(args, f) is not None]
+                                                   "hidden", "dropout", "from_state", "version",
+                                                   "schema", "class_weights", "class_counts")
+              if getattr(args, f) is not None] + (["--dp-sgd"] if args.dp_sgd else [])
     if others:
-        raise UsageError(f"--keras takes the layers, shape and weights from the model; leave "
-                         f"out {', '.join(others)}")
+        raise UsageError(f"--keras takes the layers, shape and weights from the model (and "
+                         f"trains without DP-SGD or class weights for now); leave out "
+                         f"{', '.join(others)}")
     if args.batch_size is None:
         raise UsageError("--keras needs --batch-size B (the file's fixed batch size)")
     if args.out.suffix.lower() == ".npz":
@@ -223,7 +268,8 @@ def _export_keras(args: argparse.Namespace) -> list[str]:
         imported.learning_rate if optimizer == imported.optimizer else None)
     data = _devices_accept(export.export_model(
         imported.spec, args.batch_size, imported.weights, imported.constants, optimizer, None,
-        rate, **hyperparameters), f"--keras {args.keras} --batch-size {args.batch_size}")
+        rate, hyperparameters=hyperparameters),
+        f"--keras {args.keras} --batch-size {args.batch_size}")
     args.out.write_bytes(data)
     frozen = imported.spec.frozen_weight_shapes()
     note = f", {len(frozen)} frozen tensors kept on the device" if frozen else ""
@@ -250,6 +296,17 @@ def _devices_accept(data: bytes, what: str) -> bytes:
     return data
 
 
+def _schema_width(args: argparse.Namespace) -> tuple[int, ...]:
+    schema = load_schema(args.schema)
+    expected = len(schema.classes) if schema.classes else 0
+    if args.classes is not None and args.classes != expected:
+        kind = f"{expected} classes" if expected else "a regression target (0)"
+        raise UsageError(f"--classes {args.classes}: the schema's label {schema.label!r} has "
+                         f"{kind}")
+    args.schema_doc = schema
+    return (len(schema.encoded_names),)
+
+
 def _calibration(args: argparse.Namespace) -> Calibration:
     if args.representative is not None and args.inference_int8 is None:
         raise UsageError("--representative calibrates the int8 model: add --inference-int8")
@@ -264,6 +321,8 @@ def _export_zoo(args: argparse.Namespace) -> list[str]:
     dropout = args.dropout or 0.0
     spec = zoo.build(args.model, args.input_shape, args.classes, hidden=args.hidden,
                      dropout=dropout)  # fail before TF loads
+    schema = getattr(args, "schema_doc", None)
+    loss_weights = class_weights(args.class_weights, args.class_counts, schema, args.classes)
     int8_weights = None
     if args.inference_int8 is not None and args.weights is not None:
         int8_weights = _load_weights(args.weights)
@@ -286,10 +345,15 @@ def _export_zoo(args: argparse.Namespace) -> list[str]:
             return written
     data = _devices_accept(export.export_trainable(
         args.model, args.input_shape, args.classes, args.batch_size, args.optimizer or "sgd",
-        seed, learning_rate=args.lr, hidden=args.hidden, dropout=dropout),
+        seed, learning_rate=args.lr, hidden=args.hidden, dropout=dropout, dp_sgd=args.dp_sgd,
+        schema=None if schema is None else schema.to_dict(), class_weights=loss_weights),
         f"--model {args.model} --batch-size {args.batch_size}")
     args.out.write_bytes(data)
-    return [*written, f"wrote {args.out} ({len(data):,} bytes)"]
+    shown = [] if schema is None else [render_schema(schema)]
+    if loss_weights is not None:
+        shown.append("class weights (training loss): "
+                      + ", ".join(f"{w:.4g}" for w in loss_weights))
+    return [*written, f"wrote {args.out} ({len(data):,} bytes)", *shown]
 
 
 def _load_weights(path: Path) -> dict[str, Any]:

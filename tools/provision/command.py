@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from edge_client.errors import ConfigError, ProtocolError
+from edge_client.protocol import MAX_CHUNK_BYTES
 from edge_client.signing import SigningKey
 from tools.provision.files import (
     BROKER_USER,
@@ -43,6 +44,7 @@ from tools.provision.files import (
 
 log = logging.getLogger(__name__)
 _DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # a protocol id and a client id
+MIN_PAYLOAD = 1024  # the smallest --max-payload/--max-message-bytes the parties take
 Key = ec.EllipticCurvePrivateKey
 
 
@@ -67,6 +69,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    "aggregator; default aggregator")
     p.add_argument("--passwords", action="store_true", help="authenticate clients with a "
                    "Mosquitto password file instead of client certificates (still TLS)")
+    p.add_argument("--max-payload", type=int, default=MAX_CHUNK_BYTES, metavar="BYTES",
+                   help="largest MQTT payload (one chunk) the broker passes: its "
+                   "max_packet_size is this + 128 KiB for topic and properties; at least the "
+                   "parties' --max-payload and the aggregator's --max-message-bytes; at most "
+                   f"{MAX_CHUNK_BYTES}; default {MAX_CHUNK_BYTES} (8 MiB)")
     p.add_argument("--force", action="store_true", help="write into a non-empty --out")
     p.set_defaults(func=run)
 
@@ -100,7 +107,8 @@ def plan_from(args: argparse.Namespace) -> Plan:
     plan = Plan(out=Path(args.out).resolve(), devices=devices, federation=args.federation,
                 prefix=args.prefix, hosts=tuple(args.broker_host or Plan.hosts),
                 port=args.port, bind=args.bind, days=args.days, passwords=args.passwords,
-                aggregator=args.aggregator_name, force=args.force)
+                aggregator=args.aggregator_name, force=args.force,
+                max_payload=args.max_payload)
     check(plan)
     return plan
 
@@ -119,6 +127,9 @@ def check(plan: Plan) -> None:
         raise ConfigError(f"--federation/--prefix: {e}") from None
     if not 1 <= plan.port <= 65535 or not 1 <= plan.days <= 36500:
         raise ConfigError(f"--port {plan.port} / --days {plan.days}: out of range")
+    if not MIN_PAYLOAD <= plan.max_payload <= MAX_CHUNK_BYTES:
+        raise ConfigError(f"--max-payload {plan.max_payload}: must be in [{MIN_PAYLOAD}, "
+                          f"{MAX_CHUNK_BYTES}] bytes (fedge never sends a larger chunk)")
     if not plan.hosts or any(not h or "/" in h for h in plan.hosts):
         raise ConfigError(f"--broker-host: bad host in {plan.hosts}")
 

@@ -10,7 +10,9 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_client.protocol import Topics
+from edge_client.protocol import MAX_CHUNK_BYTES, Topics
+from edge_client.transfer import DEFAULT_MAX_PAYLOAD
+from tools.runtime.broker import max_packet_bytes
 
 PBKDF2_ITERATIONS = 10_000  # passwords are random 256-bit tokens: not brute-forceable anyway
 BROKER_USER = "mosquitto"  # Debian's mosquitto, started as root, drops to this user
@@ -31,6 +33,7 @@ class Plan:
     passwords: bool = False
     aggregator: str = "aggregator"
     force: bool = False
+    max_payload: int = MAX_CHUNK_BYTES  # the largest MQTT payload the federation may carry
 
     @property
     def topics(self) -> Topics:
@@ -55,9 +58,11 @@ def render_acl(plan: Plan) -> bytes:
     lines = [f"# fedge ACL: federation {plan.federation!r}, prefix {plan.prefix!r}.",
              "# Whatever is not granted here is denied.", "", f"user {plan.aggregator}"]
     lines += [f"topic write {t}" for t in [*global_topics, f"{tp.base}/reply/+"]]
-    lines += [f"topic read {tp.presence_filter()}", f"topic read {tp.update_filter()}"]
+    lines += [f"topic read {t}" for t in (tp.presence_filter(), tp.update_filter(),
+                                          tp.stats_filter())]  # stats: for `fedge stats`
     for d in plan.devices:
-        lines += ["", f"user {d}", f"topic write {tp.update(d)}", f"topic write {tp.presence(d)}"]
+        lines += ["", f"user {d}"]
+        lines += [f"topic write {t}" for t in (tp.update(d), tp.presence(d), tp.stats(d))]
         lines += [f"topic read {t}" for t in [*global_topics, tp.reply(d)]]
     return ("\n".join(lines) + "\n").encode()
 
@@ -73,7 +78,10 @@ def render_config(plan: Plan) -> str:
         "allow_anonymous false", f"acl_file {b / 'acl'}", *auth[:1 if plan.passwords else 0],
         "persistence true", f"persistence_location {b / 'data'}/", "autosave_interval 30",
         "# the default 1000 silently drops QoS 1 messages queued for a slow aggregator",
-        "max_queued_messages 0", "max_packet_size 1048576",
+        "max_queued_messages 0",
+        f"# payloads up to {plan.max_payload} bytes (fedge provision --max-payload) + 128 KiB "
+        "for topic and properties; a larger packet is refused by its header",
+        f"max_packet_size {max_packet_bytes(plan.max_payload)}",
         "log_dest stderr", "log_type error", "log_type warning", "log_type notice",
         f"listener {plan.port}{' ' + plan.bind if plan.bind else ''}",
         f"cafile {b / 'ca.pem'}", f"certfile {b / 'broker.pem'}", f"keyfile {b / 'broker.key'}",
@@ -89,6 +97,8 @@ def render_readme(plan: Plan, signing_id: str) -> str:
     o, url, dev = plan.out, f"mqtts://{plan.hosts[0]}:{plan.port}", plan.devices[0]
     a, d, b = o / "aggregator", o / "devices" / dev, o / "broker"
     common = f"--broker {url} --federation {plan.federation} --prefix {plan.prefix}"
+    if plan.max_payload < DEFAULT_MAX_PAYLOAD:  # the parties' default chunks would not fit
+        common += f" --max-payload {plan.max_payload}"
     if plan.passwords:
         creds = "password          its MQTT password (0600); the MQTT user name is its id"
         auth_a = f"--username {plan.aggregator} --password-file {a / 'password'}"
@@ -108,8 +118,9 @@ def render_readme(plan: Plan, signing_id: str) -> str:
         "  ca/ca.pem           the CA certificate: every party checks the others against it",
         "  ca/ca.key           the CA private key: it can mint any identity. Keep it offline.",
         "  broker/             for the broker host",
-        f"    mosquitto.conf    TLS listener on port {plan.port}, no anonymous access, the ACL",
-        "    acl               a device writes only its own update/presence topics and reads",
+        f"    mosquitto.conf    TLS listener on port {plan.port}, no anonymous access, the ACL,",
+        f"                      MQTT payloads up to {plan.max_payload} bytes (max_packet_size)",
+        "    acl               a device writes only its own update/presence/stats topics and reads",
         f"                      the global ones and its replies; only {plan.aggregator} "
         "publishes global ones",
         f"    broker.pem/.key   server certificate (CN/SAN {', '.join(plan.hosts)}) and key",

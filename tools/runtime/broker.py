@@ -35,9 +35,17 @@ log = logging.getLogger(__name__)
 #: room for everything of a PUBLISH packet but its payload: fixed header (at most 5 bytes),
 #: topic (at most 65,537 bytes with its length), packet id and MQTT 5 properties
 PACKET_HEADROOM = 128 * 1024
-#: Mosquitto's ``max_packet_size``: fedge's largest payload (a chunk of MAX_CHUNK_BYTES,
-#: 8 MiB) fits; anything larger is refused by its header before the broker reads it
-MAX_PACKET_BYTES = MAX_CHUNK_BYTES + PACKET_HEADROOM
+
+
+def max_packet_bytes(max_payload: int) -> int:
+    """Mosquitto's ``max_packet_size`` for MQTT payloads of up to ``max_payload`` bytes:
+    a packet that large still fits with its topic and properties; anything larger is
+    refused by its header before the broker reads it."""
+    return max_payload + PACKET_HEADROOM
+
+
+#: the demo and test brokers': fedge's largest payload (a chunk of MAX_CHUNK_BYTES, 8 MiB)
+MAX_PACKET_BYTES = max_packet_bytes(MAX_CHUNK_BYTES)
 
 
 def free_port() -> int:

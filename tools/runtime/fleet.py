@@ -49,10 +49,15 @@ class Fleet:
 
     def start(self, name: str, module: str, args: list[str]) -> Child:
         """Starts ``python -m module args...`` with output to ``log_dir/name.log``."""
+        return self.run(name, ["-m", module, *args])
+
+    def run(self, name: str, args: list[str]) -> Child:
+        """Starts ``python args...`` (a script or ``-m module``) with output to
+        ``log_dir/name.log``."""
         path = self.log_dir / f"{name}.log"
         with open(path, "wb") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", module, *args], stdout=out, stderr=subprocess.STDOUT,
+                [sys.executable, *args], stdout=out, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, env=self.env, start_new_session=True,
             )
         child = Child(name, proc, path)

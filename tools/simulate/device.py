@@ -22,11 +22,12 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
 
+from edge_client.client import BUSY_RETRY_S
 from edge_client.errors import ProtocolError
 from edge_client.protocol import CODECS, Manifest, Presence, Reply, Round, Tensor, Topics, Update
 from edge_client.protocol.ids import update_transfer_id
@@ -213,8 +214,10 @@ class SimDevice:
     def _on_reply(self, reply: Reply) -> None:
         if reply.client_id != self.spec.client_id or reply.nonce not in self._nonces:
             return
-        if self._unanswered is not None and self._unanswered.nonce == reply.nonce:
-            self._unanswered = None
+        u = self._unanswered
+        if u is not None and u.nonce == reply.nonce:  # busy: re-sent soon, as edge_client does
+            self._unanswered = (replace(u, last_sent=self.clock() - self.spec.resend_after
+                                        + BUSY_RETRY_S) if reply.temporary else None)
         self.report({"event": "reply", "round": reply.round_id, "client": reply.client_id,
                      "accepted": reply.accepted, "reason": reply.reason})
 

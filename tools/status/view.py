@@ -76,6 +76,9 @@ def render(snap: Snapshot, now: float) -> str:
         if s.rejected:
             reasons = ", ".join(f"{k} {v}" for k, v in sorted(s.rejected.items()))
             lines.append(f"rejected      {reasons}")
+        if "dp_epsilon" in s.last_round:  # client-level DP: the budget spent so far
+            lines.append(f"privacy       epsilon {_number(s.last_round['dp_epsilon'])} spent "
+                         "(client-level DP, docs/privacy.md)")
         if s.last_round:
             lines.append("last round    " + "  ".join(
                 f"{k} {_number(v)}" for k, v in sorted(s.last_round.items())))

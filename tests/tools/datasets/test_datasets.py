@@ -56,7 +56,7 @@ def test_every_dataset_fits_its_metadata_and_is_read_only() -> None:
 
 def test_registry_rejects_unknown_names_and_options() -> None:
     assert set(DATASETS) == {"seed-gaussian", "breast-cancer", "basic-motions",
-                             "wearable-synthetic"}
+                             "wearable-synthetic", "ncctg-lung"}
     with pytest.raises(ConfigError, match="unknown dataset 'mnist'"):
         load_dataset("mnist")
     with pytest.raises(ConfigError, match="seed-gaussian"):

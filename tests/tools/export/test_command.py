@@ -158,3 +158,48 @@ def test_from_state_mistakes_name_the_flag(
     code = cli.main(["--from-state", str(state), *out, *flags])
     assert code == 2
     assert message in capsys.readouterr().err
+
+
+def test_balanced_class_weights_come_from_the_schemas_label_counts(tmp_path: Path) -> None:
+    from edge_client.schema import Feature, Schema, schema_toml
+
+    schema = Schema((Feature("age", low=0.0, high=100.0), Feature("bmi", low=10.0, high=60.0)),
+                    "outcome", ("no", "yes"), class_counts=(90, 10))
+    (tmp_path / "shared.toml").write_text(schema_toml(schema))
+    out = tmp_path / "m.tflite"
+    flags = ["--model", "logreg", "--schema", str(tmp_path / "shared.toml"), "--classes", "2",
+             "--batch-size", "4", "--out", str(out), "--class-weights", "balanced"]
+    assert cli.main(flags) == 0
+    assert metadata.read(out.read_bytes())["class_weights"] == pytest.approx([100 / 180, 5.0])
+    assert cli.main([*flags, "--class-counts", "30,70"]) == 0  # the flag wins over the schema
+    assert metadata.read(out.read_bytes())["class_weights"] == pytest.approx([100 / 60, 100 / 140])
+    assert cli.main([*BASE, "--out", str(out)]) == 0
+    assert "class_weights" not in metadata.read(out.read_bytes())  # default: none
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--class-weights", "balanced"], "--class-weights balanced needs the class "
+         "frequencies: give --class-counts N0,N1,... or a --schema with the federation's"),
+        (["--class-counts", "5,5"], "--class-counts sets balanced class weights: add "
+         "--class-weights balanced"),
+        (["--class-weights", "balanced", "--class-counts", "5,5,5"], "3 counts for 2 classes"),
+        (["--class-weights", "balanced", "--class-counts", "5,0"], "every class needs at least "
+         "one row"),
+    ],
+)
+def test_class_weight_mistakes_name_the_flag(
+    flags: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "m.tflite"
+    assert cli.main([*BASE, "--out", str(out), *flags]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_class_counts_must_be_whole_numbers(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main([*BASE, "--out", str(tmp_path / "m"), "--class-counts", "5,x"])
+    assert "bad counts '5,x': give one whole number per class" in capsys.readouterr().err

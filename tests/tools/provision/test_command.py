@@ -103,17 +103,35 @@ def test_config_and_acl_lock_the_topic_tree_per_device(
     device_a = acl.split("user a1\n")[1].split("\n\n")[0].splitlines()
     assert sorted(device_a) == sorted([
         f"topic write {base}/update/a1", f"topic write {base}/presence/a1",
-        f"topic read {base}/manifest", f"topic read {base}/model/#",
+        f"topic write {base}/stats/a1", f"topic read {base}/manifest", f"topic read {base}/model/#",
         f"topic read {base}/weights/#", f"topic read {base}/round",
         f"topic read {base}/reply/a1"])
     aggregator = acl.split("user aggregator\n")[1].split("\n\n")[0]
     assert f"topic write {base}/manifest" in aggregator
     assert f"topic read {base}/update/+" in aggregator
+    assert f"topic read {base}/stats/+" in aggregator  # for `fedge stats`
     assert acl.count(f"topic write {base}/manifest") == 1  # no device may
     readme = (out / "README.txt").read_text()
     assert f"mosquitto -c {out / 'broker' / 'mosquitto.conf'}" in readme
     assert "--client-id a1" in readme and f"--verify-key {out}/devices/a1/signing.pub" in readme
     assert f"--signing-key {out}/aggregator/signing.key" in readme
+
+
+@pytest.mark.parametrize(("max_payload", "packet", "flag"), [
+    (None, 8 * 2**20 + 128 * 1024, False),  # the aggregator's --max-message-bytes default
+    (65536, 65536 + 128 * 1024, True),  # below the parties' 128 KiB chunks: README says so
+])
+def test_the_broker_passes_payloads_up_to_max_payload(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], max_payload: int | None,
+        packet: int, flag: bool) -> None:
+    out = tmp_path / "fed"
+    sizes = [] if max_payload is None else ["--max-payload", str(max_payload)]
+    assert provision(capsys, "--out", str(out), "--devices", "1", *sizes)[0] == 0
+    conf = (out / "broker" / "mosquitto.conf").read_text().splitlines()
+    assert [line for line in conf if line.startswith("max_packet_size")] == [
+        f"max_packet_size {packet}"]
+    readme = (out / "README.txt").read_text()
+    assert (f"--max-payload {max_payload}" in readme) is flag
 
 
 def test_password_variant_writes_mosquitto_pbkdf2_hashes_and_no_client_certificates(
@@ -146,6 +164,8 @@ def test_password_variant_writes_mosquitto_pbkdf2_hashes_and_no_client_certifica
     (["--devices", "0"], "--devices: expected at least 1"),
     (["--devices", "1", "--federation", "a+b"], "--federation/--prefix"),
     (["--devices", "1", "--port", "70000"], "--port 70000"),
+    (["--devices", "1", "--max-payload", "1000"], "--max-payload 1000: must be in [1024, "),
+    (["--devices", "1", "--max-payload", str(2**24)], f"--max-payload {2**24}: must be in"),
 ])
 def test_bad_flags_are_refused_with_the_reason_and_nothing_written(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str],

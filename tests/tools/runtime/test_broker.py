@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from packet_kit import MiB, publish_streamed
 
@@ -15,6 +17,12 @@ pytestmark = pytest.mark.broker
 
 def test_the_bound_fits_the_largest_chunk_with_room_for_its_topic_and_properties() -> None:
     assert MAX_PACKET_BYTES == MAX_CHUNK_BYTES + 128 * 1024
+
+
+def test_the_example_deploy_config_sets_the_same_bound() -> None:
+    conf = (Path(__file__).resolve().parents[3] / "deploy" / "mosquitto.conf").read_text()
+    assert [line for line in conf.splitlines() if line.startswith("max_packet_size")] == [
+        f"max_packet_size {MAX_PACKET_BYTES}"]
 
 
 def test_a_200_mb_publish_is_cut_off_after_its_header_and_reaches_no_one(
