@@ -364,3 +364,21 @@ def read_flatbuffer(data: bytes) -> FlatModel:
             _fail(f"two signatures named {key!r}")
         signatures[key] = signature
     return FlatModel(len(data), subgraphs, signatures, sum(n for _, n in graphs))
+
+
+def operator_codes(data: bytes) -> list[tuple[int, str]]:
+    """The operator codes of the TFLite flatbuffer ``data`` as ``(builtin code, custom name)``.
+
+    Bounds-checked like :func:`read_flatbuffer` but without refusing custom ops: a
+    conformance check names them (``custom name`` is "" for a builtin op; a custom op has
+    builtin code :data:`CUSTOM`).
+
+    Raises:
+        ModelError: a header, offset or string outside the buffer, or not a TFLite model.
+    """
+    buf = _Buffer(data)
+    if len(data) < 8 or data[4:8] != FILE_IDENTIFIER:
+        raise ModelError(f"not a TFLite model: no {FILE_IDENTIFIER!r} file identifier")
+    model = buf.table(buf.target(0, "the root table offset"), "the model table")
+    return [(max(code.scalar(0, "<b"), code.scalar(3, "<i")), code.string(1, "custom op name"))
+            for code in model.tables(1, "operator code")]

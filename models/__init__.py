@@ -7,7 +7,8 @@ the modules, whose names are the public names of the package.
 
 __all__ = [
     "architecture",  # layer specifications and shape inference (no TensorFlow)
-    "export",  # zoo models to self-describing .tflite files (TensorFlow)
+    "export",  # zoo and imported models to self-describing .tflite files (TensorFlow)
+    "keras_import",  # saved Keras 3 models onto the layer library, with their weights
     "layers",  # layers whose gradients are TFLite builtins
     "losses",  # per-example losses written by hand
     "metadata",  # the metadata a model file carries (no TensorFlow)

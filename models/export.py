@@ -21,6 +21,7 @@ import tensorflow as tf
 from tensorflow.lite.tools import flatbuffer_utils
 
 from models import metadata, zoo
+from models.architecture import is_state
 from models.modules import InferenceModule, TrainableModule
 from models.optimizers import DEFAULT_LEARNING_RATE
 
@@ -43,6 +44,8 @@ def export_trainable(
     seed: int = 0,
     *,
     learning_rate: float | None = None,
+    hidden: Sequence[int] | None = None,
+    dropout: float = 0.0,
     dp_sgd: bool = False,
     schema: Mapping[str, Any] | None = None,
     class_weights: Sequence[float] | None = None,
@@ -59,6 +62,8 @@ def export_trainable(
         seed: seed of the initial weights (Glorot uniform, zero biases).
         learning_rate: default learning rate written to the metadata
             (0.01 for SGD, 0.001 for Adam); ``train`` takes ``lr`` at every step.
+        hidden: mlp only: hidden widths (default 32, 16).
+        dropout: mlp only: dropout rate after each hidden layer.
         dp_sgd: also export the ``train_dp`` signature (record-level DP-SGD with
             per-example clipping, :mod:`models.modules`); conversion takes longer, since
             the batch is unrolled.
@@ -76,25 +81,66 @@ def export_trainable(
             (:class:`models.architecture.ArchitectureError` is a ValueError).
         ExportError: the converter failed or produced non-builtin ops.
     """
-    spec = zoo.build(name, input_shape, classes)
+    spec = zoo.build(name, input_shape, classes, hidden=hidden, dropout=dropout)
+    return export_model(spec, batch_size, zoo.initial_weights(spec, seed), None, optimizer,
+                        seed, learning_rate, hyperparameters=hyperparameters, dp_sgd=dp_sgd,
+                        schema=schema, class_weights=class_weights)
+
+
+def export_model(
+    spec: zoo.ModelSpec,
+    batch_size: int,
+    weights: Mapping[str, Array],
+    constants: Mapping[str, Array] | None = None,
+    optimizer: str = "sgd",
+    seed: int | None = None,
+    learning_rate: float | None = None,
+    *,
+    hyperparameters: Mapping[str, float] | None = None,
+    dp_sgd: bool = False,
+    schema: Mapping[str, Any] | None = None,
+    class_weights: Sequence[float] | None = None,
+) -> bytes:
+    """Export any configured model (zoo or imported) with given weights as a trainable file.
+
+    Args:
+        spec: the model.
+        batch_size: the fixed batch size of every signature (≥ 1).
+        weights: the travelling weights, as :meth:`models.zoo.ModelSpec.weight_shapes`.
+        constants: the frozen layers' weights, as ``spec.frozen_weight_shapes()``.
+        optimizer, learning_rate, dp_sgd, schema, class_weights: as
+            :func:`export_trainable` (DP-SGD refuses batch normalisation).
+        hyperparameters: the optimizer's, as ``**hyperparameters`` of :func:`export_trainable`.
+        seed: the seed of the initial weights, for the metadata (None: not seeded).
+
+    Raises:
+        ValueError: bad batch size, optimizer or weights.
+        ExportError: the converter failed or produced non-builtin ops.
+    """
     _check_batch_size(batch_size)
     if optimizer not in DEFAULT_LEARNING_RATE:
         raise ValueError(f"unknown optimizer {optimizer!r}; choose 'sgd' or 'adam'")
     rate = DEFAULT_LEARNING_RATE[optimizer] if learning_rate is None else float(learning_rate)
     if not rate > 0:
         raise ValueError(f"learning rate must be positive, got {learning_rate}")
-    weights = _check_class_weights(spec, class_weights)
+    _check_weights(spec, weights)
+    _check_weights(spec, constants or {}, frozen=True)
+    if not spec.weight_shapes():
+        raise ValueError(f"{spec.name} has no trainable weights: every layer is frozen")
+    if dp_sgd and any(is_state(name) for name in spec.weight_shapes()):
+        raise ValueError(f"{spec.name}: DP-SGD needs each example's own gradient, and batch "
+                         "normalisation's statistics mix the examples of a batch: leave out "
+                         "--dp-sgd or the BatchNormalization layers")
+    checked = _check_class_weights(spec, class_weights)
     try:
-        module = TrainableModule(
-            spec, batch_size, zoo.initial_weights(spec, seed), optimizer, hyperparameters,
-            weights, dp_sgd=dp_sgd,
-        )
+        module = TrainableModule(spec, batch_size, weights, optimizer, hyperparameters or {},
+                                 constants, checked, dp_sgd=dp_sgd)
     except TypeError as exc:
         raise ValueError(f"bad hyperparameter for {optimizer}: {exc}") from exc
     flatbuffer = _convert(module, module.signatures(), representative=None)
     settings = {"name": optimizer, "learning_rate": rate, **module.optimizer.hyperparameters()}
     meta = metadata.describe(spec, batch_size, kind="trainable", optimizer=settings, seed=seed,
-                             dp_sgd=dp_sgd, schema=schema, class_weights=weights)
+                             dp_sgd=dp_sgd, schema=schema, class_weights=checked)
     return metadata.attach(flatbuffer, meta)
 
 
@@ -127,8 +173,24 @@ def export_inference_int8(
         ExportError: the converter failed or produced non-builtin ops.
     """
     spec = zoo.build(name, input_shape, classes)
+    return export_spec_int8(spec, weights, representative_x, batch_size=batch_size)
+
+
+def export_spec_int8(
+    spec: zoo.ModelSpec,
+    weights: Mapping[str, Array],
+    representative_x: Array,
+    *,
+    constants: Mapping[str, Array] | None = None,
+    batch_size: int = 1,
+) -> bytes:
+    """:func:`export_inference_int8` for any configured model (zoo or imported).
+
+    ``weights`` are the travelling weights, ``constants`` the frozen layers' ones.
+    """
     _check_batch_size(batch_size)
     _check_weights(spec, weights)
+    _check_weights(spec, constants or {}, frozen=True)
     samples = np.asarray(representative_x, dtype=np.float32)
     if samples.ndim != len(spec.input_shape) + 1 or samples.shape[1:] != spec.input_shape:
         raise ValueError(
@@ -137,7 +199,7 @@ def export_inference_int8(
         )
     if len(samples) < batch_size:
         raise ValueError(f"need at least {batch_size} representative examples, got {len(samples)}")
-    module = InferenceModule(spec, batch_size, weights)
+    module = InferenceModule(spec, batch_size, {**(constants or {}), **weights})
     flatbuffer = _convert(module, module.signatures(), representative=samples[:MAX_REPRESENTATIVE])
     meta = metadata.describe(
         spec, batch_size, kind="inference", optimizer=None, quantization="int8"
@@ -171,8 +233,10 @@ def _check_batch_size(batch_size: int) -> None:
         raise ValueError(f"batch size must be a positive integer, got {batch_size!r}")
 
 
-def _check_weights(spec: zoo.ModelSpec, weights: Mapping[str, Array]) -> None:
-    expected = spec.weight_shapes()
+def _check_weights(
+    spec: zoo.ModelSpec, weights: Mapping[str, Array], *, frozen: bool = False
+) -> None:
+    expected = spec.frozen_weight_shapes() if frozen else spec.weight_shapes()
     if set(weights) != set(expected):
         missing, extra = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
         raise ValueError(f"weights do not match {spec.name}: missing {missing}, unexpected {extra}")

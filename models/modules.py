@@ -36,8 +36,8 @@ from typing import Any
 import numpy.typing as npt
 import tensorflow as tf
 
-from models.architecture import Task
-from models.layers import Tensor, forward
+from models.architecture import Task, is_state
+from models.layers import Pass, Tensor, forward, regularisation, run
 from models.losses import class_weighted, masked_mean, proximal_term, task_loss
 from models.optimizers import make_optimizer
 from models.zoo import ModelSpec
@@ -75,7 +75,12 @@ def count_correct(task: Task, logits: Tensor, labels: Tensor, mask: Tensor) -> T
 
 
 class TrainableModule(tf.Module):  # type: ignore[misc]
-    """Weights, FedProx anchors and optimizer state of one zoo model, with signatures."""
+    """Weights, FedProx anchors and optimizer state of one model, with signatures.
+
+    The travelling weights (``get_weights``/``set_weights``) are the trainable ones,
+    which the optimizer moves, and batch-norm moving statistics, which ``train``
+    updates from each batch. Frozen layers' weights are constants of the graph.
+    """
 
     def __init__(
         self,
@@ -84,32 +89,38 @@ class TrainableModule(tf.Module):  # type: ignore[misc]
         initial: Mapping[str, Array],
         optimizer: str,
         hyperparameters: Mapping[str, float],
+        constants: Mapping[str, Array] | None = None,
         class_weights: Sequence[float] | None = None,
         dp_sgd: bool = False,
     ) -> None:
         """Create the variables.
 
         Args:
-            spec: the configured zoo model.
+            spec: the configured model.
             batch_size: fixed batch size of every signature.
-            initial: initial weights by name, in model order.
+            initial: initial travelling weights by name, in model order.
             optimizer: "sgd" or "adam".
             hyperparameters: optimizer hyperparameters (not the learning rate).
+            constants: the frozen layers' weights by name.
             class_weights: one loss weight per class for ``train``, or None (all 1).
             dp_sgd: also export ``train_dp`` (record-level DP-SGD).
         """
-        super().__init__(name=spec.name)
+        super().__init__(name=spec.name.replace(":", "_"))
         self.spec, self.batch_size, self.dp_sgd = spec, batch_size, dp_sgd
         self.names = list(initial)
-        self.params = [tf.Variable(w, name=n) for n, w in initial.items()]
+        self.variables_by_name = {n: tf.Variable(w, name=n) for n, w in initial.items()}
+        self.trainable_names = [n for n in self.names if not is_state(n)]
+        self.params = [self.variables_by_name[n] for n in self.trainable_names]
         self.anchors = [
-            tf.Variable(w, trainable=False, name=f"{n}_anchor") for n, w in initial.items()
+            tf.Variable(initial[n], trainable=False, name=f"{n}_anchor")
+            for n in self.trainable_names
         ]
+        self.constants = {n: tf.constant(w, tf.float32) for n, w in (constants or {}).items()}
         self.optimizer = make_optimizer(optimizer, self.params, **hyperparameters)
         self.class_weights = None if class_weights is None else tuple(class_weights)
 
-    def _train_loss(self, x: Tensor, y: Tensor, mask: Tensor) -> Tensor:
-        per_example = task_loss(self.spec.task, self._logits(x), y)
+    def _train_loss(self, x: Tensor, y: Tensor, mask: Tensor, step: Pass) -> Tensor:
+        per_example = task_loss(self.spec.task, run(self.spec, self._weights(), x, step), y)
         if self.class_weights is not None:
             per_example = class_weighted(per_example, y, self.class_weights)
         return masked_mean(per_example, mask)
@@ -120,8 +131,11 @@ class TrainableModule(tf.Module):  # type: ignore[misc]
     def _vector_spec(self, name: str) -> Any:
         return tf.TensorSpec([self.batch_size], tf.float32, name=name)
 
+    def _weights(self) -> dict[str, Tensor]:
+        return {**self.constants, **self.variables_by_name}
+
     def _logits(self, x: Tensor) -> Tensor:
-        return forward(self.spec, dict(zip(self.names, self.params, strict=True)), x)
+        return forward(self.spec, self._weights(), x)
 
     def signatures(self) -> dict[str, Any]:
         """Return the concrete functions to export, by signature name."""
@@ -131,11 +145,15 @@ class TrainableModule(tf.Module):  # type: ignore[misc]
 
         @graph(*batch_specs, scalar, scalar)
         def train(x: Tensor, y: Tensor, mask: Tensor, lr: Tensor, mu: Tensor) -> dict[str, Tensor]:
+            step = Pass(training=True, mask=mask)
             with tf.GradientTape() as tape:
-                loss = self._train_loss(x, y, mask)
+                loss = self._train_loss(x, y, mask, step)
                 objective = loss + proximal_term(self.params, self.anchors, mu)
+                objective += regularisation(self.spec, self._weights())
             grads = tape.gradient(objective, self.params)
             self.optimizer.apply(self.params, grads, lr)
+            for name, value in step.updates.items():
+                self.variables_by_name[name].assign(value)
             return {"loss": loss}
 
         @graph(self._x_spec())
@@ -150,17 +168,18 @@ class TrainableModule(tf.Module):  # type: ignore[misc]
 
         @graph()
         def get_weights() -> dict[str, Tensor]:
-            return {n: tf.identity(v) for n, v in zip(self.names, self.params, strict=True)}
+            return {n: tf.identity(v) for n, v in self.variables_by_name.items()}
 
         weight_specs = {
             n: tf.TensorSpec(v.shape, tf.float32, name=n)
-            for n, v in zip(self.names, self.params, strict=True)
+            for n, v in self.variables_by_name.items()
         }
 
         @graph(weight_specs)
         def set_weights(weights: dict[str, Tensor]) -> dict[str, Tensor]:
-            for name, var, anchor in zip(self.names, self.params, self.anchors, strict=True):
+            for name, var in self.variables_by_name.items():
                 var.assign(weights[name])
+            for name, anchor in zip(self.trainable_names, self.anchors, strict=True):
                 anchor.assign(weights[name])
             self.optimizer.reset()
             return {"ok": tf.constant(1.0)}
@@ -180,11 +199,12 @@ class TrainableModule(tf.Module):  # type: ignore[misc]
                scalar, scalar, scalar, noise_specs)
         def train_dp(x: Tensor, y: Tensor, mask: Tensor, lr: Tensor, mu: Tensor, clip: Tensor,
                      denominator: Tensor, noise: dict[str, Tensor]) -> dict[str, Tensor]:
-            total = [noise[f"noise_{n}"] for n in self.names]
+            total = [noise[f"noise_{n}"] for n in self.trainable_names]
             losses, clipped = [], tf.constant(0.0)
             for i in range(self.batch_size):  # unrolled: per-example gradients, builtins only
                 with tf.GradientTape() as tape:
-                    loss = task_loss(task, self._logits(x[i:i + 1]), y[i:i + 1])
+                    logits = run(self.spec, self._weights(), x[i:i + 1], Pass(training=True))
+                    loss = task_loss(task, logits, y[i:i + 1])
                     if self.class_weights is not None:  # as train: Keras's class_weight
                         loss = class_weighted(loss, y[i:i + 1], self.class_weights)
                     loss = loss[0]
@@ -194,8 +214,9 @@ class TrainableModule(tf.Module):  # type: ignore[misc]
                 clipped += mask[i] * tf.cast(norm > clip, tf.float32)
                 total = [t + (mask[i] * scale) * g for t, g in zip(total, grads, strict=True)]
                 losses.append(loss)
-            with tf.GradientTape() as tape:
+            with tf.GradientTape() as tape:  # data-independent terms: FedProx and kernel L2
                 prox = proximal_term(self.params, self.anchors, mu)
+                prox += regularisation(self.spec, self._weights())
             prox_grads = tape.gradient(prox, self.params)
             step = [t / denominator + p for t, p in zip(total, prox_grads, strict=True)]
             self.optimizer.apply(self.params, step, lr)
@@ -208,8 +229,8 @@ class InferenceModule(tf.Module):  # type: ignore[misc]
     """A zoo model with frozen weights and only the ``infer`` signature."""
 
     def __init__(self, spec: ModelSpec, batch_size: int, weights: Mapping[str, Array]) -> None:
-        """Hold ``weights`` as constants for a fixed ``batch_size``."""
-        super().__init__(name=f"{spec.name}_inference")
+        """Hold ``weights`` (travelling and frozen) as constants for a fixed ``batch_size``."""
+        super().__init__(name=f"{spec.name.replace(':', '_')}_inference")
         self.spec, self.batch_size = spec, batch_size
         self.weights = {n: tf.constant(w, tf.float32) for n, w in weights.items()}
 

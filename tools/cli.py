@@ -30,6 +30,7 @@ VERBOSE = ("debug logging, and the TensorFlow/absl/TFLite/amqtt start-up and INF
 COMMANDS: dict[str, str] = {
     "demo": "tools.demo.command",
     "export": "tools.export.command",
+    "check-model": "tools.check.command",
     "evaluate": "tools.evaluate.command",
     "predict": "tools.evaluate.predict",
     "bench": "tools.bench.command",

@@ -12,8 +12,8 @@ from models.architecture import ArchitectureError
 from models.zoo import NAMES, build, initial_weights, weight_shapes
 
 
-def test_names_list_the_four_models() -> None:
-    assert NAMES == ("logreg", "mlp", "cnn1d", "cnn2d")
+def test_names_list_the_zoo_models() -> None:
+    assert NAMES == ("logreg", "mlp", "cnn1d", "cnn2d", "imaging")
 
 
 @pytest.mark.parametrize(
@@ -57,13 +57,14 @@ def test_weight_shapes_do_not_import_tensorflow() -> None:
 @pytest.mark.parametrize(
     ("name", "shape", "classes", "message"),
     [
-        ("resnet", (4,), 2, "unknown model 'resnet'; choose one of logreg, mlp, cnn1d, cnn2d"),
+        ("resnet", (4,), 2, "unknown model 'resnet'; choose one of logreg, mlp, cnn1d, cnn2d, im"),
         ("mlp", (4,), 1, "classes must be 0 .regression., 2 .binary. or at least 3"),
         ("mlp", (4,), -2, "classes must be 0"),
         ("mlp", (0,), 2, "input shape must be non-empty and positive"),
         ("cnn1d", (100,), 4, "cnn1d cannot take input shape .100,.: ChannelsLast needs a 2-D"),
         ("cnn1d", (6, 11), 4, "cnn1d cannot take input shape .6, 11.: AvgPool1D with pool 2"),
-        ("cnn2d", (28, 28, 3), 4, "cnn2d cannot take input shape .28, 28, 3.: AddChannel needs"),
+        ("cnn2d", (28, 28, 3, 1), 4, "cnn2d cannot take input shape .28, 28, 3, 1.: Conv2D needs"),
+        ("imaging", (64, 64), 4, "imaging cannot take input shape .64, 64.: Conv2D needs a 3-D"),
         ("cnn2d", (6, 28), 4, "too small"),
     ],
 )
@@ -90,3 +91,28 @@ def test_initial_weights_are_reproducible_glorot_with_zero_biases() -> None:
     assert not first["conv0_bias"].any()
     limit = np.sqrt(6.0 / (5 * 6 + 5 * 16))  # fan_in and fan_out include the kernel width
     assert 0.9 * limit < np.abs(first["conv0_kernel"]).max() <= limit
+
+
+def test_mlp_takes_hidden_widths_and_dropout() -> None:
+    spec = build("mlp", (30,), 2, hidden=(64, 32), dropout=0.2)
+    assert list(spec.weight_shapes().items()) == [
+        ("dense0_kernel", (30, 64)), ("dense0_bias", (64,)), ("dense1_kernel", (64, 32)),
+        ("dense1_bias", (32,)), ("dense2_kernel", (32, 1)), ("dense2_bias", (1,))]  # fmt: skip
+    assert sum(type(layer).__name__ == "Dropout" for layer in spec.layers) == 2
+    with pytest.raises(ArchitectureError, match="hidden widths and dropout are mlp options"):
+        build("cnn1d", (6, 100), 4, dropout=0.5)
+    with pytest.raises(ArchitectureError, match="Dropout rate must be in"):
+        build("mlp", (30,), 2, dropout=1.0)
+
+
+def test_cnn2d_takes_channels_and_imaging_takes_rgb() -> None:
+    rgb = build("cnn2d", (32, 32, 3), 10).weight_shapes()
+    assert rgb["conv0_kernel"] == (3, 3, 3, 8) and rgb["dense0_kernel"] == (6 * 6 * 16, 10)
+    assert build("cnn2d", (28, 28), 10).weight_shapes()["conv0_kernel"] == (3, 3, 1, 8)
+    imaging = build("imaging", (64, 64, 3), 7).weight_shapes()
+    assert imaging["conv0_kernel"] == (3, 3, 3, 16)
+    assert imaging["sepconv1_pointwise_kernel"] == (1, 1, 32, 64)
+    assert imaging["bn2_moving_variance"] == (64,) and imaging["dense0_kernel"] == (64, 7)
+    initial = initial_weights(build("imaging", (64, 64, 3), 7), 0)
+    assert (initial["bn0_gamma"] == 1).all() and (initial["bn0_moving_variance"] == 1).all()
+    assert not initial["bn0_moving_mean"].any()

@@ -17,6 +17,7 @@ repeats. The goal is int8 at most 0.27× fp32 for models of 10k parameters or mo
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import time
@@ -39,7 +40,11 @@ WINDOWS: tuple[Task, ...] = (((6, 100), 4, "6×100 window, 4 classes"),
                              ((6, 1000), 4, "6×1000 window, 4 classes"))
 IMAGES: tuple[Task, ...] = (((28, 28), 10, "28×28 image, 10 classes"),
                             ((64, 64), 10, "64×64 image, 10 classes"))
-TASKS = {"logreg": TABULAR, "mlp": TABULAR, "cnn1d": WINDOWS, "cnn2d": IMAGES}
+RGB: tuple[Task, ...] = (((64, 64, 3), 7, "64×64×3 image, 7 classes"),)
+TASKS = {"logreg": TABULAR, "mlp": TABULAR, "cnn1d": WINDOWS, "cnn2d": IMAGES, "imaging": RGB}
+#: transfer learning: the imaging model with its stem and first block frozen (layers 0-6),
+#: whose weights stay in the model file and never travel
+FROZEN_IMAGING = frozenset(range(7))
 SYNTHETIC: Case = ("dense 1000×1000 (synthetic)", {"kernel": (1000, 1000), "bias": (1000,)})
 GOAL_PARAMS, GOAL_RATIO = 10_000, 0.27
 SEED = 20240601
@@ -57,6 +62,10 @@ def zoo_cases() -> list[Case]:
             except ValueError:  # ArchitectureError: this model does not take this input
                 continue
             cases.append((f"{name}: {label}", dict(shapes)))
+    for input_shape, classes, label in RGB:
+        spec = zoo.build("imaging", input_shape, classes)
+        frozen = dataclasses.replace(spec, frozen=FROZEN_IMAGING).weight_shapes()
+        cases.append((f"imaging, stem + block 1 frozen: {label}", dict(frozen)))
     return cases
 
 

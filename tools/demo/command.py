@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--clients", type=int, help="number of client processes (default: the "
                    "dataset's natural parties, else 4)")
     p.add_argument("--rounds", type=int, help="federated rounds (default 10)")
+    p.add_argument("--keras", type=Path, metavar="MODEL.keras", help="train this saved Keras "
+                   "model (its layers and weights, see fedge export --keras) instead of the "
+                   "dataset's zoo model, e.g. examples/seed.keras with seed-gaussian")
     p.add_argument("--partition", choices=PARTITIONS, help="how the training data is split: "
                    "natural (by party/device), iid, dirichlet (label skew), quantity")
     p.add_argument("--alpha", type=float, default=DEFAULT.alpha,
@@ -80,7 +84,7 @@ def config_of(args: argparse.Namespace) -> DemoConfig:
         weighting=args.weighting, epochs=args.epochs, lr=args.lr, mu=args.mu, seed=args.seed,
         broker=args.broker, embedded_broker=args.embedded_broker, out=args.out,
         json_path=args.json, plot_path=args.plot, round_timeout=args.round_timeout,
-        progress=not args.no_progress)
+        progress=not args.no_progress, keras=args.keras)
 
 
 def _plan(config: DemoConfig, s: Setup) -> FederationPlan:
@@ -174,7 +178,14 @@ def federate(config: DemoConfig) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     """Runs the demo end to end; returns 0 on success."""
     config = config_of(args)
-    result = federate(config)
+    if config.keras is not None and not config.keras.is_file():
+        print(f"fedge demo: error: --keras {config.keras}: no such file", file=sys.stderr)
+        return 2
+    try:
+        result = federate(config)
+    except ValueError as exc:  # a Keras model fedge cannot train, or not for this dataset
+        print(f"fedge demo: error: {exc}", file=sys.stderr)
+        return 2
     print_table(result)
     json_path = config.results_path
     json_path.parent.mkdir(parents=True, exist_ok=True)

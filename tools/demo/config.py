@@ -39,6 +39,7 @@ class DemoConfig:
     json_path: Path | None = None  # None: OUT/results.json
     plot_path: Path | None = None  # None: OUT/rounds.png
     round_timeout: float = 60.0  # seconds a round waits for its clients; ample on one machine
+    keras: Path | None = None  # a saved Keras model to train instead of the dataset's zoo model
     progress: bool = True  # a progress bar per round (off: one log line per round)
 
     def __post_init__(self) -> None:

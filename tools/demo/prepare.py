@@ -36,6 +36,8 @@ class Setup:
     pooled_x: Array  # the union of the clients' training data (the pooled baseline's)
     pooled_y: Array
     pooled_scaling: Scaling  # the centralised baseline's: statistics of all training data
+    spec: Any  # the model's models.zoo.ModelSpec (the zoo's, or the Keras model's)
+    constants: dict[str, Array]  # its frozen layers' weights (a Keras model's; else none)
 
     @property
     def party_scalings(self) -> list[Scaling]:
@@ -66,10 +68,35 @@ def prepare(config: DemoConfig) -> Setup:
         shutil.rmtree(config.out / stale, ignore_errors=True)
     config.out.mkdir(parents=True, exist_ok=True)
     shares = share_data(ds, d, config.out / "clients", np.random.default_rng(config.seed))
-    model_file = export_trainable(ds.info.model, ds.info.input_shape, len(ds.info.classes),
-                                  d.batch_size, optimizer=d.optimizer, seed=config.seed)
+    if config.keras is not None:
+        model_file, spec, constants = _keras_model(config.keras, ds, d)
+    else:
+        from models import zoo
+
+        spec, constants = zoo.build(ds.info.model, ds.info.input_shape, len(ds.info.classes)), {}
+        model_file = export_trainable(ds.info.model, ds.info.input_shape, len(ds.info.classes),
+                                      d.batch_size, optimizer=d.optimizer, seed=config.seed)
     model_path = config.out / "model.tflite"
     model_path.write_bytes(model_file)
     pooled_x, pooled_y = pooled_training(ds, shares)
     return Setup(ds, d, shares, model_file, model_path, pooled_x, pooled_y,
-                 Scaling.fit(pooled_x, d.normalise, "the pooled training data"))
+                 Scaling.fit(pooled_x, d.normalise, "the pooled training data"), spec, constants)
+
+
+def _keras_model(path: Path, ds: Dataset, d: DemoDefaults) -> tuple[bytes, Any, dict[str, Array]]:
+    """Export the Keras model at ``path`` for this dataset (its own optimizer, else the
+    dataset's); the file, its spec and its frozen weights."""
+    from models.export import export_model
+    from models.keras_import import KerasImportError, load
+
+    imported = load(path)
+    spec = imported.spec
+    if spec.input_shape != tuple(ds.info.input_shape) or spec.classes != len(ds.info.classes):
+        raise KerasImportError(
+            f"--keras {path}: the model takes {spec.input_shape} with {spec.classes} classes; "
+            f"{ds.info.name} has {tuple(ds.info.input_shape)} and {len(ds.info.classes)}")
+    optimizer = imported.optimizer or d.optimizer
+    settings = imported.hyperparameters if imported.optimizer else {}
+    blob = export_model(spec, d.batch_size, imported.weights, imported.constants, optimizer,
+                        None, imported.learning_rate, hyperparameters=settings)
+    return blob, spec, imported.constants

@@ -54,13 +54,12 @@ def _round_row(row: dict[str, Any], ev: dict[str, Any]) -> dict[str, Any]:
 def _int8(folder: Path, s: Setup, weights: dict[str, Any]) -> tuple[str, float, float | None]:
     """The int8 model, calibrated on the parties' training data as each scales it, and its
     accuracy and (binary) ROC AUC as the parties see it (mean over their scalings)."""
-    from models.export import MAX_REPRESENTATIVE, export_inference_int8
+    from models.export import MAX_REPRESENTATIVE, export_spec_int8
 
     ds = s.dataset
     calibration = np.concatenate([c.scaling(c.x_train) for c in s.shares])
     picked = np.random.default_rng(0).permutation(len(calibration))[:MAX_REPRESENTATIVE]
-    blob = export_inference_int8(ds.info.model, ds.info.input_shape, len(ds.info.classes),
-                                 weights, calibration[picked])
+    blob = export_spec_int8(s.spec, weights, calibration[picked], constants=s.constants)
     path = folder / "model-int8.tflite"
     path.write_bytes(blob)
     interp = Interpreter(blob)
@@ -96,7 +95,7 @@ def build_result(config: DemoConfig, s: Setup, rows: list[dict[str, Any]],
                        (ds.x_test, ds.y_test), epochs=epochs, lr=d.lr, seed=config.seed)
     int8_path, int8_acc, int8_auc = _int8(config.out, s, weights)
     return {
-        "dataset": ds.info.name, "model": ds.info.model, "clients": len(s.shares),
+        "dataset": ds.info.name, "model": s.spec.name, "clients": len(s.shares),
         "partition": d.partition, "codec": config.codec, "strategy": config.strategy,
         "weighting": config.weighting, "seed": config.seed, "epochs": d.epochs, "lr": d.lr,
         "batch_size": d.batch_size, "optimizer": d.optimizer, "mu": config.mu,

@@ -3,6 +3,14 @@
 From the zoo (needs fedge[author], TensorFlow): a trainable ``.tflite`` with the signatures
 train, infer, evaluate, get_weights and set_weights, and its initial weights.
 
+From a Keras model (``--keras MODEL.keras``, needs fedge[author]): a saved Keras 3
+Sequential, or a Functional model with one input and one output, made of the layers
+docs/models.md lists, mapped onto fedge's builtin-only layers with the model's own weights;
+layers with trainable=False stay fixed on the device. The loss comes from the model's
+compile config or --loss, the optimizer from it or --optimizer, the learning rate from it or
+--lr. An unsupported layer or option stops the export naming the layer, its class, the
+option and what is supported.
+
 From a state dir (``--from-state DIR [--version N]``): the run's model with the weights of
 that version (default: the final ones, else the latest checkpoint's) embedded, the same
 file the aggregator writes as ``DIR/final/model.tflite``; no TensorFlow needed. ``--out
@@ -25,7 +33,15 @@ scikit-learn's "balanced"), so a rare outcome counts as much as a common one. Th
 counts N[c] come from ``--class-counts`` or from the schema's label counts (written by
 ``fedge stats --schema S --out shared.toml``: the federation's, never one site's).
 
+zoo models (--model) and their --input-shape:
+{zoo_shapes}
+
 examples:
+  fedge export --keras seed.keras --batch-size 32 --out seed.tflite
+  fedge export --model mlp --input-shape 30 --classes 2 --hidden 64,32 --dropout 0.2 \\
+      --batch-size 32 --out mlp.tflite
+  fedge export --model imaging --input-shape 64,64,3 --classes 7 --batch-size 8 \\
+      --out derm.tflite --optimizer adam
   fedge export --model mlp --schema schema.toml --classes 2 --batch-size 32 --out mlp.tflite
   fedge export --model mlp --schema shared.toml --classes 2 --batch-size 32 --out mlp.tflite \\
       --class-weights balanced
@@ -52,8 +68,13 @@ from tools.export.int8 import SAME_FILE, Calibration, int8_model
 from tools.extras import MissingExtra, require
 from tools.schema.view import render_schema
 
-HELP = "write a trainable .tflite (zoo model, or a state dir's weights) or an int8 one"
+__doc__ = (__doc__ or "").replace(
+    "{zoo_shapes}", "\n".join(f"  {name:8} {zoo.SHAPES[name]}" for name in zoo.NAMES))
+
+HELP = "write a trainable .tflite (zoo or Keras model, or a state dir's weights) or an int8 one"
 ZOO_FLAGS = ("model", "input_shape", "classes", "batch_size")
+KERAS_ONLY = ("loss",)
+LOSSES = ("binary_crossentropy", "sparse_categorical_crossentropy", "mean_squared_error")
 
 
 class UsageError(Exception):
@@ -76,7 +97,8 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     z.add_argument(
         "--input-shape", type=_shape, metavar="SHAPE",
         help="per-example input shape, comma-separated: 30 (logreg, mlp), "
-        "CHANNELS,TIME (cnn1d, e.g. 6,100), HEIGHT,WIDTH (cnn2d, e.g. 28,28)",
+        "CHANNELS,TIME (cnn1d, e.g. 6,100), HEIGHT,WIDTH[,CHANNELS] (cnn2d, e.g. 28,28), "
+        "HEIGHT,WIDTH,CHANNELS (imaging, e.g. 64,64,3)",
     )  # fmt: skip
     z.add_argument("--schema", type=Path, metavar="TOML", help="the federation's data schema "
                    "(`fedge schema infer`): sets the input width (instead of --input-shape) "
@@ -99,6 +121,17 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
                    "docs/privacy.md")
     z.add_argument("--weights", type=Path, metavar="FILE.npz",
                    help="weights for the int8 model, by name (default: the initial ones)")
+    z.add_argument("--hidden", type=_shape, metavar="W1,W2,...",
+                   help="mlp: hidden layer widths (default: 32,16)")
+    z.add_argument("--dropout", type=float, metavar="RATE",
+                   help="mlp: dropout after each hidden layer, in [0, 1) (default: 0)")
+    z.add_argument("--lr", type=float, metavar="RATE", help="the default learning rate the "
+                   "file carries (default: the Keras model's, else 0.01 sgd / 0.001 adam)")
+    k = parser.add_argument_group("from a saved Keras 3 model (needs fedge[author])")
+    k.add_argument("--keras", type=Path, metavar="MODEL.keras", help="the model to export "
+                   "with its weights; give --batch-size; --classes, if given, is checked")
+    k.add_argument("--loss", choices=(*LOSSES, "mse"), help="the task loss (default: the "
+                   "model's compile config; needed if the model is not compiled)")
     s = parser.add_argument_group("from an aggregator's state dir (no TensorFlow needed)")
     s.add_argument("--from-state", type=Path, metavar="DIR", help="the run's model and the "
                    "weights of --version (default: final, else the latest checkpoint)")
@@ -147,6 +180,8 @@ def run(args: argparse.Namespace) -> int:
         if args.from_state is not None:
             written = export_from_state(args.from_state, args.version, args.out,
                                         args.inference_int8, _calibration(args))
+        elif args.keras is not None:
+            written = _export_keras(args)
         else:
             written = _export_zoo(args)
     except MissingExtra as exc:
@@ -164,8 +199,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check_flags(args: argparse.Namespace) -> None:
+    if args.keras is not None:
+        _check_keras_flags(args)
+        return
+    if args.loss is not None:
+        raise UsageError("--loss is for --keras MODEL.keras (a zoo model's loss follows "
+                         "--classes)")
     own = (*ZOO_FLAGS, "optimizer", "seed", "weights", "schema", "class_weights",
-           "class_counts")
+           "class_counts", "hidden", "dropout", "lr")
     given = [f"--{f.replace('_', '-')}" for f in own if getattr(args, f) is not None]
     if args.from_state is not None:
         given += ["--dp-sgd"] if args.dp_sgd else []
@@ -183,10 +224,76 @@ def _check_flags(args: argparse.Namespace) -> None:
         args.input_shape = _schema_width(args)
     missing = [f"--{f.replace('_', '-')}" for f in ZOO_FLAGS if getattr(args, f) is None]
     if missing:
-        raise UsageError(f"give {', '.join(missing)} (a zoo model), or --from-state DIR (a "
-                         "run's model and weights)")
+        raise UsageError(f"give {', '.join(missing)} (a zoo model), --keras MODEL.keras, or "
+                         "--from-state DIR (a run's model and weights)")
     if args.out.suffix.lower() == ".npz":
         raise UsageError("--out FILE.npz (the weights) needs --from-state DIR")
+
+
+def _check_keras_flags(args: argparse.Namespace) -> None:
+    others = [f"--{f.replace('_', '-')}" for f in ("model", "input_shape", "seed", "weights",
+                                                   "hidden", "dropout", "from_state", "version",
+                                                   "schema", "class_weights", "class_counts")
+              if getattr(args, f) is not None] + (["--dp-sgd"] if args.dp_sgd else [])
+    if others:
+        raise UsageError(f"--keras takes the layers, shape and weights from the model (and "
+                         f"trains without DP-SGD or class weights for now); leave out "
+                         f"{', '.join(others)}")
+    if args.batch_size is None:
+        raise UsageError("--keras needs --batch-size B (the file's fixed batch size)")
+    if args.out.suffix.lower() == ".npz":
+        raise UsageError("--out FILE.npz (the weights) needs --from-state DIR")
+
+
+def _export_keras(args: argparse.Namespace) -> list[str]:
+    if not args.keras.is_file():
+        raise UsageError(f"--keras {args.keras}: no such file")
+    require("fedge export --keras", "tensorflow")
+    from models import export, keras_import  # TensorFlow: only now
+
+    imported = keras_import.load(args.keras, loss=args.loss, classes=args.classes)
+    written = []
+    if args.inference_int8 is not None:
+        examples = _calibration(args).examples(imported.spec.input_shape)
+        blob = export.export_spec_int8(imported.spec, imported.weights, examples,
+                                       constants=imported.constants)
+        target = args.out if args.inference_int8 == SAME_FILE else args.inference_int8
+        target.write_bytes(blob)
+        written.append(f"wrote {target} ({len(blob):,} bytes, int8, the Keras model's weights)")
+        if args.inference_int8 == SAME_FILE:
+            return written
+    optimizer = args.optimizer or imported.optimizer or "sgd"
+    hyperparameters = imported.hyperparameters if optimizer == imported.optimizer else {}
+    rate = args.lr if args.lr is not None else (
+        imported.learning_rate if optimizer == imported.optimizer else None)
+    data = _devices_accept(export.export_model(
+        imported.spec, args.batch_size, imported.weights, imported.constants, optimizer, None,
+        rate, hyperparameters=hyperparameters),
+        f"--keras {args.keras} --batch-size {args.batch_size}")
+    args.out.write_bytes(data)
+    frozen = imported.spec.frozen_weight_shapes()
+    note = f", {len(frozen)} frozen tensors kept on the device" if frozen else ""
+    return [*written, f"wrote {args.out} ({len(data):,} bytes; {imported.spec.name}: "
+            f"{len(imported.spec.layers)} layers, {imported.spec.task}, "
+            f"{len(imported.weights)} travelling tensors{note})"]
+
+
+def _devices_accept(data: bytes, what: str) -> bytes:
+    """``data`` if a device's model checks would load it, else a clear refusal.
+
+    Raises:
+        UsageError: a bound of :mod:`edge_client.model_check` is broken (the message says
+            which); a smaller --batch-size shrinks a file's tensors in proportion.
+    """
+    from edge_client.errors import ModelError
+    from edge_client.model_check import check_model_file
+
+    try:
+        check_model_file(data)
+    except ModelError as exc:
+        raise UsageError(f"{what}: devices would refuse this file: {exc} (the tensors grow "
+                         "with --batch-size: a smaller one shrinks them)") from exc
+    return data
 
 
 def _schema_width(args: argparse.Namespace) -> tuple[int, ...]:
@@ -211,7 +318,9 @@ def _calibration(args: argparse.Namespace) -> Calibration:
 
 
 def _export_zoo(args: argparse.Namespace) -> list[str]:
-    spec = zoo.build(args.model, args.input_shape, args.classes)  # fail before TF loads
+    dropout = args.dropout or 0.0
+    spec = zoo.build(args.model, args.input_shape, args.classes, hidden=args.hidden,
+                     dropout=dropout)  # fail before TF loads
     schema = getattr(args, "schema_doc", None)
     loss_weights = class_weights(args.class_weights, args.class_counts, schema, args.classes)
     int8_weights = None
@@ -224,6 +333,9 @@ def _export_zoo(args: argparse.Namespace) -> list[str]:
     seed = 0 if args.seed is None else args.seed
     written = []
     if args.inference_int8 is not None:
+        if spec.layers != zoo.build(spec.name, spec.input_shape, spec.classes).layers:
+            raise UsageError("--inference-int8 takes the zoo model's default layers: leave out "
+                             "--hidden and --dropout")
         weights = int8_weights or zoo.initial_weights(spec, seed)
         blob = int8_model(spec.name, spec.input_shape, spec.classes, weights, calibration)
         target = args.out if args.inference_int8 == SAME_FILE else args.inference_int8
@@ -231,11 +343,11 @@ def _export_zoo(args: argparse.Namespace) -> list[str]:
         written.append(f"wrote {target} ({len(blob):,} bytes, int8)")
         if args.inference_int8 == SAME_FILE:
             return written
-    data = export.export_trainable(args.model, args.input_shape, args.classes,
-                                   args.batch_size, args.optimizer or "sgd", seed,
-                                   dp_sgd=args.dp_sgd,
-                                   schema=None if schema is None else schema.to_dict(),
-                                   class_weights=loss_weights)
+    data = _devices_accept(export.export_trainable(
+        args.model, args.input_shape, args.classes, args.batch_size, args.optimizer or "sgd",
+        seed, learning_rate=args.lr, hidden=args.hidden, dropout=dropout, dp_sgd=args.dp_sgd,
+        schema=None if schema is None else schema.to_dict(), class_weights=loss_weights),
+        f"--model {args.model} --batch-size {args.batch_size}")
     args.out.write_bytes(data)
     shown = [] if schema is None else [render_schema(schema)]
     if loss_weights is not None:

@@ -78,6 +78,25 @@ def test_small_demo_writes_json_png_and_int8_model(tmp_path: Path, broker: str) 
     assert _processes_mentioning(str(out)) == []
 
 
+def test_the_seed_articles_keras_model_runs_the_seed_demo(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    seed_model = str(ROOT / "examples" / "seed.keras")
+    res = subprocess.run(_demo(out, "--keras", seed_model, "--rounds", "2"), cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    result = json.loads((out / "results.json").read_text())
+    assert result["model"] == "seed" and len(result["rounds"]) == 2
+    assert all(row["participants"] == 2 for row in result["rounds"])
+    from edge_client.model import read_metadata
+
+    meta = read_metadata((out / "model.tflite").read_bytes())
+    assert meta.model == "seed" and meta.optimizer == "sgd"
+    wrong = subprocess.run(_demo(out, "--keras", seed_model, "--dataset", "breast-cancer"),
+                           cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert wrong.returncode == 2
+    assert "the model takes (2,) with 2 classes; breast-cancer has (30,)" in wrong.stderr
+
+
 def test_ctrl_c_stops_every_process(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     proc = subprocess.Popen(_demo(out, "--rounds", "50", "--embedded-broker"), cwd=ROOT,

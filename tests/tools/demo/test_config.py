@@ -26,12 +26,13 @@ def test_every_flag_reaches_the_config() -> None:
                      "--strategy", "median", "--weighting", "uniform", "--epochs", "2",
                      "--lr", "0.2", "--mu", "0.01", "--seed", "5", "--broker", "mqtt://h:1",
                      "--embedded-broker", "--out", "o", "--json", "r.json", "--plot", "p.png",
-                     "--round-timeout", "9", "--no-progress")
+                     "--round-timeout", "9", "--no-progress", "--keras", "m.keras")
     assert config == DemoConfig(
         dataset="breast-cancer", clients=3, rounds=4, partition="dirichlet", alpha=0.3,
         codec="fp16", strategy="median", weighting="uniform", epochs=2, lr=0.2, mu=0.01,
         seed=5, broker="mqtt://h:1", embedded_broker=True, out=Path("o"),
-        json_path=Path("r.json"), plot_path=Path("p.png"), round_timeout=9.0, progress=False)
+        json_path=Path("r.json"), plot_path=Path("p.png"), round_timeout=9.0, progress=False,
+        keras=Path("m.keras"))
     assert config.results_path == Path("r.json") and config.rounds_png == Path("p.png")
 
 

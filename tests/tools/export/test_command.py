@@ -89,7 +89,7 @@ def test_zoo_flags_are_required_without_a_state_dir(
 ) -> None:
     assert cli.main(["--model", "logreg", "--out", str(tmp_path / "m.tflite")]) == 2
     err = capsys.readouterr().err
-    assert "give --input-shape, --classes, --batch-size (a zoo model), or --from-state" in err
+    assert "give --input-shape, --classes, --batch-size (a zoo model), --keras" in err
 
 
 def test_without_representative_data_the_int8_model_is_calibrated_on_the_fallback(
