@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +25,8 @@ from edge_client.errors import ConfigError, ProtocolError
 from edge_client.feature_stats import DEFAULT_MIN_COUNT, combine, layout_sha256, shared_schema
 from edge_client.protocol import Topics
 from edge_client.schema import load_schema, schema_toml
-from edge_client.settings import PASSWORD_ENV
-from edge_client.transport import BrokerConfig, MqttTransport, Transport, TransportError
+from edge_client.transport import Transport
+from tools import observer
 from tools.stats.view import Collected, as_json, render
 
 QUIET_S = 0.5  # retained reports come in a burst after the subscribe: stop after this lull
@@ -51,17 +49,8 @@ def add_parser(sub: Any) -> None:
                        "(counts, means, histograms; small cells suppressed)",
                        description=__doc__, epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--broker", default="mqtt://127.0.0.1:1883", metavar="URL",
-                   help="mqtt://host:port or mqtts://host:port; default mqtt://127.0.0.1:1883")
-    p.add_argument("--federation", default="default", metavar="NAME",
-                   help="federation name; default default")
-    p.add_argument("--prefix", default="fedge", help="topic prefix; default fedge")
-    p.add_argument("--ca", type=Path, metavar="PEM", help="CA certificate to verify the broker")
-    p.add_argument("--cert", type=Path, metavar="PEM", help="client certificate (mutual TLS; "
-                   "the provisioned aggregator's may read the reports)")
-    p.add_argument("--key", type=Path, metavar="PEM", help="client private key (mutual TLS)")
-    p.add_argument("--username", help=f"MQTT username (password from {PASSWORD_ENV})")
-    p.add_argument("--mqtt-version", choices=["5", "3.1.1"], default="5", help="default 5")
+    observer.add_flags(p, cert_help="client certificate (mutual TLS; the provisioned "
+                       "aggregator's may read the reports)")
     p.add_argument("--min-count", type=int, default=DEFAULT_MIN_COUNT, metavar="N",
                    help="suppress every shown bin or category count below N (and below each "
                    f"site's own threshold); default {DEFAULT_MIN_COUNT}")
@@ -116,18 +105,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--out writes the --schema with the federation's statistics: give "
                           "--schema too")
     schema = None if args.schema is None else load_schema(args.schema)
-    try:
-        topics = Topics(args.federation, args.prefix)
-    except ProtocolError as e:
-        raise ConfigError(f"--federation/--prefix: {e}") from None
-    transport = MqttTransport(BrokerConfig(
-        url=args.broker, client_id=f"fedge-stats-{uuid.uuid4().hex[:8]}",
-        username=args.username, password=os.environ.get(PASSWORD_ENV), ca=args.ca,
-        cert=args.cert, key=args.key, mqtt_version=args.mqtt_version, durable=False))
-    try:
-        transport.start(wait=args.timeout)
-    except TransportError as e:
-        print(f"fedge stats: error: {e}", file=sys.stderr)
+    topics = observer.topics(args)
+    transport = observer.connect(args, "stats")
+    if transport is None:
         return 1
     try:
         found = collect(transport, topics, args.timeout)

@@ -10,16 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 import time
-import uuid
-from pathlib import Path
 
-from edge_client.errors import ConfigError, ProtocolError
+from edge_client.errors import ProtocolError
 from edge_client.protocol import Manifest, Presence, Round, Status, Topics, is_clear
-from edge_client.settings import PASSWORD_ENV
-from edge_client.transport import BrokerConfig, MqttTransport, Transport, TransportError
+from edge_client.transport import Transport
+from tools import observer
 from tools.status.view import Snapshot, as_json, render
 
 QUIET_S = 0.5  # retained messages come in a burst after the subscribe: stop after this lull
@@ -42,16 +38,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p = sub.add_parser("status", help="a federation's run, round, counts and who is online",
                        description=__doc__, epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--broker", default="mqtt://127.0.0.1:1883", metavar="URL",
-                   help="mqtt://host:port or mqtts://host:port; default mqtt://127.0.0.1:1883")
-    p.add_argument("--federation", default="default", metavar="NAME",
-                   help="federation name; default default")
-    p.add_argument("--prefix", default="fedge", help="topic prefix; default fedge")
-    p.add_argument("--ca", type=Path, metavar="PEM", help="CA certificate to verify the broker")
-    p.add_argument("--cert", type=Path, metavar="PEM", help="client certificate (mutual TLS)")
-    p.add_argument("--key", type=Path, metavar="PEM", help="client private key (mutual TLS)")
-    p.add_argument("--username", help=f"MQTT username (password from {PASSWORD_ENV})")
-    p.add_argument("--mqtt-version", choices=["5", "3.1.1"], default="5", help="default 5")
+    observer.add_flags(p)
     p.add_argument("--watch", action="store_true", help="keep reading; redraw every second")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
@@ -61,16 +48,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def run(args: argparse.Namespace) -> int:
     """Runs ``fedge status``."""
-    topics = _topics(args)
-    config = BrokerConfig(
-        url=args.broker, client_id=f"fedge-status-{uuid.uuid4().hex[:8]}",
-        username=args.username, password=os.environ.get(PASSWORD_ENV), ca=args.ca,
-        cert=args.cert, key=args.key, mqtt_version=args.mqtt_version, durable=False)
-    transport = MqttTransport(config)
-    try:
-        transport.start(wait=args.timeout)
-    except TransportError as e:
-        print(f"fedge status: error: {e}", file=sys.stderr)
+    topics = observer.topics(args)
+    transport = observer.connect(args, "status")
+    if transport is None:
         return 1
     try:
         snap = collect(transport, topics, args.timeout)
@@ -86,13 +66,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     finally:
         transport.stop()
-
-
-def _topics(args: argparse.Namespace) -> Topics:
-    try:
-        return Topics(args.federation, args.prefix)
-    except ProtocolError as e:
-        raise ConfigError(f"--federation/--prefix: {e}") from None
 
 
 def collect(transport: Transport, topics: Topics, timeout: float) -> Snapshot:
