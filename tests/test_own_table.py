@@ -38,34 +38,52 @@ def _table(path: Path, columns: list[str], n: int, seed: int) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def test_two_sites_train_on_their_own_tables_through_the_schema(
-        broker: MosquittoBroker, namespace: str, tmp_path: Path,
-        capsys: pytest.CaptureFixture[str]) -> None:
+def _export(tmp_path: Path, *, shared: bool = False) -> tuple[Path, Path]:
+    """Both sites' tables, the schema inferred from site-a's (``shared``: with shared
+    scaling) and a logreg exported with it: (schema path, model path)."""
     for i, (site, columns) in enumerate(COLUMNS.items()):
         _table(tmp_path / f"{site}.csv", columns, 150 + 50 * i, i)
     schema_path, model = tmp_path / "schema.toml", tmp_path / "model.tflite"
     assert cli.main(["schema", "infer", str(tmp_path / "site-a.csv"), "--label-column",
                      "outcome", "--out", str(schema_path)]) == 0
-    schema = load_schema(schema_path)
-    assert "record" in schema.left_out  # the identifier is not an input
+    if shared:
+        text = schema_path.read_text()
+        schema_path.write_text(text.replace('scaling = "per-site"', 'scaling = "shared"'))
+        assert load_schema(schema_path).scaling == "shared"
     assert cli.main(["export", "--model", "logreg", "--schema", str(schema_path),
                      "--classes", "2", "--batch-size", "16", "--out", str(model)]) == 0
-    common = ["--broker", broker.url, "--federation", namespace]
+    return schema_path, model
+
+
+def _federate(fleet: Fleet, common: list[str], tmp_path: Path, log_line: str) -> Path:
+    """Runs the aggregator and both sites for 2 rounds; every site's log says ``log_line``.
+    Returns the aggregator's state directory."""
     state = tmp_path / "agg"
+    agg = fleet.start("aggregator", "aggregator", [
+        *common, "--model", str(tmp_path / "model.tflite"), "--state-dir", str(state),
+        "--rounds", "2", "--min-clients", "2", "--min-available", "2", "--round-timeout", "20",
+        "--epochs", "2", "--lr", "0.1"])
+    for site in COLUMNS:
+        fleet.start(site, "edge_client", [
+            *common, "--client-id", site, "--data", str(tmp_path / f"{site}.csv"),
+            "--schema", str(tmp_path / "schema.toml"), "--state-dir", str(tmp_path / site),
+            "--holdout", "0", "--max-rounds", "2", "--seed", "1"])
+    assert agg.proc.wait(timeout=120) == 0, agg.tail(40)
+    for child in fleet.children[1:]:
+        assert child.proc.wait(timeout=30) == 0, child.tail(30)
+        assert log_line in child.log_path.read_text()
+    return state
+
+
+def test_two_sites_train_on_their_own_tables_through_the_schema(
+        broker: MosquittoBroker, namespace: str, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    schema_path, _ = _export(tmp_path)
+    schema = load_schema(schema_path)
+    assert "record" in schema.left_out  # the identifier is not an input
+    common = ["--broker", broker.url, "--federation", namespace]
     with Fleet(tmp_path / "logs") as fleet:
-        agg = fleet.start("aggregator", "aggregator", [
-            *common, "--model", str(model), "--state-dir", str(state), "--rounds", "2",
-            "--min-clients", "2", "--min-available", "2", "--round-timeout", "20",
-            "--epochs", "2", "--lr", "0.1"])
-        for site in COLUMNS:
-            fleet.start(site, "edge_client", [
-                *common, "--client-id", site, "--data", str(tmp_path / f"{site}.csv"),
-                "--schema", str(schema_path), "--state-dir", str(tmp_path / site),
-                "--holdout", "0", "--max-rounds", "2", "--seed", "1"])
-        assert agg.proc.wait(timeout=120) == 0, agg.tail(40)
-        for child in fleet.children[1:]:
-            assert child.proc.wait(timeout=30) == 0, child.tail(30)
-            assert "--holdout 0 held out" in child.log_path.read_text()
+        state = _federate(fleet, common, tmp_path, "--holdout 0 held out")
         capsys.readouterr()
         assert cli.main(["stats", *common, "--json"]) == 0
         stats = json.loads(capsys.readouterr().out)
@@ -86,32 +104,10 @@ def test_the_aggregator_publishes_the_federations_statistics_before_round_one(
         broker: MosquittoBroker, namespace: str, tmp_path: Path) -> None:
     """schema scaling = "shared": no fedge stats --out, no re-export; every site ends up
     standardising with the pooled mean/std of all sites' rows."""
-    for i, (site, columns) in enumerate(COLUMNS.items()):
-        _table(tmp_path / f"{site}.csv", columns, 150 + 50 * i, i)
-    schema_path, model = tmp_path / "schema.toml", tmp_path / "model.tflite"
-    assert cli.main(["schema", "infer", str(tmp_path / "site-a.csv"), "--label-column",
-                     "outcome", "--out", str(schema_path)]) == 0
-    text = schema_path.read_text()
-    schema_path.write_text(text.replace('scaling = "per-site"', 'scaling = "shared"'))
-    assert load_schema(schema_path).scaling == "shared"
-    assert cli.main(["export", "--model", "logreg", "--schema", str(schema_path),
-                     "--classes", "2", "--batch-size", "16", "--out", str(model)]) == 0
+    _export(tmp_path, shared=True)
     common = ["--broker", broker.url, "--federation", namespace]
-    state = tmp_path / "agg"
     with Fleet(tmp_path / "logs") as fleet:
-        agg = fleet.start("aggregator", "aggregator", [
-            *common, "--model", str(model), "--state-dir", str(state), "--rounds", "2",
-            "--min-clients", "2", "--min-available", "2", "--round-timeout", "20",
-            "--epochs", "2", "--lr", "0.1"])
-        for site in COLUMNS:
-            fleet.start(site, "edge_client", [
-                *common, "--client-id", site, "--data", str(tmp_path / f"{site}.csv"),
-                "--schema", str(schema_path), "--state-dir", str(tmp_path / site),
-                "--holdout", "0", "--max-rounds", "2", "--seed", "1"])
-        assert agg.proc.wait(timeout=120) == 0, agg.tail(40)
-        for child in fleet.children[1:]:
-            assert child.proc.wait(timeout=30) == 0, child.tail(30)
-            assert "re-read onto its schema (shared scaling)" in child.log_path.read_text()
+        state = _federate(fleet, common, tmp_path, "re-read onto its schema (shared scaling)")
     ages = np.concatenate([
         np.genfromtxt(tmp_path / f"{site}.csv", delimiter=",", names=True)["age"]
         for site in COLUMNS])
