@@ -52,12 +52,7 @@ def prepare_data(config: ClientConfig, schema: Schema | None = None
     if config.data is None:
         raise ConfigError("--data is required: the local data file to train on")
     schema = schema or _schema(config)
-    if schema is not None:
-        data = load_schema_csv(config.data, schema).data
-    else:
-        data = load_data(config.data, label_column=config.label_column,
-                         features=config.features, window=config.window,
-                         stride=config.stride, group_column=config.group_column)
+    data = _read(config, config.data, schema)
     if not config.normalise or data.x.ndim not in (2, 3):
         return data, None
     if schema is not None:
@@ -136,18 +131,22 @@ def share_stats(transport: Transport, topics: Topics, data: Path, schema: Schema
     publish_stats(transport, topics, report)
 
 
+def _read(config: ClientConfig, path: Path, schema: Schema | None) -> LocalData:
+    """``path`` read through ``schema``, or as ``--label-column``, ``--features`` etc. say."""
+    if schema is not None:
+        return load_schema_csv(path, schema).data
+    return load_data(path, label_column=config.label_column, features=config.features,
+                     window=config.window, stride=config.stride,
+                     group_column=config.group_column)
+
+
 def prepare_test_data(config: ClientConfig, stats: NormStats | None,
                       schema: Schema | None = None) -> LocalData | None:
     """``--eval-data``, read like ``--data`` and scaled with the training data's statistics."""
     if config.eval_data is None:
         return None
     schema = schema or _schema(config)
-    if schema is not None:
-        data = load_schema_csv(config.eval_data, schema).data
-    else:
-        data = load_data(config.eval_data, label_column=config.label_column,
-                         features=config.features, window=config.window,
-                         stride=config.stride, group_column=config.group_column)
+    data = _read(config, config.eval_data, schema)
     if stats is None:
         return data
     return LocalData(normalise(data.x, stats), data.y, data.feature_names, data.source)
