@@ -282,11 +282,6 @@ def _pool_tiles(x: Tensor, pool: Pair, reduce: Callable[..., Tensor]) -> Tensor:
     return tf.reshape(x, [batch, rows, cols, channels])
 
 
-def avg_pool1d(x: Tensor, pool: int) -> Tensor:
-    """Average non-overlapping windows of ``pool`` steps of ``(batch, time, ch)``."""
-    return pool1d(x, "avg", pool, pool)
-
-
 def pool1d(x: Tensor, op: str, pool: int, stride: int, padding: str = "valid") -> Tensor:
     """Max or average pooling of ``(batch, time, c)``: a 2-D pooling of height 1."""
     out = pool2d(tf.expand_dims(x, 1), op, (1, pool), (1, stride), padding)
