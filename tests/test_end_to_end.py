@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from client_kit import linear_data
+from reliability.kit import start_client
 
 from edge_client.protocol import Presence, Topics, Weights
 from edge_client.quantize import dequantize_update
@@ -44,15 +44,12 @@ def test_five_clients_three_rounds_and_a_straggler_never_stalls_a_round(
             "--min-clients", "5", "--min-available", "6", "--round-timeout", str(TIMEOUT),
             "--epochs", "2", "--lr", "0.1", "--codec", "int8"])
         for i in range(5):
-            x, y = linear_data(60 + 20 * i, seed=i)
-            np.savez(tmp_path / f"c{i}.npz", x=x, y=y)
-            fleet.start(f"client-{i}", "edge_client", [
-                *common, "--client-id", f"clinic-{i}", "--data", str(tmp_path / f"c{i}.npz"),
-                "--state-dir", str(tmp_path / f"s{i}"), "--max-rounds", "3", "--seed", str(i)])
+            start_client(fleet, tmp_path, broker.url, namespace, f"clinic-{i}", seed=i,
+                         rounds=3, samples=60 + 20 * i)
         code = agg.proc.wait(timeout=120)
         assert code == 0, agg.tail(40)
         agg_log = agg.log_path.read_text(errors="replace")
-        clients = [c for c in fleet.children if c.name.startswith("client")]
+        clients = fleet.children[1:]  # after the aggregator
         for c in clients:
             assert c.proc.wait(timeout=30) == 0, c.tail(30)
     ghost.stop()
@@ -102,14 +99,11 @@ def test_a_dp_federation_of_real_clients_stops_at_its_privacy_budget(
             "--dp-noise-multiplier", str(z), "--dp-delta", str(delta),
             "--dp-sampling-rate", str(q), "--dp-epsilon", str(budget)])
         for i in range(6):
-            x, y = linear_data(60 + 10 * i, seed=i)
-            np.savez(tmp_path / f"c{i}.npz", x=x, y=y)
-            fleet.start(f"client-{i}", "edge_client", [
-                *common, "--client-id", f"watch-{i}", "--data", str(tmp_path / f"c{i}.npz"),
-                "--state-dir", str(tmp_path / f"s{i}"), "--max-rounds", "10", "--seed", str(i)])
+            start_client(fleet, tmp_path, broker.url, namespace, f"watch-{i}", seed=i,
+                         rounds=10, samples=60 + 10 * i)
         code = agg.proc.wait(timeout=150)
         assert code == 0, agg.tail(40)
-        for c in (c for c in fleet.children if c.name.startswith("client")):
+        for c in fleet.children[1:]:  # after the aggregator
             assert c.proc.wait(timeout=30) == 0, c.tail(30)
         agg_log = agg.log_path.read_text(errors="replace")
     assert "another round would exceed it, so the run finishes" in agg_log, agg_log[-3000:]
