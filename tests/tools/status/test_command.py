@@ -35,6 +35,15 @@ def until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
     pytest.fail(f"timed out after {timeout} s waiting for {what}")
 
 
+def _device(fleet: Fleet, common: list[str], tmp_path: Path, i: int) -> None:
+    """A real client ``site-{i}`` with 60 samples of its own, until the run finishes."""
+    x, y = linear_data(60, seed=i)
+    np.savez(tmp_path / f"c{i}.npz", x=x, y=y)
+    fleet.start(f"c{i}", "edge_client", [
+        *common, "--client-id", f"site-{i}", "--data", str(tmp_path / f"c{i}.npz"),
+        "--state-dir", str(tmp_path / f"s{i}")])
+
+
 def test_status_shows_the_round_and_who_is_online_then_finished(
         broker: MosquittoBroker, namespace: str, tmp_path: Path, logreg_file: bytes,
         capsys: pytest.CaptureFixture[str]) -> None:
@@ -47,11 +56,7 @@ def test_status_shows_the_round_and_who_is_online_then_finished(
             "--rounds", "2", "--min-clients", "2", "--min-available", "3",
             "--round-timeout", "60", "--epochs", "1"])
         for i in range(2):  # two of the three devices the first round waits for
-            x, y = linear_data(60, seed=i)
-            np.savez(tmp_path / f"c{i}.npz", x=x, y=y)
-            fleet.start(f"c{i}", "edge_client", [
-                *common, "--client-id", f"site-{i}", "--data", str(tmp_path / f"c{i}.npz"),
-                "--state-dir", str(tmp_path / f"s{i}")])
+            _device(fleet, common, tmp_path, i)
 
         def two_online() -> dict[str, Any] | None:
             got = json.loads(status(capsys, broker, namespace, "--json", "--timeout", "2"))
@@ -63,11 +68,7 @@ def test_status_shows_the_round_and_who_is_online_then_finished(
         text = status(capsys, broker, namespace)
         assert "waiting for clients (2 online)" in text and "site-0 site-1" in text
 
-        x, y = linear_data(60, seed=2)
-        np.savez(tmp_path / "c2.npz", x=x, y=y)
-        fleet.start("c2", "edge_client", [
-            *common, "--client-id", "site-2", "--data", str(tmp_path / "c2.npz"),
-            "--state-dir", str(tmp_path / "s2")])
+        _device(fleet, common, tmp_path, 2)
         assert agg.proc.wait(timeout=120) == 0, agg.tail(30)
     done = json.loads(status(capsys, broker, namespace, "--json"))
     assert done["finished"] == "rounds" and done["round"] is None
