@@ -209,6 +209,22 @@ def test_a_device_cannot_publish_as_another_device_or_as_the_aggregator(
             w.close()
 
 
+def test_the_provisioned_aggregator_may_publish_everything_the_service_publishes() -> None:
+    """The status topic was missing from the ACL: every status publish was refused (PUBACK
+    135) and Mosquitto 2.0.11 over TLS then drops the connection, so the provisioned
+    aggregator reconnected after each status change and its replies came late."""
+    with provisioned() as fed:
+        t = fed.topics
+        aggregator = wire(fed, "aggregator")
+        aggregator.subscribe(t.status())  # `fedge status` with the aggregator's identity
+        for topic in (t.manifest(), t.round(), t.status(), t.reply("dev-1"),
+                      f"{t.base}/model/0/0", f"{t.base}/weights/1/0"):
+            code = aggregator.publish(topic, b"x")  # 16: accepted, no matching subscribers
+            assert code in (0, 16), (topic, code)
+        assert aggregator.messages.get(timeout=10) == (t.status(), b"x")
+        aggregator.close()
+
+
 def test_anonymous_and_foreign_certificates_are_refused_at_connect() -> None:
     with provisioned() as fed, provisioned() as other:
         ours = fed.tls("dev-1")

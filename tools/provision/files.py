@@ -58,6 +58,7 @@ def render_acl(plan: Plan) -> bytes:
     lines = [f"# fedge ACL: federation {plan.federation!r}, prefix {plan.prefix!r}.",
              "# Whatever is not granted here is denied.", "", f"user {plan.aggregator}"]
     lines += [f"topic write {t}" for t in [*global_topics, f"{tp.base}/reply/+"]]
+    lines += [f"topic readwrite {tp.status()}"]  # read: `fedge status` with this identity
     lines += [f"topic read {t}" for t in (tp.presence_filter(), tp.update_filter(),
                                           tp.stats_filter())]  # stats: for `fedge stats`
     for d in plan.devices:
