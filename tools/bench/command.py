@@ -30,8 +30,9 @@ SECTIONS: dict[str, str] = {
     "data": "tools.bench.data",
     "results": "tools.bench.results",
     "tables": "tools.bench.tables",
+    "client-dp": "tools.bench.client_dp",
 }
-NOT_IN_ALL = frozenset({"results"})  # minutes of real federations: run only when named
+NOT_IN_ALL = frozenset({"results", "client-dp"})  # minutes of real federations: run only when named
 
 
 def add_parser(sub: Any) -> None:
