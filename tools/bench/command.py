@@ -2,8 +2,9 @@
 
 Each section is a module of :mod:`tools.bench` with ``run(quick) -> dict`` (JSON-able
 measurements) and ``render(result) -> str`` (a Markdown section). ``fedge bench all``
-runs every section but ``results`` (minutes of real federations: ``fedge bench results``);
-a full run rewrites those sections of ``docs/results.md``.
+runs every section but those of :data:`NOT_IN_ALL` (minutes of federations each:
+``fedge bench results``, ``privacy``, ``client-dp``; run each by name); a full run rewrites
+its sections of ``docs/results.md``.
 """
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ SECTIONS: dict[str, str] = {
     "results": "tools.bench.results",
     "tables": "tools.bench.tables",
     "privacy": "tools.bench.privacy",
+    "client-dp": "tools.bench.client_dp",
 }
 #: minutes of federations each: run only when named
-NOT_IN_ALL = frozenset({"results", "privacy"})
+NOT_IN_ALL = frozenset({"results", "privacy", "client-dp"})
 
 
 def add_parser(sub: Any) -> None:
@@ -45,7 +47,8 @@ def add_parser(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("section", nargs="?", default="all", choices=[*SECTIONS, "all"],
-                   help="what to measure (default: all, which leaves out results)")
+                   help="what to measure (default: all, which leaves out "
+                   f"{', '.join(sorted(NOT_IN_ALL))})")
     p.add_argument("--quick", action="store_true",
                    help="small sizes, a smoke run of a minute or two; figures are not "
                    "written to docs/results.md unless --results is given")

@@ -1,5 +1,5 @@
-"""``fedge bench privacy``: accuracy against ε of record-level DP-SGD on the device, and of
-client-level DP-FedAvg over 1,000 simulated training devices (:mod:`tools.bench.client_dp`).
+"""``fedge bench privacy``: accuracy against ε of record-level DP-SGD on the device
+(client-level DP-FedAvg over 1,000 simulated training devices: ``fedge bench client-dp``).
 
 Breast-cancer (Wisconsin diagnostic) split IID over 4 hospitals, as ``fedge demo`` splits
 it; each hospital trains with the device's own code path: :func:`edge_client.training.
@@ -34,7 +34,6 @@ from edge_client.privacy import LEDGER_FILE, DpSgdSettings, PrivacyLedger, Spend
 from edge_client.protocol import Hyperparameters, Round
 from edge_client.quantize import dequantize_update
 from edge_client.training import LocalSplit, train_round
-from tools.bench import client_dp
 from tools.bench.results import mean_std
 from tools.datasets import load_dataset
 from tools.demo.config import DemoConfig
@@ -173,20 +172,9 @@ def run(quick: bool = False, *, seeds: Sequence[int] = SEEDS, rounds: int | None
                 log.info("privacy: %s, seed %d", setting.key, seed)
                 folder = Path(tmp) / f"{setting.key}-{seed}"
                 rows[setting.key].append(federate(setting, seed, rounds, folder))
-        clients: dict[str, list[dict[str, Any]]] = {}
-        for seed in seeds:
-            for target in (*client_dp.EPSILONS, None):
-                log.info("privacy: client-level, ε %s, seed %d", target, seed)
-                key = "non-private" if target is None else f"eps-{target:g}"
-                clients.setdefault(key, []).append(client_dp.federate(
-                    target, seed, rounds if quick else client_dp.ROUNDS))
     return {"dataset": DATASET, "hospitals": HOSPITALS, "partition": PARTITION,
             "rounds": rounds, "seeds": list(seeds), "delta": DELTA, "batch": BATCH,
-            "clip": CLIP, "codec": CODEC, "rows": rows,
-            "client_level": {"devices": client_dp.DEVICES, "rounds": rounds if quick
-                             else client_dp.ROUNDS, "sampling_rate": client_dp.SAMPLING_RATE,
-                             "delta": client_dp.DELTA, "clip": client_dp.CLIP,
-                             "epochs": client_dp.EPOCHS, "lr": client_dp.LR, "rows": clients}}
+            "clip": CLIP, "codec": CODEC, "rows": rows}
 
 
 def _cell(values: Sequence[float]) -> str:
@@ -256,67 +244,11 @@ def render(result: dict[str, Any]) -> str:
         f"deviation over seeds {', '.join(map(str, result['seeds']))}; `vs ε = ∞` in "
         "accuracy points. The loop is the device's code (`train_round`, the TFLite runtime) "
         "without MQTT: `tools/bench/privacy.py`.")
-    lines = ["## Privacy: accuracy against ε, on-device DP-SGD and client-level DP "
-             "(`fedge bench privacy`)", "",
+    lines = ["## Privacy: accuracy against ε, on-device DP-SGD (`fedge bench privacy`)", "",
              method, "", _reading(rows, reference), "",
              "| setting | z | q | steps/round | ε spent | accuracy | per seed | ROC AUC | "
              "vs ε = ∞ |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-             *(_row(s, rows[s.key], reference) for s in SETTINGS),
-             "", *_client_level(result["client_level"])]
+             *(_row(s, rows[s.key], reference) for s in SETTINGS)]
     return "\n".join(lines) + "\n"
 
-
-def _client_reading(c: dict[str, Any]) -> str:
-    """What the client-level table says, from its own numbers."""
-    rows = c["rows"]
-    base_acc = mean_std([float(r["accuracy"]) for r in rows["non-private"]])[0]
-    base_f1 = mean_std([float(r["macro_f1"]) for r in rows["non-private"]])[0]
-    costs = []
-    for key, runs in rows.items():
-        if key == "non-private":
-            continue
-        acc = mean_std([float(r["accuracy"]) for r in runs])[0]
-        f1 = mean_std([float(r["macro_f1"]) for r in runs])[0]
-        costs.append(f"ε = {key.removeprefix('eps-')}: {100 * (base_acc - acc):+.1f} "
-                     f"accuracy points, {100 * (base_f1 - f1):+.1f} macro-F1 points")
-    expected = c["sampling_rate"] * c["devices"]
-    return ("Cost against ε = ∞ (positive: DP is worse): " + "; ".join(costs) + ". The "
-            f"noise on the averaged delta is z·C / {expected:.0f} per coordinate: with "
-            f"{expected:.0f} devices a round it is small, so client-level DP is nearly free "
-            "here down to a small ε, where z grows and it starts to cost. With a handful "
-            "of hospitals the same ε would destroy the model (docs/privacy.md). This ε "
-            "trusts the aggregator (it adds the noise) and assumes the sample is secret.")
-
-
-def _client_level(c: dict[str, Any]) -> list[str]:
-    """The client-level table: ε against accuracy, macro F1 and ROC AUC."""
-    rows = c["rows"]
-    reference = [float(r["accuracy"]) for r in rows["non-private"]]
-    out = [
-        f"**Client-level DP-FedAvg, {c['devices']:,} simulated devices that train.** "
-        f"wearable-synthetic generated for {c['devices']:,} devices (one person each, about "
-        "36 windows of 30 minutes; 90 % of windows are `normal`, so accuracy alone flatters: "
-        "see macro F1), the cnn1d model, every round a Poisson sample of the devices at "
-        f"q = {c['sampling_rate']:g} (about {c['sampling_rate'] * c['devices']:.0f} a round), "
-        f"each sampled device training {c['epochs']} local epochs (Adam, lr {c['lr']:g}) with "
-        f"the TFLite runtime, {c['rounds']} rounds. The aggregator's DP maths "
-        f"(`aggregator/privacy.py`): every delta clipped to C = {c['clip']:g}, weight 1, "
-        f"noise N(0, (z·C)²) on the sum, divided by q × {c['devices']:,}; z calibrated for the "
-        f"rounds at δ = {c['delta']:g} by the aggregator's RDP accountant. ε = ∞: the same "
-        "sampling, plain mean, no clipping or noise. In process, without MQTT "
-        "(`tools/bench/client_dp.py`: `fedge simulate` has no training devices yet). Scores on "
-        "every device's last quarter of its stream, each with its own standardisation.", "",
-        _client_reading(c), "",
-        "| ε | z | updates clipped | accuracy | macro F1 | ROC AUC (ovr) | vs ε = ∞ |",
-        "| --- | --- | --- | --- | --- | --- | --- |"]
-    for key, runs in rows.items():
-        label = "∞" if key == "non-private" else key.removeprefix("eps-")
-        z = "" if runs[0]["noise_multiplier"] is None else f"{runs[0]['noise_multiplier']:.3g}"
-        share = "" if z == "" else f"{100 * np.mean([r['clipped_share'] for r in runs]):.0f} %"
-        acc = [float(r["accuracy"]) for r in runs]
-        vs = f"{100 * (mean_std(acc)[0] - mean_std(reference)[0]):+.1f}"
-        out.append(f"| {label} | {z} | {share} | {_cell(acc)} | "
-                   f"{_cell([float(r['macro_f1']) for r in runs])} | "
-                   f"{_cell([float(r['roc_auc'] or 0.0) for r in runs])} | {vs} |")
-    return out

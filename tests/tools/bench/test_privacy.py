@@ -34,16 +34,7 @@ def test_privacy_section_runs_every_setting_and_spends_up_to_the_target() -> Non
             assert row["epsilon_spent"] is None
     assert rows["clip-only"][0]["noise_multiplier"] == 0.0
     assert rows["non-private"][0]["noise_multiplier"] is None
-    client_level = result["client_level"]
-    assert client_level["devices"] == 1000 and client_level["rounds"] == 1
-    assert set(client_level["rows"]) == {"eps-0.1", "eps-1", "eps-3", "eps-8",
-                                         "non-private"}
-    for key, (row,) in client_level["rows"].items():
-        assert 0.0 <= row["accuracy"] <= 1.0 and row["updates"] > 0, key
-        if key != "non-private":  # the aggregator's accountant spends the target exactly
-            assert row["epsilon_spent"] == pytest.approx(float(key[4:]), rel=1e-3)
     text = bench.render(result)
-    assert "| ∞ |" in text and "1,000 simulated devices" in text
     for setting in bench.SETTINGS:
         assert f"| {setting.label} |" in text
     assert "privacy" in cli.NOT_IN_ALL and cli.SECTIONS["privacy"] == "tools.bench.privacy"
