@@ -41,10 +41,21 @@ class DemoConfig:
     round_timeout: float = 60.0  # seconds a round waits for its clients; ample on one machine
     keras: Path | None = None  # a saved Keras model to train instead of the dataset's zoo model
     progress: bool = True  # a progress bar per round (off: one log line per round)
+    dp_epsilon: float | None = None  # client-level DP-FedAvg to this ε (docs/privacy.md); None: off
+    dp_delta: float = 1e-5  # the δ of that guarantee
+    dp_clip: float = 1.0  # each update's L2 norm is clipped to this with DP on
 
     def __post_init__(self) -> None:
         if self.clients is not None and self.clients < 1:
             raise ConfigError("--clients must be at least 1")
+        if self.dp_epsilon is not None:
+            if not self.dp_epsilon > 0 or not 0 < self.dp_delta < 1 or not self.dp_clip > 0:
+                raise ConfigError("--dp-epsilon and --dp-clip must be positive, --dp-delta "
+                                  "in (0, 1)")
+            if self.strategy in ("median", "trimmed-mean"):
+                raise ConfigError(f"--dp-epsilon does not work with --strategy {self.strategy}"
+                                  ": the DP noise is calibrated to a sum (fedavg, fedavgm, "
+                                  "fedadam)")
 
     @property
     def results_path(self) -> Path:

@@ -10,7 +10,8 @@ JSON layout (``--json``)::
                  "accuracy_range",                # [lowest, highest] over the parties' scalings
                  "clients": {id: {"accuracy", "loss", "roc_auc"}},  # each client's test share
                  "client_metrics": {...},         # weighted means reported by the clients
-                 "bytes_up", "bytes_down", "rejections", "duration_s"}],
+                 "bytes_up", "bytes_down", "rejections", "duration_s",
+                 "epsilon"}],                    # client-level DP spent so far, or None
      "initial": {"accuracy", "loss", "roc_auc"},
      "final": {"accuracy", "loss", "roc_auc", "accuracy_range", "clients",
                "pooled_accuracy", "pooled_loss", "local_only_accuracy",
@@ -48,6 +49,7 @@ def _round_row(row: dict[str, Any], ev: dict[str, Any]) -> dict[str, Any]:
         "client_metrics": row.get("metrics", {}), "bytes_up": row.get("bytes_in", 0),
         "bytes_down": row.get("bytes_out", 0), "rejections": row.get("rejections", {}),
         "duration_s": row.get("duration_s"),
+        "epsilon": (row.get("dp") or {}).get("epsilon"),  # client-level DP spent so far
     }
 
 
@@ -122,14 +124,18 @@ def _auc(value: float | None) -> str:
 def print_table(result: dict[str, Any]) -> None:
     """Prints rounds and the final comparison as plain-text tables (ROC AUC: binary tasks)."""
     binary = result["final"]["roc_auc"] is not None
+    dp = any(r.get("epsilon") is not None for r in result["rounds"])
     auc_head = f" {'ROC AUC':>7}" if binary else ""
+    eps_head = f" {'ε':>6}" if dp else ""
     print(f"\n{'round':>5} {'outcome':>10} {'clients':>7} {'samples':>7} {'accuracy':>8}"
-          f"{auc_head} {'loss':>7} {'up KB':>7} {'down KB':>8}")
+          f"{auc_head} {'loss':>7} {'up KB':>7} {'down KB':>8}{eps_head}")
     for r in result["rounds"]:
         auc = f" {r['roc_auc']:>7.3f}" if binary else ""
+        eps = f" {r['epsilon']:>6.3f}" if dp and r.get("epsilon") is not None else (
+            f" {'':>6}" if dp else "")
         print(f"{r['round']:>5} {r['outcome']!s:>10} {r['participants']:>7} {r['samples']:>7} "
               f"{r['accuracy']:>8.3f}{auc} {r['loss']:>7.3f} {r['bytes_up'] / 1e3:>7.1f} "
-              f"{r['bytes_down'] / 1e3:>8.1f}")
+              f"{r['bytes_down'] / 1e3:>8.1f}{eps}")
     f, scaling = result["final"], result["scaling"]
     print(f"\nfinal global model (pooled test set): accuracy {f['accuracy']:.3f}"
           f"{_auc(f['roc_auc'])}")

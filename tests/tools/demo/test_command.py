@@ -78,6 +78,22 @@ def test_small_demo_writes_json_png_and_int8_model(tmp_path: Path, broker: str) 
     assert _processes_mentioning(str(out)) == []
 
 
+def test_a_dp_demo_shows_the_epsilon_the_aggregator_spent(tmp_path: Path) -> None:
+    """``--dp-epsilon``: client-level DP on the aggregator; the table and the JSON carry ε
+    per round, equal to the history's and within the target."""
+    out = tmp_path / "demo"
+    res = subprocess.run(_demo(out, "--rounds", "2", "--dp-epsilon", "8", "--json",
+                               str(tmp_path / "r.json")),
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rounds = json.loads((tmp_path / "r.json").read_text())["rounds"]
+    history = [json.loads(line) for line in
+               (out / "aggregator" / "history.jsonl").read_text().splitlines()]
+    assert [r["epsilon"] for r in rounds] == [h["dp"]["epsilon"] for h in history]
+    assert 0 < rounds[0]["epsilon"] < rounds[1]["epsilon"] <= 8.0
+    assert " ε" in res.stdout and f"{rounds[1]['epsilon']:.3f}" in res.stdout
+
+
 def test_the_seed_articles_keras_model_runs_the_seed_demo(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     seed_model = str(ROOT / "examples" / "seed.keras")
