@@ -14,7 +14,10 @@ windows, 2 local epochs). Its peak resident set size is ``ru_maxrss`` of
 ``getrusage(RUSAGE_CHILDREN)`` in a small parent that only starts it and waits, so
 nothing but the client is counted. The same client is run with ``import tensorflow``
 forced first (TensorFlow then also provides the interpreter, as in a client built on
-TensorFlow), and, in a full run, from the fresh edge venv.
+TensorFlow), and, in a full run, from the fresh edge venv. One more row: the
+``tflite_runtime`` client in one real round of the ``imaging`` model at 64×64×3 (batch 8,
+the largest a device accepts there; 400 random images, 2 local epochs), against the
+issue's device bound of 150 MB peak RSS.
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ from tools.runtime.fleet import Fleet
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ("cnn1d", (6, 100), 4)
+#: (model, input shape, classes, batch) of the imaging round, and its peak RSS bound.
+IMAGING = ("imaging", (64, 64, 3), 7, 8)
+IMAGING_BOUND_BYTES = 150e6
 SAMPLES, EPOCHS = 400, 2
 EDGE_ROOTS, TF_ROOTS = ("fedge[edge]",), ("tensorflow-cpu", "numpy")
 #: Waits for one child and writes its peak RSS (KiB on Linux) to the file in argv[1].
@@ -157,28 +163,40 @@ def peak_rss(work: Path, edge_python: Path | None) -> list[dict[str, Any]]:
     """One round per client variant against the real aggregator; peak RSS of each client."""
     from models.export import export_trainable
 
-    name, shape, classes = MODEL
-    model = work / "model.tflite"
-    model.write_bytes(export_trainable(name, shape, classes, 32, seed=0))
-    rng = np.random.default_rng(0)
-    np.savez(work / "data.npz", x=rng.normal(size=(SAMPLES, *shape)).astype(np.float32),
-             y=rng.integers(0, classes, SAMPLES))
-    variants: list[tuple[str, list[str]]] = [
-        ("fedge-client (tflite_runtime)", [sys.executable, "-m", "edge_client"]),
-        ("fedge-client, TensorFlow imported first (tf.lite)",
+    cases = {}
+    for name, shape, classes, batch in ((*MODEL, 32), IMAGING):
+        model, data = work / f"{name}.tflite", work / f"{name}.npz"
+        model.write_bytes(export_trainable(name, shape, classes, batch, seed=0))
+        rng = np.random.default_rng(0)
+        np.savez(data, x=rng.normal(size=(SAMPLES, *shape)).astype(np.float32),
+                 y=rng.integers(0, classes, SAMPLES))
+        cases[name] = (model, data, f"{name} {'×'.join(map(str, shape))}, batch {batch}")
+    tflite = [sys.executable, "-m", "edge_client"]
+    variants: list[tuple[str, str, list[str]]] = [
+        ("fedge-client (tflite_runtime)", MODEL[0], tflite),
+        ("fedge-client, TensorFlow imported first (tf.lite)", MODEL[0],
          [sys.executable, "-c", WITH_TENSORFLOW]),
+        ("fedge-client (tflite_runtime)", IMAGING[0], tflite),
     ]
     if edge_python is not None:
-        variants.insert(0, ("fedge-client from the fresh edge venv",
+        variants.insert(0, ("fedge-client from the fresh edge venv", MODEL[0],
                             [str(edge_python), "-m", "edge_client"]))
+    rows = []
     with MosquittoBroker() as broker, ExitStack() as stack:
         fleet = stack.enter_context(Fleet(work / "logs"))
-        return [_one_round(fleet, broker.url, model, work, i, label, command)
-                for i, (label, command) in enumerate(variants)]
+        for i, (label, name, command) in enumerate(variants):
+            model, data, what = cases[name]
+            row = {**_one_round(fleet, broker.url, model, data, work, i, label, command),
+                   "model": what}
+            if name == IMAGING[0]:
+                row["bound_bytes"] = IMAGING_BOUND_BYTES
+                row["within_bound"] = row["peak_rss_bytes"] < IMAGING_BOUND_BYTES
+            rows.append(row)
+    return rows
 
 
-def _one_round(fleet: Fleet, url: str, model: Path, work: Path, i: int, label: str,
-               command: list[str]) -> dict[str, Any]:
+def _one_round(fleet: Fleet, url: str, model: Path, data: Path, work: Path, i: int,
+               label: str, command: list[str]) -> dict[str, Any]:
     federation = f"rss{i}"
     agg = fleet.start(f"aggregator-{i}", "aggregator", [
         "--broker", url, "--federation", federation, "--model", str(model),
@@ -186,7 +204,7 @@ def _one_round(fleet: Fleet, url: str, model: Path, work: Path, i: int, label: s
         "--round-timeout", "120", "--epochs", str(EPOCHS)])
     out = work / f"peak-{i}.json"
     client = [*command, "--broker", url, "--federation", federation, "--client-id", "dev-1",
-              "--data", str(work / "data.npz"), "--state-dir", str(work / f"client-{i}"),
+              "--data", str(data), "--state-dir", str(work / f"client-{i}"),
               "--once", "--seed", "0"]
     t0 = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(out), *client],
@@ -219,7 +237,8 @@ def render(result: dict[str, Any]) -> str:
            else "file lists in the installed metadata of the project's `.venv` (each set "
            "with its dependencies; fedge's own code not counted)")
     mem = result["memory"]
-    base = next(m for m in mem if m["client"] == "fedge-client (tflite_runtime)")
+    base = next(m for m in mem if m["client"] == "fedge-client (tflite_runtime)"
+                and "bound_bytes" not in m)
     lines = [
         "## What a device carries: fedge's edge install vs TensorFlow",
         "",
@@ -233,14 +252,20 @@ def render(result: dict[str, Any]) -> str:
         f"TensorFlow is **{s['ratio']:.0f}×** the edge install.",
         "",
         f"Peak RSS of one client process taking part in one round (real `fedge-client --once`, "
-        f"real `fedge-aggregator`, local Mosquitto; {result['model']}, {result['samples']} "
+        f"real `fedge-aggregator`, local Mosquitto; {result['samples']} random "
         f"samples, {result['epochs']} local epochs), from `getrusage(RUSAGE_CHILDREN)` of a "
-        "parent that only waits for it. × = peak / the `tflite_runtime` client's.",
+        f"parent that only waits for it. × = peak / the `tflite_runtime` client's on "
+        f"{base['model']}.",
         "",
-        "| client | peak RSS (MB) | × | wall time (s) |",
-        "| --- | ---: | ---: | ---: |",
+        "| client | model | peak RSS (MB) | × | wall time (s) |",
+        "| --- | --- | ---: | ---: | ---: |",
     ]
     for m in mem:
-        lines.append(f"| {m['client']} | {m['peak_rss_bytes'] / 1e6:,.1f} | "
+        lines.append(f"| {m['client']} | {m['model']} | {m['peak_rss_bytes'] / 1e6:,.1f} | "
                      f"{m['peak_rss_bytes'] / base['peak_rss_bytes']:.2f} | {m['seconds']:.1f} |")
+    for m in mem:
+        if "bound_bytes" in m:
+            verdict = "within" if m["within_bound"] else "over"
+            lines += ["", f"The device bound for {m['model']} is {m['bound_bytes'] / 1e6:.0f} MB "
+                      f"peak RSS: {m['peak_rss_bytes'] / 1e6:,.1f} MB is **{verdict}** it."]
     return "\n".join(lines) + "\n"

@@ -52,9 +52,27 @@ def test_every_section_is_in_the_json_and_printed(quick: tuple[dict[str, Any], s
 def test_train_codec_and_aggregate_sections_have_rows(quick: tuple[dict[str, Any], str]
                                                       ) -> None:
     s = quick[0]["sections"]
-    assert {r["model"] for r in s["train"]["rows"]} >= {"logreg", "mlp"}
+    assert {r["model"] for r in s["train"]["rows"]} >= {"logreg", "mlp", "cnn2d", "imaging"}
     assert all(set(r["codecs"]) == {"fp32", "fp16", "int8"} for r in s["codec"]["rows"])
     assert "fedge" in {r["impl"] for r in s["aggregate"]["rows"]}
+
+
+def test_train_section_reports_gflops_beside_a_one_thread_sgemm_peak(
+        quick: tuple[dict[str, Any], str]) -> None:
+    t = quick[0]["sections"]["train"]
+    sgemm = t["sgemm"]
+    assert sgemm["n"] == 512 and sgemm["blas_threads"] in (None, 1)  # really one thread
+    assert 0.1 < sgemm["gflops"] < 1000
+    rows = {r["model"]: r for r in t["rows"]}
+    assert rows["imaging"]["batch"] == 8 and rows["cnn2d"]["batch"] == 32
+    # 3 × forward: 2 × the imaging model's 1,712,576 MACs an example, 8 examples a step
+    assert rows["imaging"]["step_flops"] == 3 * 2 * 1_712_576 * 8
+    for r in rows.values():
+        assert _positive(r["step_flops"], r["tflite_gflops"], r["keras_gflops"]), r["model"]
+        assert r["tflite_gflops"] < 4 * sgemm["gflops"]  # one thread: cannot beat the peak far
+        assert r["target_met"] == (r["ratio"] >= t["target_ratio"] == 2.0)
+    _, stdout = quick
+    assert "GFLOP/s" in stdout and ("not met" in stdout or "| met |" in stdout)
 
 
 def test_client_section_measures_sizes_and_peak_memory(quick: tuple[dict[str, Any], str]
@@ -62,8 +80,12 @@ def test_client_section_measures_sizes_and_peak_memory(quick: tuple[dict[str, An
     c = quick[0]["sections"]["client"]
     assert c["sizes"]["method"] == "metadata"  # quick: no fresh venvs
     assert _positive(c["sizes"]["edge"]["bytes"], c["sizes"]["tensorflow"]["bytes"])
-    clients = {m["client"]: m["peak_rss_bytes"] for m in c["memory"]}
-    assert len(clients) == 2 and _positive(*clients.values())
+    clients = {(m["client"], m["model"]): m["peak_rss_bytes"] for m in c["memory"]}
+    assert len(clients) == 3 and _positive(*clients.values())
+    imaging = [m for m in c["memory"] if m["model"].startswith("imaging 64×64×3, batch 8")]
+    assert len(imaging) == 1 and imaging[0]["bound_bytes"] == 150e6
+    assert imaging[0]["within_bound"] == (imaging[0]["peak_rss_bytes"] < 150e6)
+    assert 20e6 < imaging[0]["peak_rss_bytes"] < 2e9  # a real process that loaded the model
 
 
 def test_round_section_compares_the_aggregator_with_the_floor(
