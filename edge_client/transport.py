@@ -198,6 +198,7 @@ class MqttTransport:
         self._suback = threading.Condition(self._lock)
         self._pubacks = threading.Condition(threading.Lock())
         self._acked: dict[int, str | None] = {}
+        self._drops = 0  # connections lost so far: a publish waiting for its ack stops waiting
         self._pending_subs: set[int] = set()
         self._epoch = 0  # connections made so far; on_connect re-subscribes every filter
         self.on_connect_hooks: list[Callable[[], None]] = []
@@ -360,6 +361,9 @@ class MqttTransport:
                        properties: Properties | None) -> None:
         self.connected.clear()
         self.disconnected.set()
+        with self._pubacks:  # no PUBACK comes over a lost connection: wake the waiters
+            self._drops += 1
+            self._pubacks.notify_all()
         if not self._stop.is_set():
             log.warning("disconnected from %s: %s", self.config.url, reason_code)
 
@@ -412,10 +416,13 @@ class MqttTransport:
         reconnect; with a ``timeout`` it also raises at once, so the caller knows.
 
         Raises:
-            TransportError: not connected (the message is queued), refused by the broker
-                (e.g. an ACL: PUBACK reason 135), or not acknowledged within ``timeout``
-                seconds (it stays queued for a later reconnect).
+            TransportError: not connected, or the connection dropped before the
+                acknowledgement (the message is queued), refused by the broker (e.g. an
+                ACL: PUBACK reason 135), or not acknowledged within ``timeout`` seconds (it
+                stays queued for a later reconnect).
         """
+        with self._pubacks:
+            drops = self._drops
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             raise TransportError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
@@ -427,10 +434,15 @@ class MqttTransport:
         # Our own record of PUBACKs, by message id: paho's wait_for_publish() reports a
         # PUBACK that refuses the message (e.g. an ACL, reason 135) as a success.
         with self._pubacks:
-            if not self._pubacks.wait_for(lambda: info.mid in self._acked, timeout):
+            if not self._pubacks.wait_for(
+                    lambda: info.mid in self._acked or self._drops != drops, timeout):
                 raise TransportError(
                     f"publish to {topic} not acknowledged within {timeout}s "
                     "(it stays queued and is sent after a reconnect)")
+            if info.mid not in self._acked:
+                raise TransportError(
+                    f"publish to {topic}: the connection to {self.config.url} dropped before "
+                    "its acknowledgement; queued, it is sent after the reconnect")
             reason = self._acked.pop(info.mid)
         if reason is not None:
             raise TransportError(f"publish to {topic} refused by the broker: {reason}")

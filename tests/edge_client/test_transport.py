@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
+import time
+
 import pytest
 
 from edge_client.errors import ConfigError
@@ -121,3 +126,37 @@ def test_publish_while_the_broker_is_down_says_so_and_is_delivered_after_it_is_b
     assert msg is not None and msg.payload == b"kept"
     pub.stop()
     sub.stop()
+
+
+def test_a_publish_waiting_for_its_ack_returns_when_the_connection_drops(
+    broker: MosquittoBroker, namespace: str
+) -> None:
+    """The aggregator's loop stalled for a whole broker outage: a QoS 1 publish sent just
+    before the broker went away waited for its PUBACK until the reconnect (seen as a round
+    closing seconds after its deadline in the broker-outage fault scenario). Now the wait
+    ends, with an error saying the message stays queued, as soon as the connection drops."""
+    t = _transport(broker, f"{namespace}-pub").start(wait=10)
+    pid = broker._proc.pid if broker._proc is not None else 0
+    outcome: list[BaseException | None] = []
+
+    def publish() -> None:
+        try:
+            t.publish(f"{namespace}/data", b"x", timeout=30)
+            outcome.append(None)
+        except BaseException as exc:  # recorded for the assertion
+            outcome.append(exc)
+
+    try:
+        os.kill(pid, signal.SIGSTOP)  # the broker takes the publish but never answers it
+        waiter = threading.Thread(target=publish)
+        waiter.start()
+        time.sleep(0.5)
+        dropped = time.monotonic()
+        os.kill(pid, signal.SIGKILL)  # now the connection drops
+        waiter.join(20)
+        assert not waiter.is_alive(), "the publish still waits for its PUBACK"
+        assert time.monotonic() - dropped < 10
+        (exc,) = outcome
+        assert isinstance(exc, TransportError) and "queued" in str(exc), exc
+    finally:
+        t.stop(graceful=False)
