@@ -363,7 +363,7 @@ class AggregatorService:
                 unclipped = len(participants) - len(self.round.plan().clipped)
                 noise = self.ledger.spend(action.round_id, self.round.population,
                                           participants, unclipped)
-                delta = add_noise(delta, len(self.round.participants), noise)
+                delta = add_noise(delta, len(participants), noise)
             weights, server_state = self.strategy.apply(
                 self.model.weights, delta, self.model.server_state)
         previous = self.model
