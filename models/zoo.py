@@ -69,7 +69,7 @@ SHAPES: dict[str, str] = {
     "cnn1d": "CHANNELS,TIME, e.g. 6,100",
     "cnn2d": "HEIGHT,WIDTH (grayscale) or HEIGHT,WIDTH,CHANNELS, e.g. 28,28 or 32,32,3",
     "imaging": "HEIGHT,WIDTH,CHANNELS, at least 8,8; made for 64,64,3 (there with --batch-size "
-    "at most 14: the device bound on a file's tensors)",
+    "at most 27: the device bound on a file's tensors)",
 }
 
 

@@ -15,8 +15,8 @@ windows, 2 local epochs). Its peak resident set size is ``ru_maxrss`` of
 nothing but the client is counted. The same client is run with ``import tensorflow``
 forced first (TensorFlow then also provides the interpreter, as in a client built on
 TensorFlow), and, in a full run, from the fresh edge venv. One more row: the
-``tflite_runtime`` client in one real round of the ``imaging`` model at 64×64×3 (batch 8,
-the largest a device accepts there; 400 random images, 2 local epochs), against the
+``tflite_runtime`` client in one real round of the ``imaging`` model at 64×64×3 (batch 8;
+400 random images, 2 local epochs), against the
 issue's device bound of 150 MB peak RSS.
 """
 

@@ -1,7 +1,7 @@
 """Bench: on-device training speed, the TFLite ``train`` signature next to Keras ``fit``.
 
 Every zoo model is exported (SGD with momentum 0.9, batch 32; the imaging model at
-64×64×3 at batch 8, the largest batch a device accepts there, see docs/models.md) and
+64×64×3 at batch 8, a device-sized batch; devices accept up to 27 there, see docs/models.md) and
 trained on the same random data two ways in one run:
 
 - **TFLite**: a child process with TensorFlow made unimportable (like a device) loads
@@ -321,8 +321,8 @@ def render(result: Mapping[str, Any]) -> str:
     lines = [
         "## On-device training: TFLite `train` signature vs Keras `fit`",
         "",
-        f"Steps per second at batch {result['batch_size']} (`imaging`: batch 8, the largest a "
-        "device accepts at 64×64×3), SGD with momentum 0.9, the same "
+        f"Steps per second at batch {result['batch_size']} (`imaging` at 64×64×3: batch 8), "
+        "SGD with momentum 0.9, the same "
         f"random data, best of {result['repeats']}. TFLite: `tflite_runtime` in a process "
         "without TensorFlow, 1 thread unless noted; `TrainableModel.fit` adds shuffling, "
         f"padding and masking. Keras: `model.fit`, TensorFlow's default threading ({cores} "

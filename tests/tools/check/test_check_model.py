@@ -89,7 +89,7 @@ def test_a_file_that_is_not_a_model_is_a_usage_error(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_a_file_devices_would_refuse_fails_the_check_and_the_export(tmp_path: Path) -> None:
-    """imaging at 64×64×3 and batch 32 declares 1.2 GB of tensors, over the 512 MiB bound."""
+    """imaging at 64×64×3 and batch 32 declares 631 MB of tensors, over the 512 MiB bound."""
     from tools import export as export_cli
 
     path = tmp_path / "big.tflite"
