@@ -259,12 +259,22 @@ def _window_counts(size: Pair, pool: Pair, strides: Pair, padding: str) -> Any:
     return tf.constant(counts)
 
 
+def _whole_tiles(x: Tensor, pool: Pair) -> tuple[Tensor, int, int]:
+    """``x`` without the ragged edges that no whole ``pool`` window covers, and how many
+    windows fit down and across."""
+    batch, height, width, channels = x.shape
+    rows, cols = height // pool[0], width // pool[1]
+    if (rows * pool[0], cols * pool[1]) != (height, width):
+        x = tf.slice(x, [0, 0, 0, 0], [batch, rows * pool[0], cols * pool[1], channels])
+    return x, rows, cols
+
+
 def _pool_tiles(x: Tensor, pool: Pair, reduce: Callable[..., Tensor]) -> Tensor:
     """Reduce non-overlapping windows (the mean: a max would share the gradient between
     equal maxima, where Keras's MaxPooling gives it to one); ragged edges are dropped."""
-    batch, height, width, channels = x.shape
-    (ph, pw), rows, cols = pool, height // pool[0], width // pool[1]
-    x = tf.slice(x, [0, 0, 0, 0], [batch, rows * ph, cols * pw, channels])
+    x, rows, cols = _whole_tiles(x, pool)
+    batch, _, _, channels = x.shape
+    ph, pw = pool
     # Two 3-D reductions keep every tensor within the ranks all TFLite kernels accept.
     if ph > 1:
         x = reduce(tf.reshape(x, [batch * rows, ph, cols * pw * channels]), axis=1)
@@ -283,11 +293,9 @@ def _max_pool_tiles(x: Tensor, pool: Pair) -> Tensor:
     real-valued inputs such ties are exact zeros left by a ReLU or dropout before the
     pooling, whose own gradient is zero there, so the result is the same.
     """
-    batch, height, width, channels = x.shape
-    (ph, pw), rows, cols = pool, height // pool[0], width // pool[1]
-    if (rows * ph, cols * pw) != (height, width):  # ragged edges are dropped
-        x = tf.slice(x, [0, 0, 0, 0], [batch, rows * ph, cols * pw, channels])
-    tiles = [batch * rows, ph, cols, pw, channels]
+    x, rows, cols = _whole_tiles(x, pool)
+    batch, _, _, channels = x.shape
+    tiles = [batch * rows, pool[0], cols, pool[1], channels]
 
     def spread(t: Tensor) -> Tensor:  # (batch, rows, cols, c) over each window
         shaped = tf.reshape(t, [batch * rows, 1, cols, 1, channels])

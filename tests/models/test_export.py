@@ -37,10 +37,11 @@ job = sys.argv[1]
 plan = json.load(open(f"{job}/plan.json"))
 out = {}
 for item in plan["trainable"]:
+    name = item["name"]
+    data = np.load(f"{job}/{name}.npz")
     for threads in plan.get("threads", [1]):
-        name, key = item["name"], f"{item['name']}@{threads}"
+        key = f"{name}@{threads}"
         model = TrainableModel(f"{job}/{name}.tflite", num_threads=threads)
-        data = np.load(f"{job}/{name}.npz")
         model.set_weights({k[2:]: data[k] for k in data.files if k.startswith("w_")})
         rng = np.random.default_rng(0)
         losses = model.fit(data["x"], data["y"], epochs=plan["epochs"], lr=item["lr"], rng=rng)
